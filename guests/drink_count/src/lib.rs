@@ -1,0 +1,165 @@
+//! Counts servings per drink: an order `{"items": [{"drink": "latte", "quantity": 2}, ...]}`
+//! becomes one delta per distinct drink. One bad item rejects the whole order, so counts
+//! never hold half an order.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use streamhost_guest_sdk::{Delta, Entry, Guest, add_delta, process_each, rank_by_count};
+
+/// The largest quantity one item may carry.
+pub const MAX_QUANTITY: u64 = 1_000_000;
+
+#[derive(Deserialize)]
+struct Order<'a> {
+    #[serde(borrow)]
+    items: Vec<Item<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(borrow)]
+    drink: Cow<'a, str>,
+    quantity: serde_json::Number,
+}
+
+/// One order's drink deltas, or why the order is malformed.
+pub fn count_drinks(record: &[u8]) -> Result<Vec<Delta>, String> {
+    // serde would also accept a JSON array for a struct; the contract says object.
+    match record.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        _ => return Err("order is not a JSON object".into()),
+    }
+    let order: Order = serde_json::from_slice(record).map_err(|e| format!("order is not valid: {e}"))?;
+    if order.items.is_empty() {
+        return Err("order has no items".into());
+    }
+    let mut deltas = Vec::with_capacity(order.items.len());
+    for (i, item) in order.items.iter().enumerate() {
+        if item.drink.is_empty() {
+            return Err(format!("item {i}: drink is empty"));
+        }
+        let quantity = item
+            .quantity
+            .as_u64()
+            .filter(|q| (1..=MAX_QUANTITY).contains(q))
+            .ok_or_else(|| format!("item {i}: quantity {} is not an integer in 1..={MAX_QUANTITY}", item.quantity))?;
+        add_delta(&mut deltas, &item.drink, quantity);
+    }
+    Ok(deltas)
+}
+
+struct DrinkCount;
+
+impl Guest for DrinkCount {
+    fn process(record: Vec<u8>) -> Result<Vec<Delta>, String> {
+        count_drinks(&record)
+    }
+
+    fn process_batch(records: Vec<Vec<u8>>) -> Vec<Result<Vec<Delta>, String>> {
+        process_each(records, |r| count_drinks(&r))
+    }
+
+    fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
+        rank_by_count(counts, n)
+    }
+}
+
+streamhost_guest_sdk::export_guest!(DrinkCount);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(json: &str) -> Vec<(String, u64)> {
+        count_drinks(json.as_bytes())
+            .unwrap_or_else(|e| panic!("{json} rejected: {e}"))
+            .into_iter()
+            .map(|d| (d.key, d.amount))
+            .collect()
+    }
+
+    fn err(json: &str) -> String {
+        match count_drinks(json.as_bytes()) {
+            Ok(d) => panic!("{json} accepted with {} deltas", d.len()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn one_delta_per_distinct_drink_summed() {
+        let got = ok(r#"{"order_id":"o1","shop_id":7,"items":[{"drink":"latte","quantity":2},{"drink":"mocha","quantity":1},{"drink":"latte","quantity":3}]}"#);
+        assert_eq!(got, vec![("latte".into(), 5), ("mocha".into(), 1)]);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert_eq!(ok(r#"{"x":[1,{}],"items":[{"drink":"tea","quantity":1,"size":"L"}]}"#), vec![("tea".into(), 1)]);
+    }
+
+    #[test]
+    fn names_are_byte_exact() {
+        let got = ok(r#"{"items":[{"drink":" Latte","quantity":1},{"drink":"latte","quantity":1},{"drink":"caf\u00e9","quantity":1}]}"#);
+        assert_eq!(got, vec![(" Latte".into(), 1), ("latte".into(), 1), ("café".into(), 1)]);
+    }
+
+    #[test]
+    fn quantity_bounds_both_sides() {
+        assert_eq!(ok(r#"{"items":[{"drink":"a","quantity":1}]}"#), vec![("a".into(), 1)]);
+        assert_eq!(ok(r#"{"items":[{"drink":"a","quantity":1000000}]}"#), vec![("a".into(), 1_000_000)]);
+        assert!(err(r#"{"items":[{"drink":"a","quantity":0}]}"#).contains("quantity 0"));
+        assert!(err(r#"{"items":[{"drink":"a","quantity":1000001}]}"#).contains("quantity 1000001"));
+        assert!(err(r#"{"items":[{"drink":"a","quantity":-1}]}"#).contains("quantity -1"));
+    }
+
+    #[test]
+    fn quantity_must_be_an_integer() {
+        err(r#"{"items":[{"drink":"a","quantity":2.5}]}"#);
+        err(r#"{"items":[{"drink":"a","quantity":2.0}]}"#);
+        err(r#"{"items":[{"drink":"a","quantity":"2"}]}"#);
+        err(r#"{"items":[{"drink":"a","quantity":null}]}"#);
+        err(r#"{"items":[{"drink":"a"}]}"#);
+        err(r#"{"items":[{"drink":"a","quantity":18446744073709551616}]}"#);
+    }
+
+    #[test]
+    fn drink_must_be_a_non_empty_string() {
+        assert!(err(r#"{"items":[{"drink":"","quantity":1}]}"#).contains("drink is empty"));
+        err(r#"{"items":[{"drink":5,"quantity":1}]}"#);
+        err(r#"{"items":[{"drink":null,"quantity":1}]}"#);
+        err(r#"{"items":[{"quantity":1}]}"#);
+    }
+
+    #[test]
+    fn items_must_be_a_non_empty_array() {
+        assert!(err(r#"{"items":[]}"#).contains("no items"));
+        err(r#"{"order_id":1}"#);
+        err(r#"{"items":null}"#);
+        err(r#"{"items":{"drink":"a","quantity":1}}"#);
+        err(r#"{"items":["latte"]}"#);
+    }
+
+    #[test]
+    fn one_bad_item_rejects_the_whole_order() {
+        err(r#"{"items":[{"drink":"latte","quantity":1},{"drink":"","quantity":1}]}"#);
+        err(r#"{"items":[{"drink":"latte","quantity":1},{"drink":"mocha","quantity":0}]}"#);
+    }
+
+    #[test]
+    fn not_an_object_or_not_json() {
+        assert!(err(r#"[[{"drink":"a","quantity":1}]]"#).contains("not a JSON object"));
+        err("");
+        err("not json");
+        err(r#"{"items":[{"drink":"a","quantity":1}]"#);
+        err(r#"{"items":[{"drink":"a","quantity":1}]} trailing"#);
+        assert!(count_drinks(b"{\"items\":[{\"drink\":\"\xff\",\"quantity\":1}]}").is_err());
+    }
+
+    #[test]
+    fn ranking_ties_by_key() {
+        let e = |k: &str, c| Entry { key: k.into(), count: c };
+        let top = DrinkCount::top_n(vec![e("mocha", 3), e("latte", 3), e("tea", 5), e("chai", 1)], 3);
+        let got: Vec<_> = top.iter().map(|x| (x.key.as_str(), x.count)).collect();
+        assert_eq!(got, [("tea", 5), ("latte", 3), ("mocha", 3)]);
+    }
+}

@@ -1,1 +1,36 @@
+//! # streamhost: a stateful Kafka stream host whose business logic is a WebAssembly component
+//!
+//! The host owns every hard part — Kafka I/O, local state in RocksDB, the compacted changelog,
+//! offset commits, restore, the top-N board — and knows nothing about what a record means.
+//! A guest (a component exporting `wit/counter.wit`) turns each record into `(key, amount)`
+//! deltas and ranks the board.
+//!
+//! # Layout
+//! - [`cli`]: the command line; every flag has an environment variable and `--help` text.
+//! - [`config`]: builds the librdkafka client configurations, one comment per non-default.
+//! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
+//! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
+//! - [`state`]: the RocksDB store (counts plus the metadata they reflect); nothing about Kafka.
+//! - [`changelog`]: the changelog record format, and restore from the compacted topic.
+//! - [`producer`]: a producer whose sends are awaited as one batch of acknowledgements.
+//! - [`board`]: the top-N snapshot, printed and produced every flush interval.
+//! - [`topics`]: start-up checks of the topics, and creating/deleting them.
+//! - [`shutdown`]: SIGINT/SIGTERM to a flag the loop reads between batches.
+//! - [`log_limit`]: logs repeated events at a bounded rate.
 
+pub mod board;
+pub mod changelog;
+pub mod cli;
+pub mod config;
+pub mod guest;
+pub mod log_limit;
+pub mod pipeline;
+pub mod producer;
+pub mod shutdown;
+pub mod state;
+pub mod topics;
+
+/// The WIT package this host speaks; a guest must export its `counter` interface at exactly
+/// this version.
+pub const WIT_PACKAGE: &str = "streamhost:counter";
+pub const WIT_VERSION: &str = "0.1.0";

@@ -1,1 +1,38 @@
-fn main() {}
+//! The `host` binary: logging set-up, CLI parsing, and a call into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use host::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => host::pipeline::run(args),
+        Command::Restore(args) => host::changelog::restore_command(args),
+        Command::Dump(args) => host::state::dump_command(args),
+        Command::CreateTopics(args) => host::topics::create_command(args),
+        Command::DeleteTopics(args) => host::topics::delete_command(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logged once, here, where the command ends; `{:#}` keeps the context chain on one line.
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // librdkafka's own chatter is noisy at info; RUST_LOG overrides everything.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

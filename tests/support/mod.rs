@@ -1,1 +1,427 @@
+//! Shared by the integration tests. Every test gets its own topics, consumer group and state
+//! dir (unique names), so tests run in parallel and can be rerun against the same broker.
+//! The host runs as a real child process of the binary under test; nothing is mocked.
 
+pub mod orders;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("STREAMHOST_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+}
+
+/// The host binary built by `make build` (cargo puts test binaries in target/debug/deps).
+pub fn host_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("STREAMHOST_HOST_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("host");
+    assert!(bin.exists(), "host binary not found at {}: run `make build` first", bin.display());
+    bin
+}
+
+/// A guest component built by `make guests`.
+pub fn guest(name: &str) -> PathBuf {
+    let dir = std::env::var("STREAMHOST_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("build/guests"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "guest {} not found: run `make guests` first", path.display());
+    path
+}
+
+/// What `host dump` printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dump {
+    pub counts: BTreeMap<String, u64>,
+    pub records_processed: u64,
+    pub records_skipped: u64,
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub input: String,
+    pub changelog: String,
+    pub output: String,
+    pub dead_letter: String,
+    pub group: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// Unique names for one test; nothing is created yet.
+    pub fn new(test: &str) -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let name = format!("t-{test}-{id}");
+        TestEnv {
+            input: format!("{name}.orders"),
+            changelog: format!("{name}.changelog"),
+            output: format!("{name}.board"),
+            dead_letter: format!("{name}.dead-letter"),
+            group: format!("{name}.group"),
+            dir: tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().expect("temp dir"),
+            name,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `--brokers` and the topic flags every subcommand that touches topics takes.
+    pub fn topic_args(&self) -> Vec<String> {
+        [
+            "--brokers", &brokers(), "--input", &self.input, "--changelog", &self.changelog,
+            "--output", &self.output, "--dead-letter", &self.dead_letter,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Creates this test's topics with `host create-topics`.
+    pub fn create_topics(&self, partitions: u32) {
+        let mut args = vec!["create-topics".to_string(), "--partitions".into(), partitions.to_string()];
+        args.extend(self.topic_args());
+        let out = self.host(&args);
+        assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs a host subcommand to completion.
+    pub fn host<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        Command::new(host_bin()).args(args).env("RUST_LOG", "info").output().expect("running host")
+    }
+
+    /// Arguments of `host run` for this test's topics, group and state dir.
+    pub fn run_args(&self, guest_name: &str) -> Vec<String> {
+        let mut args = vec!["run".to_string(), "--guest".into(), guest(guest_name).display().to_string()];
+        args.extend(self.topic_args());
+        args.extend(
+            ["--group", &self.group, "--state-dir", &self.state_dir().display().to_string(), "--flush-interval", "500ms"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        args
+    }
+
+    /// Starts `host run` in the background; stdout and stderr go to files in the test dir.
+    pub fn spawn_host(&self, guest_name: &str, extra: &[&str]) -> HostProcess {
+        let mut args = self.run_args(guest_name);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        HostProcess::spawn(&self.dir.path().join("logs"), &args)
+    }
+
+    /// `host dump` of this test's state dir.
+    pub fn dump(&self) -> Dump {
+        let out = self.host(&["dump", "--state-dir", &self.state_dir().display().to_string()]);
+        assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        parse_dump(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Produces values to the input topic (keys spread them over partitions) and waits for acks.
+    pub fn produce(&self, values: &[String]) {
+        produce(&self.input, values);
+    }
+
+    /// The group's committed offset per input partition (0 where nothing is committed).
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        let consumer = reader(&self.group);
+        let mut tpl = TopicPartitionList::new();
+        for p in end_offsets(&consumer, &self.input).keys() {
+            tpl.add_partition(&self.input, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { 0 }))
+            .collect()
+    }
+
+    /// Input records committed by the group so far.
+    pub fn committed_total(&self) -> i64 {
+        self.committed().values().sum()
+    }
+
+    /// Waits until the group has committed the input topic's end offset on every partition.
+    pub fn wait_committed(&self, timeout: Duration) {
+        let consumer = reader(&self.group);
+        let started = Instant::now();
+        loop {
+            let ends = end_offsets(&consumer, &self.input);
+            let committed = self.committed();
+            let behind: Vec<_> = ends
+                .iter()
+                .filter(|(p, end)| committed.get(p).copied().unwrap_or(0) != **end)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(started.elapsed() < timeout, "group {} still behind after {timeout:?}: {behind:?}", self.group);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Latest value per counter key in the changelog (metadata records skipped by header).
+    pub fn changelog_latest(&self) -> BTreeMap<String, u64> {
+        let mut latest = BTreeMap::new();
+        for (key, value, headers) in read_topic(&self.changelog) {
+            if headers.iter().any(|h| h == "meta") {
+                continue;
+            }
+            let key = String::from_utf8(key).expect("counter keys are UTF-8");
+            match value.len() {
+                0 => {
+                    latest.remove(&key);
+                }
+                8 => {
+                    latest.insert(key, u64::from_be_bytes(value.try_into().unwrap()));
+                }
+                n => panic!("changelog value of {n} bytes"),
+            }
+        }
+        latest
+    }
+
+    /// Every board snapshot on the output topic, oldest first.
+    pub fn boards(&self) -> Vec<serde_json::Value> {
+        read_topic(&self.output).into_iter().map(|(_, v, _)| serde_json::from_slice(&v).expect("board is JSON")).collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the state and logs of a failed test for a look.
+            let path = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("test dir kept at {}", path.display());
+        }
+    }
+}
+
+pub fn parse_dump(text: &str) -> Dump {
+    let mut dump = Dump::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("dump line {line}: {e}"));
+        if let Some(key) = v.get("key") {
+            dump.counts.insert(key.as_str().unwrap().to_owned(), v["count"].as_u64().unwrap());
+        } else {
+            dump.records_processed = v["records_processed"].as_u64().unwrap();
+            dump.records_skipped = v["records_skipped"].as_u64().unwrap();
+        }
+    }
+    dump
+}
+
+pub fn produce(topic: &str, values: &[String]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let futures: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let key = format!("k{i}");
+            producer.send_result(FutureRecord::to(topic).key(&key).payload(v)).expect("queue")
+        })
+        .collect();
+    for f in futures {
+        f.now_or_never_blocking().expect("delivered");
+    }
+}
+
+trait BlockOn {
+    fn now_or_never_blocking(self) -> Result<(), String>;
+}
+
+impl BlockOn for rdkafka::producer::DeliveryFuture {
+    fn now_or_never_blocking(self) -> Result<(), String> {
+        match futures_lite_block_on(self) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e.to_string()),
+            Err(_) => Err("canceled".into()),
+        }
+    }
+}
+
+/// A minimal executor for one future (the delivery future is woken by librdkafka's thread).
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+fn reader(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer")
+}
+
+fn end_offsets(consumer: &BaseConsumer, topic: &str) -> BTreeMap<i32, i64> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let t = &metadata.topics()[0];
+    t.partitions()
+        .iter()
+        .map(|p| (p.id(), consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks").1))
+        .collect()
+}
+
+/// Every record of `topic` from the beginning to its current end: (key, value, header names).
+pub fn read_topic(topic: &str) -> Vec<(Vec<u8>, Vec<u8>, Vec<String>)> {
+    let consumer = reader(&format!("reader-{}", uuid::Uuid::new_v4()));
+    let ends = end_offsets(&consumer, topic);
+    let mut pending: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in pending.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut records = Vec::new();
+    let started = Instant::now();
+    while !pending.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "reading {topic} timed out");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                let headers = m.headers().map(|h| h.iter().map(|x| x.key.to_owned()).collect()).unwrap_or_default();
+                records.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec(), headers));
+                if pending.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    pending.remove(&m.partition());
+                }
+            }
+        }
+    }
+    records
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running `host run` process.
+pub struct HostProcess {
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl HostProcess {
+    pub fn spawn(log_dir: &Path, args: &[String]) -> HostProcess {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let n = std::fs::read_dir(log_dir).unwrap().count();
+        let stdout = log_dir.join(format!("host-{n}.out"));
+        let stderr = log_dir.join(format!("host-{n}.err"));
+        let child = Command::new(host_bin())
+            .args(args)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning host");
+        HostProcess { child, stdout, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for the exit (the host finishes its batch first).
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "host did not stop within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < timeout, "host still running after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let err = self.stderr_text();
+            let tail: Vec<_> = err.lines().rev().take(30).collect();
+            eprintln!("--- host stderr (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

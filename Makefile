@@ -1,0 +1,74 @@
+# streamhost: the two commands a new machine needs are `make demo` and `make test`.
+# Each installs what it needs (Debian packages, Rust wasm target, Kafka jars) on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Build caches live outside the clone, so a fresh clone reuses them (the cold build is long).
+CACHE ?= $(HOME)/.cache/streamhost
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+GUEST_TARGET_DIR ?= $(CACHE)/target-guests
+GUEST_OUT := build/guests
+HOST := $(CARGO_TARGET_DIR)/debug/host
+LOADGEN := $(CARGO_TARGET_DIR)/debug/loadgen
+GUEST ?= $(GUEST_OUT)/drink_count.wasm
+
+export STREAMHOST_BROKERS ?= 127.0.0.1:9092
+export STREAMHOST_STATE_DIR ?= ./state
+
+APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven
+
+.PHONY: help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+deps: ## install system packages and the Rust wasm target (once)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+build: deps ## build the host and the load generator
+	cargo build --workspace --bins
+
+guests: deps ## build every guest component into build/guests/
+	cd guests && CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) cargo build --release
+	@mkdir -p $(GUEST_OUT)
+	@for w in $(GUEST_TARGET_DIR)/wasm32-unknown-unknown/release/*.wasm; do cp "$$w" $(GUEST_OUT)/; done
+	@ls -1 $(GUEST_OUT)
+
+kafka-up: ## fetch (first time) and start a local single-node Kafka broker
+	scripts/kafka.sh up
+
+kafka-down: ## stop the local broker
+	scripts/kafka.sh down
+
+topic-create-all: build kafka-up ## create input, changelog (compacted) and output topics
+	$(HOST) create-topics
+
+topic-delete-all: build ## delete them
+	$(HOST) delete-topics
+
+seed-orders: build ## a dozen test orders per second, until Ctrl+C
+	$(LOADGEN) seed --rate 12
+
+run: build guests ## run the host with the drink_count guest
+	$(HOST) run --guest $(GUEST)
+
+restore: build ## rebuild ./state from the changelog
+	$(HOST) restore
+
+dump: build ## print ./state as JSON lines
+	$(HOST) dump
+
+clean-state: ## delete ./state
+	rm -rf $(STREAMHOST_STATE_DIR)
+
+demo: build guests kafka-up ## everything: broker, topics, seeded orders, the live board (Ctrl+C stops)
+	scripts/demo.sh $(HOST) $(LOADGEN) $(GUEST)
+
+test: build guests kafka-up ## all tests: unit, guest, and integration against the real broker
+	scripts/test.sh

@@ -1,0 +1,215 @@
+//! The changelog: the format of its records, and restoring local state from it.
+//!
+//! Format (one compacted topic):
+//! - a counter: key = the key's UTF-8 bytes, value = the count as 8-byte big-endian u64;
+//! - metadata (records counted/skipped, input offsets the state reflects): key = 0xFF
+//!   followed by the metadata name, value = 8-byte big-endian, and a record header `meta`
+//!   whose value is the name. 0xFF never occurs in UTF-8, so a metadata key can never
+//!   collide with (and be compacted away by) a counter key; the header lets a plain reader
+//!   skip these records without knowing the key rule.
+//! - an empty value is a tombstone: the key is deleted.
+//!
+//! Restore reads every partition from the beginning to the end offset it had when restore
+//! started, without a consumer group, and writes what it reads into the state store.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::cli::{KafkaArgs, RestoreArgs};
+use crate::state::{Change, Store, decode_u64};
+
+/// The header that marks a changelog record as metadata rather than a counter.
+pub const META_HEADER: &str = "meta";
+const META_KEY_PREFIX: u8 = 0xFF;
+
+pub fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(META_KEY_PREFIX);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub fn meta_headers(name: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header { key: META_HEADER, value: Some(name) })
+}
+
+/// Decodes one changelog record into a state change; `None` for a record that is neither
+/// a counter nor metadata (logged by the caller).
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, is_meta: bool) -> Option<Change> {
+    let key = key?;
+    let value = value.filter(|v| !v.is_empty());
+    if is_meta {
+        let name = std::str::from_utf8(key.strip_prefix(&[META_KEY_PREFIX])?).ok()?.to_owned();
+        return Some(Change::Meta { name, value: value.map(<[u8]>::to_vec) });
+    }
+    match value {
+        None => Some(Change::Count { key: key.to_vec(), value: None }),
+        Some(v) if v.len() == 8 => Some(Change::Count { key: key.to_vec(), value: Some(decode_u64(v)) }),
+        Some(_) => None,
+    }
+}
+
+pub fn has_meta_header(message: &impl Message) -> bool {
+    message.headers().is_some_and(|h| h.iter().any(|header| header.key == META_HEADER))
+}
+
+/// What a restore did.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub records_read: u64,
+    pub records_unreadable: u64,
+    pub keys: u64,
+    pub elapsed: Duration,
+}
+
+/// `host restore`.
+pub fn restore_command(args: RestoreArgs) -> Result<()> {
+    let dir = &args.state.state_dir;
+    if dir_has_entries(dir)? {
+        if !args.force {
+            bail!(
+                "state dir {} is not empty; restore would overwrite it. Delete it, or pass --force \
+                 to replace its contents",
+                dir.display()
+            );
+        }
+        // Opening first proves no running host holds the lock before anything is deleted.
+        drop(Store::open(dir)?);
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let store = Store::open(dir)?;
+    let report = restore(&args.kafka, &args.changelog, &store)?;
+    println!(
+        "restored {} keys from {} changelog records into {} in {:.2}s",
+        report.keys,
+        report.records_read,
+        dir.display(),
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// Reads `topic` from the beginning to the end offsets it has now, into `store`.
+pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let consumer: BaseConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
+        .create()
+        .context("creating the restore consumer")?;
+    let ends = end_offsets(&consumer, topic)?;
+    let to_read: i64 = ends.values().map(|(low, high)| high - low).sum();
+    let mut pending: BTreeMap<i32, i64> = ends.iter().filter(|(_, (low, high))| high > low).map(|(p, (_, h))| (*p, *h)).collect();
+    tracing::info!(topic, partitions = ends.len(), records_to_read = to_read, "restoring state from the changelog");
+
+    let mut assignment = TopicPartitionList::new();
+    for partition in pending.keys() {
+        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment).context("assigning changelog partitions")?;
+
+    let mut report = RestoreReport::default();
+    let mut batch = Vec::new();
+    let mut last_progress = Instant::now();
+    while !pending.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                pending.remove(&partition);
+            }
+            Some(Err(e)) => bail!("reading changelog {topic}: {e}"),
+            Some(Ok(message)) => {
+                report.records_read += 1;
+                match decode(message.key(), message.payload(), has_meta_header(&message)) {
+                    Some(change) => batch.push(change),
+                    None => {
+                        report.records_unreadable += 1;
+                        tracing::warn!(partition = message.partition(), offset = message.offset(),
+                            "changelog record is neither a counter (8-byte value) nor metadata: ignored");
+                    }
+                }
+                let partition = message.partition();
+                if pending.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
+                    pending.remove(&partition);
+                }
+            }
+        }
+        if batch.len() >= 10_000 || (pending.is_empty() && !batch.is_empty()) {
+            // The WAL is not synced per batch: the final flush makes the whole restore durable.
+            store.apply(std::mem::take(&mut batch), false)?;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(2) {
+            last_progress = Instant::now();
+            tracing::info!(records_read = report.records_read, records_to_read = to_read, "restore progress");
+        }
+    }
+    store.flush()?;
+    report.keys = store.counts().count() as u64;
+    report.elapsed = started.elapsed();
+    tracing::info!(keys = report.keys, records_read = report.records_read,
+        seconds = report.elapsed.as_secs_f64(), "restore finished");
+    Ok(report)
+}
+
+/// (low, high) watermarks of every partition of `topic`.
+pub fn end_offsets(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).with_context(|| format!("fetching metadata of {topic}"))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        bail!("topic {topic} does not exist");
+    };
+    if let Some(error) = t.error() {
+        bail!("topic {topic}: {:?}", rdkafka::error::RDKafkaErrorCode::from(error));
+    }
+    let mut out = BTreeMap::new();
+    for partition in t.partitions() {
+        let id = partition.id();
+        let marks = consumer
+            .fetch_watermarks(topic, id, timeout)
+            .with_context(|| format!("fetching end offsets of {topic} [{id}]"))?;
+        out.insert(id, marks);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_counters_tombstones_and_metadata() {
+        match decode(Some(b"latte"), Some(&42u64.to_be_bytes()), false) {
+            Some(Change::Count { key, value: Some(42) }) => assert_eq!(key, b"latte"),
+            _ => panic!("counter"),
+        }
+        assert!(matches!(decode(Some(b"latte"), Some(b""), false), Some(Change::Count { value: None, .. })));
+        assert!(matches!(decode(Some(b"latte"), None, false), Some(Change::Count { value: None, .. })));
+        assert!(decode(Some(b"latte"), Some(b"abc"), false).is_none());
+        match decode(Some(&meta_key("records_processed")), Some(&7u64.to_be_bytes()), true) {
+            Some(Change::Meta { name, value: Some(v) }) => {
+                assert_eq!(name, "records_processed");
+                assert_eq!(decode_u64(&v), 7);
+            }
+            _ => panic!("meta"),
+        }
+        assert!(decode(Some(b"no-prefix"), Some(b"x"), true).is_none());
+        assert!(decode(None, Some(b"x"), false).is_none());
+    }
+
+    #[test]
+    fn meta_keys_are_not_utf8() {
+        assert!(std::str::from_utf8(&meta_key("records_processed")).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! The command line. Every option can also be set by an environment variable (shown in
+//! `--help`); defaults are the tutorial's topic names and intervals.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (guest WIT streamhost:counter@0.1.0)");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "host",
+    version = VERSION,
+    about = "A stateful Kafka stream host: durable local state, a compacted changelog and correct \
+             commit ordering, with the business logic in a WebAssembly component.",
+    after_help = "Each option can also be set by the environment variable shown with it.\n\
+                  Logs go to stderr; RUST_LOG filters them (e.g. RUST_LOG=host=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "STREAMHOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Consume the input topic, count with the guest, keep state, print and publish the board.
+    Run(RunArgs),
+    /// Rebuild the local state from the changelog topic (after losing the state dir).
+    Restore(RestoreArgs),
+    /// Print the local state as JSON lines sorted by key (works while the host is running).
+    Dump(DumpArgs),
+    /// Create the input, changelog (compacted) and output topics.
+    CreateTopics(CreateTopicsArgs),
+    /// Delete the input, changelog and output topics.
+    DeleteTopics(TopicArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STREAMHOST_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Extra librdkafka property KEY=VALUE for every client (repeatable; e.g. security.protocol=SASL_SSL).
+    /// In the environment variable, separate several with commas.
+    #[arg(long = "kafka-config", env = "STREAMHOST_KAFKA_CONFIG", value_name = "KEY=VALUE",
+          value_parser = parse_key_value, value_delimiter = ',')]
+    pub kafka_config: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// Directory of the local RocksDB state.
+    #[arg(long, env = "STREAMHOST_STATE_DIR", default_value = "./state")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Input topic of records for the guest.
+    #[arg(long, env = "STREAMHOST_INPUT", default_value = "brew.orders.v1")]
+    pub input: String,
+
+    /// Changelog topic (must be compacted): the durable copy of every counter.
+    #[arg(long, env = "STREAMHOST_CHANGELOG", default_value = "brew.drink-count-changelog")]
+    pub changelog: String,
+
+    /// Output topic of the top-N board snapshots.
+    #[arg(long, env = "STREAMHOST_OUTPUT", default_value = "brew.drink-counts")]
+    pub output: String,
+
+    /// Dead-letter topic: malformed records are copied there with the reason in headers.
+    /// Off unless set.
+    #[arg(long, env = "STREAMHOST_DEAD_LETTER")]
+    pub dead_letter: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CreateTopicsArgs {
+    #[command(flatten)]
+    pub topics: TopicArgs,
+
+    /// Partitions of the input and changelog topics when creating them.
+    #[arg(long, env = "STREAMHOST_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The guest component (.wasm) exporting streamhost:counter/counter.
+    #[arg(long, env = "STREAMHOST_GUEST")]
+    pub guest: PathBuf,
+
+    #[command(flatten)]
+    pub topics: TopicArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Consumer group id (also the identity of the committed offsets).
+    #[arg(long, env = "STREAMHOST_GROUP", default_value = "drink-count")]
+    pub group: String,
+
+    /// How often the board is printed and produced (e.g. 5s, 500ms, 1m).
+    #[arg(long, env = "STREAMHOST_FLUSH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Entries on the board.
+    #[arg(long, env = "STREAMHOST_TOP_N", default_value_t = 10)]
+    pub top_n: u32,
+
+    /// Create missing topics (changelog compacted) instead of refusing to start.
+    #[arg(long, env = "STREAMHOST_CREATE_TOPICS")]
+    pub create_topics: bool,
+
+    /// Partitions for topics made by --create-topics.
+    #[arg(long, env = "STREAMHOST_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+
+    /// Most records in one batch (one guest call, one changelog flush, one state write, one commit).
+    #[arg(long, env = "STREAMHOST_MAX_BATCH", default_value_t = 5000)]
+    pub max_batch: usize,
+
+    /// Linear memory a guest may grow to, in MiB; beyond it the call traps.
+    #[arg(long, env = "STREAMHOST_GUEST_MEMORY_MB", default_value_t = 64)]
+    pub guest_memory_mb: u64,
+
+    /// Longest one guest call may run before it is interrupted (a trap).
+    #[arg(long, env = "STREAMHOST_GUEST_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub guest_timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Changelog topic to restore from.
+    #[arg(long, env = "STREAMHOST_CHANGELOG", default_value = "brew.drink-count-changelog")]
+    pub changelog: String,
+
+    /// Replace a non-empty state dir (its contents are deleted first).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kafka_config_pairs() {
+        assert_eq!(parse_key_value("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=x").is_err());
+    }
+}

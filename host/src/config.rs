@@ -1,0 +1,72 @@
+//! librdkafka client configurations. Every non-default setting says why on its line.
+
+use rdkafka::ClientConfig;
+
+use crate::cli::KafkaArgs;
+
+/// The admin client (topic checks, creation, deletion).
+pub fn admin(kafka: &KafkaArgs) -> ClientConfig {
+    let mut config = base(kafka);
+    apply_overrides(&mut config, kafka);
+    config
+}
+
+fn base(kafka: &KafkaArgs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    config
+}
+
+/// The input consumer of `host run`.
+pub fn consumer(kafka: &KafkaArgs, group: &str) -> ClientConfig {
+    let mut config = base(kafka);
+    config
+        .set("group.id", group)
+        // Offsets are committed by the pipeline only after the changelog and state are durable.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group counts the topic from its beginning, not just what arrives after start.
+        .set("auto.offset.reset", "earliest")
+        // Incremental rebalances: partitions that stay assigned keep flowing.
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    apply_overrides(&mut config, kafka);
+    config
+}
+
+/// The producer of changelog, board and dead-letter records.
+pub fn producer(kafka: &KafkaArgs) -> ClientConfig {
+    let mut config = base(kafka);
+    config
+        // Retries must not reorder or duplicate: the changelog's last value per key must be the newest.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // The pipeline flushes every batch and waits for it; lingering only adds latency.
+        .set("linger.ms", "1")
+        // Changelog values are 8 bytes: keys dominate, and they compress well.
+        .set("compression.type", "lz4");
+    apply_overrides(&mut config, kafka);
+    config
+}
+
+/// A consumer that reads a topic by assignment, without a group's committed offsets
+/// (restore, and the tests' readers). librdkafka still wants a group id to exist.
+pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
+    let mut config = base(kafka);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // Tells us when a partition has been read to its current end, even when the last
+        // offset is a transaction marker that is never delivered as a message.
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    apply_overrides(&mut config, kafka);
+    config
+}
+
+/// The user's pass-through properties (SASL/SSL and the like) are applied last, so they win
+/// over our defaults.
+fn apply_overrides(config: &mut ClientConfig, kafka: &KafkaArgs) {
+    for (key, value) in &kafka.kafka_config {
+        config.set(key, value);
+    }
+}

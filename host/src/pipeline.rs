@@ -1,0 +1,321 @@
+//! The data path of `host run`, top to bottom: consume a batch -> guest -> changelog ->
+//! state -> commit, then (every flush interval) the board.
+//!
+//! # The guarantee, and why each step is where it is
+//!
+//! Per batch the host makes three durable writes, in this order:
+//!
+//! 1. **Changelog**: the newest value of every key the batch changed, plus the metadata the
+//!    batch changes (records counted/skipped, and the next input offset of each partition),
+//!    produced with idempotence and `acks=all`; the host waits for every acknowledgement.
+//! 2. **State**: the same values, in one atomic RocksDB write batch, fsynced.
+//! 3. **Offsets**: the input offsets are committed to the consumer group.
+//!
+//! What a crash (`kill -9`) in each gap leaves, with the state dir intact:
+//! - *before or during 1*: nothing durable reflects the batch except, perhaps, some of its
+//!   changelog records. State still holds the old values and the old input offsets, so the
+//!   batch is consumed again and recomputes the same values from the same state; the
+//!   changelog gets them again (compaction collapses the duplicates). Exact.
+//! - *between 1 and 2*: the changelog is ahead of state; same as above. Exact.
+//! - *between 2 and 3*: state reflects the batch but the group offsets do not. The batch is
+//!   consumed again, but state stores the next offset of each partition it reflects, and
+//!   records below it are skipped as already applied. Exact (the seed design inflates here).
+//! - *after 3*: nothing to redo. Exact.
+//!
+//! With the state dir lost, `restore` rebuilds it from the changelog, metadata included, so
+//! the same reasoning holds with one exception: a crash *during 1* can leave only part of
+//! the batch's changelog records acknowledged. A restore from that changelog may hold some
+//! keys at their new values while the input offsets are old; re-consuming the batch then
+//! adds its deltas to those keys a second time. So after a crash *and* a lost state dir,
+//! counters can be inflated by at most one batch's deltas; they are never below the truth.
+//!
+//! Malformed records (the guest says why, or traps on them) are skipped, counted as state,
+//! logged at a bounded rate and copied to the dead-letter topic when one is set, within the
+//! same batch and before its commit, so none is lost.
+//!
+//! The board is read from committed state between batches, so it never shows half a batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::changelog;
+use crate::cli::RunArgs;
+use crate::guest::{Guest, Limits};
+use crate::log_limit::LogLimit;
+use crate::producer::AckedProducer;
+use crate::shutdown::Shutdown;
+use crate::state::{Change, Store, Totals, meta};
+
+/// How long one poll waits for the first record of a batch; bounds how late a shutdown
+/// request or a due board is noticed when the input is idle.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits up to `POLL_WAIT` for a first record, then takes whatever else is already
+/// fetched, up to `max` records.
+fn poll_batch<'c>(consumer: &'c BaseConsumer, max: usize, errors: &mut LogLimit) -> Vec<BorrowedMessage<'c>> {
+    let mut batch = Vec::new();
+    let mut timeout = POLL_WAIT;
+    while batch.len() < max {
+        match consumer.poll(timeout) {
+            None => break,
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(e)) => {
+                if let Some(suppressed) = errors.allow() {
+                    tracing::warn!(error = %e, suppressed, "consumer error (librdkafka retries on its own)");
+                }
+                break;
+            }
+        }
+        timeout = Duration::ZERO;
+    }
+    batch
+}
+
+/// `host run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    let limits = Limits {
+        memory_bytes: (args.guest_memory_mb * 1024 * 1024) as usize,
+        call_timeout: args.guest_timeout,
+    };
+    // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
+    let guest = Guest::load(&args.guest, limits)?;
+    let store = Store::open(&args.state.state_dir)?;
+    crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+
+    if store.is_empty()? {
+        // A new or lost state dir: rebuild it from the changelog before counting on top of it.
+        let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &store)?;
+        if report.records_read > 0 {
+            tracing::info!(keys = report.keys, records = report.records_read, "state was empty: restored it from the changelog");
+        }
+    }
+
+    let consumer: BaseConsumer = crate::config::consumer(&args.topics.kafka, &args.group)
+        .create()
+        .context("creating the Kafka consumer")?;
+    consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
+    let producer = AckedProducer::new(&args.topics.kafka)?;
+
+    let mut pipeline = Pipeline {
+        applied: store.input_offsets(&args.topics.input)?,
+        totals: store.totals()?,
+        args,
+        producer,
+        store,
+        guest,
+        rejected_log: LogLimit::new(Duration::from_secs(1)),
+        consumer_log: LogLimit::new(Duration::from_secs(5)),
+    };
+    tracing::info!(
+        guest = %pipeline.guest.path().display(),
+        input = %pipeline.args.topics.input,
+        group = %pipeline.args.group,
+        state_dir = %pipeline.store.dir().display(),
+        records_processed = pipeline.totals.records_processed,
+        "host running"
+    );
+    pipeline.run_until(&consumer, &shutdown)
+}
+
+/// Everything the loop owns except the consumer, whose polled messages borrow it while
+/// the pipeline is mutated.
+struct Pipeline {
+    args: RunArgs,
+    producer: AckedProducer,
+    store: Store,
+    guest: Guest,
+    /// Next input offset per partition that state already reflects (see the module doc).
+    applied: BTreeMap<i32, i64>,
+    totals: Totals,
+    rejected_log: LogLimit,
+    consumer_log: LogLimit,
+}
+
+/// A batch's effect before it is written anywhere.
+#[derive(Default)]
+struct BatchResult {
+    /// New absolute value of every key the batch changed (the in-memory overlay).
+    overlay: HashMap<String, u64>,
+    /// Next offset per partition after this batch (what gets committed).
+    next_offsets: BTreeMap<i32, i64>,
+    /// Records that reached the guest or were rejected (i.e. state changes).
+    changed: bool,
+}
+
+impl Pipeline {
+    fn run_until(&mut self, consumer: &BaseConsumer, shutdown: &Shutdown) -> Result<()> {
+        let mut last_board = Instant::now();
+        while !shutdown.requested() {
+            let batch = poll_batch(consumer, self.args.max_batch, &mut self.consumer_log);
+            if !batch.is_empty() {
+                self.process(consumer, &batch)?;
+            }
+            drop(batch);
+            if last_board.elapsed() >= self.args.flush_interval {
+                last_board = Instant::now();
+                self.flush_board();
+            }
+            self.producer.poll();
+        }
+        tracing::info!("shutting down: batch committed, publishing a last board");
+        self.flush_board();
+        self.producer.wait_acks()?;
+        tracing::info!(records_processed = self.totals.records_processed, records_skipped = self.totals.records_skipped, "stopped cleanly");
+        Ok(())
+    }
+
+    fn process(&mut self, consumer: &BaseConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
+        // 1. The guest turns records into deltas; the overlay accumulates new values.
+        let result = self.apply_guest(batch)?;
+
+        if result.changed {
+            // 2. Changelog: final value per key, and the metadata; wait for every ack.
+            let changes = self.changes(&result);
+            self.send_changelog(&changes)?;
+            self.producer.wait_acks().context("changelog write")?;
+
+            // 3. State: one atomic, fsynced write batch.
+            self.store.apply(changes, true).context("state write")?;
+        }
+        for (partition, next) in &result.next_offsets {
+            let applied = self.applied.entry(*partition).or_insert(*next);
+            *applied = (*applied).max(*next);
+        }
+
+        // 4. Offsets: only now is the batch committed to the group.
+        self.commit(consumer, &result.next_offsets);
+        Ok(())
+    }
+
+    fn apply_guest(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<BatchResult> {
+        let mut result = BatchResult::default();
+        let mut to_guest: Vec<&BorrowedMessage<'_>> = Vec::with_capacity(batch.len());
+        let mut values: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
+        for message in batch {
+            result.next_offsets.insert(message.partition(), message.offset() + 1);
+            // Already in state: a crash came between the state write and the offset commit.
+            if self.applied.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
+                continue;
+            }
+            match message.payload() {
+                Some(value) => {
+                    to_guest.push(message);
+                    values.push(value.to_vec());
+                }
+                None => {
+                    result.changed = true;
+                    self.reject(message, "record has no value")?;
+                }
+            }
+        }
+        if values.is_empty() {
+            return Ok(result);
+        }
+        result.changed = true;
+        let outcomes = self.guest.process_batch(&values)?;
+        for (message, outcome) in to_guest.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(deltas) => {
+                    self.totals.records_processed += 1;
+                    for delta in deltas {
+                        let current = match result.overlay.get(&delta.key) {
+                            Some(v) => *v,
+                            None => self.store.count(delta.key.as_bytes())?,
+                        };
+                        let updated = current.checked_add(delta.amount).unwrap_or_else(|| {
+                            tracing::warn!(key = %delta.key, "counter saturated at u64::MAX");
+                            u64::MAX
+                        });
+                        result.overlay.insert(delta.key, updated);
+                    }
+                }
+                Err(reason) => self.reject(message, &reason)?,
+            }
+        }
+        Ok(result)
+    }
+
+    /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
+    fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
+        self.totals.records_skipped += 1;
+        if let Some(suppressed) = self.rejected_log.allow() {
+            tracing::warn!(partition = message.partition(), offset = message.offset(), reason, suppressed,
+                "skipping malformed record");
+        }
+        if let Some(topic) = &self.args.topics.dead_letter {
+            let partition = message.partition().to_string();
+            let offset = message.offset().to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "error", value: Some(reason) })
+                .insert(Header { key: "source.topic", value: Some(message.topic()) })
+                .insert(Header { key: "source.partition", value: Some(&partition) })
+                .insert(Header { key: "source.offset", value: Some(&offset) });
+            self.producer.send(topic, message.key().unwrap_or_default(), message.payload().unwrap_or_default(), Some(headers))?;
+        }
+        Ok(())
+    }
+
+    /// The batch as state changes: counters, totals, and the input offsets they reflect.
+    fn changes(&self, result: &BatchResult) -> Vec<Change> {
+        let mut changes: Vec<Change> = result
+            .overlay
+            .iter()
+            .map(|(key, value)| Change::Count { key: key.as_bytes().to_vec(), value: Some(*value) })
+            .collect();
+        let u64_meta = |name: &str, v: u64| Change::Meta { name: name.to_owned(), value: Some(v.to_be_bytes().to_vec()) };
+        changes.push(u64_meta(meta::RECORDS_PROCESSED, self.totals.records_processed));
+        changes.push(u64_meta(meta::RECORDS_SKIPPED, self.totals.records_skipped));
+        for (partition, next) in &result.next_offsets {
+            let next = (*next).max(self.applied.get(partition).copied().unwrap_or(0));
+            changes.push(u64_meta(&meta::input_offset(&self.args.topics.input, *partition), next as u64));
+        }
+        changes
+    }
+
+    fn send_changelog(&self, changes: &[Change]) -> Result<()> {
+        let topic = &self.args.topics.changelog;
+        for change in changes {
+            match change {
+                Change::Count { key, value: Some(v) } => self.producer.send(topic, key, &v.to_be_bytes(), None)?,
+                Change::Meta { name, value: Some(v) } => {
+                    self.producer.send(topic, &changelog::meta_key(name), v, Some(changelog::meta_headers(name)))?
+                }
+                // The pipeline never deletes; restore handles tombstones written by others.
+                Change::Count { value: None, .. } | Change::Meta { value: None, .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits next offsets. A failed commit is not fatal: state already records the
+    /// offsets, so the next successful commit (or a restart) catches up without double counting.
+    fn commit(&mut self, consumer: &BaseConsumer, next_offsets: &BTreeMap<i32, i64>) {
+        if next_offsets.is_empty() {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next_offsets {
+            if let Err(e) = offsets.add_partition_offset(&self.args.topics.input, *partition, Offset::Offset(*next)) {
+                tracing::warn!(partition, error = %e, "cannot build offset commit");
+            }
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
+            && let Some(suppressed) = self.consumer_log.allow()
+        {
+            tracing::warn!(error = %e, suppressed, "offset commit failed; the next batch commits again");
+        }
+    }
+
+    fn flush_board(&mut self) {
+        let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
+        if let Err(e) = crate::board::flush(&self.store, &mut self.guest, &self.producer, &topic, n) {
+            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The local state store (RocksDB): the counters, and in the same database the metadata they
+//! reflect (records counted and skipped, and the next input offset per partition). One
+//! `apply` is one atomic, fsynced write batch, so counters and metadata never disagree.
+//! Nothing here knows about Kafka clients or WebAssembly.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+
+use crate::cli::DumpArgs;
+
+const COUNTS: &str = "counts";
+const META: &str = "meta";
+
+/// Names of metadata entries (in the `meta` column family, and in the changelog after a
+/// 0xFF byte; see `changelog`).
+pub mod meta {
+    pub const RECORDS_PROCESSED: &str = "records_processed";
+    pub const RECORDS_SKIPPED: &str = "records_skipped";
+    /// `offset/<topic>/<partition>`: the next input offset the state reflects.
+    pub fn input_offset(topic: &str, partition: i32) -> String {
+        format!("offset/{topic}/{partition}")
+    }
+    pub fn parse_input_offset(name: &str) -> Option<(&str, i32)> {
+        let rest = name.strip_prefix("offset/")?;
+        let (topic, partition) = rest.rsplit_once('/')?;
+        Some((topic, partition.parse().ok()?))
+    }
+}
+
+/// One change to the store; `None` deletes (a changelog tombstone).
+pub enum Change {
+    Count { key: Vec<u8>, value: Option<u64> },
+    Meta { name: String, value: Option<Vec<u8>> },
+}
+
+/// Records counted and skipped, as stored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub records_processed: u64,
+    pub records_skipped: u64,
+}
+
+pub struct Store {
+    db: DB,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store for writing. RocksDB's lock file makes a second
+    /// writer on the same directory fail here, with a message saying so.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = DB::open_cf_descriptors(&options, dir, Self::families()).map_err(|e| {
+            let message = e.to_string();
+            if message.contains("lock") || message.contains("Resource temporarily unavailable") {
+                anyhow::anyhow!(
+                    "state dir {} is in use by another host process (its RocksDB lock is held); \
+                     stop that process or give this one another --state-dir ({message})",
+                    dir.display()
+                )
+            } else {
+                anyhow::anyhow!("opening state dir {}: {message}", dir.display())
+            }
+        })?;
+        Ok(Store { db, dir: dir.to_owned() })
+    }
+
+    /// Opens an existing store read-only, without taking its lock, so it can be read while
+    /// a host is running (it sees what was written when it opened).
+    pub fn open_read_only(dir: &Path) -> Result<Store> {
+        if !dir.join("CURRENT").exists() {
+            bail!("{} holds no state (no RocksDB database there)", dir.display());
+        }
+        let families = DB::list_cf(&Options::default(), dir).with_context(|| format!("reading {}", dir.display()))?;
+        if !families.iter().any(|f| f == COUNTS) {
+            bail!("{} is a RocksDB database but not a host state dir", dir.display());
+        }
+        let db = DB::open_cf_for_read_only(&Options::default(), dir, [COUNTS, META], false)
+            .with_context(|| format!("opening state dir {} read-only", dir.display()))?;
+        Ok(Store { db, dir: dir.to_owned() })
+    }
+
+    fn families() -> Vec<ColumnFamilyDescriptor> {
+        [COUNTS, META].into_iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default())).collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current count of `key` (0 when absent).
+    pub fn count(&self, key: &[u8]) -> Result<u64> {
+        let cf = self.db.cf_handle(COUNTS).expect("counts column family");
+        Ok(self.db.get_pinned_cf(&cf, key)?.map(|v| decode_u64(&v)).unwrap_or(0))
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        Ok(Totals {
+            records_processed: self.meta_u64(meta::RECORDS_PROCESSED)?,
+            records_skipped: self.meta_u64(meta::RECORDS_SKIPPED)?,
+        })
+    }
+
+    fn meta_u64(&self, name: &str) -> Result<u64> {
+        let cf = self.db.cf_handle(META).expect("meta column family");
+        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| decode_u64(&v)).unwrap_or(0))
+    }
+
+    /// Next input offset per partition of `topic` that the state already reflects.
+    pub fn input_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
+        let cf = self.db.cf_handle(META).expect("meta column family");
+        let mut out = BTreeMap::new();
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key);
+            if let Some((t, partition)) = meta::parse_input_offset(&name)
+                && t == topic
+            {
+                out.insert(partition, decode_u64(&value) as i64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies changes in one atomic write batch; `durable` fsyncs the WAL before returning.
+    pub fn apply(&self, changes: impl IntoIterator<Item = Change>, durable: bool) -> Result<()> {
+        let counts = self.db.cf_handle(COUNTS).expect("counts column family");
+        let meta = self.db.cf_handle(META).expect("meta column family");
+        let mut batch = WriteBatch::default();
+        for change in changes {
+            match change {
+                Change::Count { key, value: Some(v) } => batch.put_cf(&counts, key, v.to_be_bytes()),
+                Change::Count { key, value: None } => batch.delete_cf(&counts, key),
+                Change::Meta { name, value: Some(v) } => batch.put_cf(&meta, name, v),
+                Change::Meta { name, value: None } => batch.delete_cf(&meta, name),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(durable);
+        self.db
+            .write_opt(batch, &options)
+            .with_context(|| format!("writing state to {}", self.dir.display()))
+    }
+
+    /// Every counter, in key order.
+    pub fn counts(&self) -> impl Iterator<Item = Result<(Box<[u8]>, u64)>> + '_ {
+        let cf = self.db.cf_handle(COUNTS).expect("counts column family");
+        self.db
+            .iterator_cf(&cf, IteratorMode::Start)
+            .map(|item| item.map(|(k, v)| (k, decode_u64(&v))).map_err(Into::into))
+    }
+
+    /// True when nothing was ever written (a new or deleted state dir).
+    pub fn is_empty(&self) -> Result<bool> {
+        for cf in [COUNTS, META] {
+            let handle = self.db.cf_handle(cf).expect("column family");
+            if self.db.iterator_cf(&handle, IteratorMode::Start).next().transpose()?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Flushes memtables to SST files (after a restore that wrote without the WAL's fsync).
+    pub fn flush(&self) -> Result<()> {
+        for cf in [COUNTS, META] {
+            let handle = self.db.cf_handle(cf).expect("column family");
+            self.db.flush_cf(&handle).context("flushing state")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn decode_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+/// `host dump`: JSON lines `{"key", "count"}` in key order, then the totals.
+pub fn dump_command(args: DumpArgs) -> Result<()> {
+    let store = Store::open_read_only(&args.state.state_dir)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for item in store.counts() {
+        let (key, count) = item?;
+        let line = serde_json::json!({ "key": String::from_utf8_lossy(&key), "count": count });
+        writeln!(out, "{line}")?;
+    }
+    let totals = store.totals()?;
+    let line = serde_json::json!({
+        "records_processed": totals.records_processed,
+        "records_skipped": totals.records_skipped,
+    });
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_is_read_back_and_deletes_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.is_empty().unwrap());
+        store
+            .apply(
+                [
+                    Change::Count { key: b"latte".to_vec(), value: Some(5) },
+                    Change::Count { key: b"mocha".to_vec(), value: Some(2) },
+                    Change::Meta { name: meta::RECORDS_PROCESSED.into(), value: Some(7u64.to_be_bytes().to_vec()) },
+                    Change::Meta { name: meta::input_offset("in.t", 2), value: Some(42u64.to_be_bytes().to_vec()) },
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.count(b"latte").unwrap(), 5);
+        assert_eq!(store.count(b"tea").unwrap(), 0);
+        assert_eq!(store.totals().unwrap().records_processed, 7);
+        assert_eq!(store.input_offsets("in.t").unwrap(), BTreeMap::from([(2, 42)]));
+        assert!(store.input_offsets("other").unwrap().is_empty());
+        store.apply([Change::Count { key: b"mocha".to_vec(), value: None }], false).unwrap();
+        let all: Vec<_> = store.counts().map(|r| r.unwrap()).collect();
+        assert_eq!(all, vec![(b"latte".to_vec().into_boxed_slice(), 5)]);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("second open must fail").to_string();
+        assert!(err.contains("in use by another host process"), "{err}");
+    }
+
+    #[test]
+    fn offset_names_round_trip_with_slashes_in_topics() {
+        let name = meta::input_offset("a/b.c", 11);
+        assert_eq!(meta::parse_input_offset(&name), Some(("a/b.c", 11)));
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: host unit tests, guest unit tests (native), and the integration tests
+# against the local broker (started by `make test` before this script).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+export STREAMHOST_GUEST_DIR="$here/build/guests"
+export STREAMHOST_HOST_BIN="$CARGO_TARGET_DIR/debug/host"
+echo "== guest unit tests"
+(cd guests && CARGO_TARGET_DIR="${GUEST_TARGET_DIR:-$HOME/.cache/streamhost/target-guests}" \
+  cargo test --target x86_64-unknown-linux-gnu)
+echo "== host unit and integration tests"
+cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"

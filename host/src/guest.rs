@@ -229,7 +229,7 @@ fn check_interface(path: &Path, engine: &Engine, component: &Component) -> Resul
     }
     let imports: Vec<String> = ty
         .imports(engine)
-        .map(|(name, item)| match item {
+        .map(|(name, item)| match item.ty {
             ComponentItem::ComponentInstance(_) => format!("{name} (interface)"),
             _ => name.to_owned(),
         })

@@ -15,6 +15,7 @@
 //! - [`producer`]: a producer whose sends are awaited as one batch of acknowledgements.
 //! - [`board`]: the top-N snapshot, printed and produced every flush interval.
 //! - [`topics`]: start-up checks of the topics, and creating/deleting them.
+//! - [`fault`]: crash injection at exact pipeline steps, for the crash tests.
 //! - [`shutdown`]: SIGINT/SIGTERM to a flag the loop reads between batches.
 //! - [`log_limit`]: logs repeated events at a bounded rate.
 
@@ -22,6 +23,7 @@ pub mod board;
 pub mod changelog;
 pub mod cli;
 pub mod config;
+pub mod fault;
 pub mod guest;
 pub mod log_limit;
 pub mod pipeline;

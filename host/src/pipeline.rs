@@ -44,6 +44,7 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
+use crate::fault::{self, Step};
 use crate::cli::RunArgs;
 use crate::guest::{Guest, Limits};
 use crate::log_limit::LogLimit;
@@ -179,9 +180,11 @@ impl Pipeline {
             let changes = self.changes(&result);
             self.send_changelog(&changes)?;
             self.producer.wait_acks().context("changelog write")?;
+            fault::point(Step::AfterChangelog);
 
             // 3. State: one atomic, fsynced write batch.
             self.store.apply(changes, true).context("state write")?;
+            fault::point(Step::AfterState);
         }
         for (partition, next) in &result.next_offsets {
             let applied = self.applied.entry(*partition).or_insert(*next);
@@ -190,6 +193,7 @@ impl Pipeline {
 
         // 4. Offsets: only now is the batch committed to the group.
         self.commit(consumer, &result.next_offsets);
+        fault::point(Step::AfterCommit);
         Ok(())
     }
 
@@ -314,8 +318,9 @@ impl Pipeline {
 
     fn flush_board(&mut self) {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
-        if let Err(e) = crate::board::flush(&self.store, &mut self.guest, &self.producer, &topic, n) {
-            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
+        match crate::board::flush(&self.store, &mut self.guest, &self.producer, &topic, n) {
+            Ok(()) => fault::point(Step::AfterBoard),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 
 use crate::cli::{CreateTopicsArgs, KafkaArgs, TopicArgs};
 
@@ -75,7 +75,7 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<()> {
                     }
                 }
             }
-            Err(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition)) => missing.push((*role, *topic)),
+            Err(RDKafkaErrorCode::UnknownTopicOrPartition) => missing.push((*role, *topic)),
             Err(e) => return Err(anyhow!("describing {} topic `{topic}`: {e}", role.name())),
         }
     }

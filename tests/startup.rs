@@ -27,10 +27,8 @@ fn missing_topics_are_refused() {
 fn create_topics_flag_creates_them() {
     let env = TestEnv::new("create-flag");
     for extra in [&["--create-topics"][..], &[]] {
-        let host = env.spawn_host("drink_count", extra);
-        integration_tests::wait_until(Duration::from_secs(60), "host running", || {
-            host.stderr_text().contains("host running")
-        });
+        let mut host = env.spawn_host("drink_count", extra);
+        host.wait_for_log("host running", Duration::from_secs(60));
         assert!(host.terminate().success());
     }
 }

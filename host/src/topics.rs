@@ -54,44 +54,57 @@ fn options() -> AdminOptions {
 /// Refuses to start on a missing topic (unless `create`) or a changelog that is not compacted.
 pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<()> {
     let admin = admin(&args.kafka)?;
-    let topics = roles(args);
-    let specifiers: Vec<_> = topics.iter().map(|(_, t)| ResourceSpecifier::Topic(t)).collect();
-    let results = block_on(admin.describe_configs(&specifiers, &options()))
-        .with_context(|| format!("asking {} for the topics' configs (is the broker up?)", args.kafka.brokers))?;
     let mut missing = Vec::new();
-    for ((role, topic), result) in topics.iter().zip(results) {
-        match result {
-            Ok(config) => {
-                if *role == Role::Changelog {
-                    let policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
-                    if policy != "compact" {
-                        bail!(
-                            "changelog topic `{topic}` has cleanup.policy={policy}, but it must be `compact`: \
-                             otherwise retention deletes old counter values and a restore loses keys. Fix it with \
-                             `kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {topic} \
-                             --add-config cleanup.policy=compact`, or delete it and run `host create-topics`",
-                            args.kafka.brokers
-                        );
-                    }
-                }
-            }
-            Err(RDKafkaErrorCode::UnknownTopicOrPartition) => missing.push((*role, *topic)),
-            Err(e) => return Err(anyhow!("describing {} topic `{topic}`: {e}", role.name())),
+    for (role, topic) in roles(args) {
+        if !exists(&admin, topic, &args.kafka.brokers)? {
+            missing.push((role, topic));
         }
     }
-    if missing.is_empty() {
-        return Ok(());
+    if !missing.is_empty() {
+        if !create {
+            let list: Vec<String> = missing.iter().map(|(r, t)| format!("{} topic `{t}`", r.name())).collect();
+            bail!(
+                "{} not exist on {}. Create them with `host create-topics` (or `make topic-create-all`), \
+                 or start with --create-topics",
+                if list.len() == 1 { format!("{} does", list[0]) } else { format!("{} do", list.join(", ")) },
+                args.kafka.brokers
+            );
+        }
+        create_topics(&admin, &missing, partitions)?;
     }
-    if !create {
-        let list: Vec<String> = missing.iter().map(|(r, t)| format!("{} topic `{t}`", r.name())).collect();
+    check_compacted(&admin, &args.changelog, &args.kafka.brokers)
+}
+
+fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("asking {brokers} about topic `{topic}` (is the broker up?)"))?;
+    match metadata.topics().iter().find(|t| t.name() == topic).and_then(|t| t.error()) {
+        None => Ok(true),
+        Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => Ok(false),
+        Some(e) => bail!("topic `{topic}`: {}", RDKafkaErrorCode::from(e)),
+    }
+}
+
+fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<()> {
+    let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options()))
+        .with_context(|| format!("asking {brokers} for the configs of `{topic}`"))?;
+    let config = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no config returned for `{topic}`"))?
+        .map_err(|code| anyhow!("describing changelog topic `{topic}`: {code}"))?;
+    let policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+    if policy != "compact" {
         bail!(
-            "{} not exist on {}. Create them with `host create-topics` (or `make topic-create-all`), \
-             or start with --create-topics",
-            if list.len() == 1 { format!("{} does", list[0]) } else { format!("{} do", list.join(", ")) },
-            args.kafka.brokers
+            "changelog topic `{topic}` has cleanup.policy={policy}, but it must be `compact`: \
+             otherwise retention deletes old counter values and a restore loses keys. Fix it with \
+             `kafka-configs.sh --bootstrap-server {brokers} --alter --entity-type topics --entity-name {topic} \
+             --add-config cleanup.policy=compact`, or delete it and run `host create-topics`"
         );
     }
-    create_topics(&admin, &missing, partitions)
+    Ok(())
 }
 
 fn create_topics(admin: &AdminClient<DefaultClientContext>, topics: &[(Role, &str)], partitions: i32) -> Result<()> {

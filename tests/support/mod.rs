@@ -400,6 +400,18 @@ impl HostProcess {
         }
     }
 
+    /// Waits until stderr contains `text`; fails early if the host exits first.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) {
+        let started = Instant::now();
+        while !self.stderr_text().contains(text) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("host exited ({status}) before logging `{text}`:\n{}", self.stderr_text());
+            }
+            assert!(started.elapsed() < timeout, "host did not log `{text}` within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn stdout_text(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }

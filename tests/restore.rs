@@ -65,3 +65,32 @@ fn run_on_a_lost_state_dir_restores_first() {
     assert!(host.terminate().success());
     assert_eq!(env.dump().counts, expected.counts);
 }
+
+/// Restore terminates and is exact when the changelog ends in a transaction marker (no
+/// message is ever delivered at the last offset) and when some partitions are empty.
+#[test]
+fn restore_ends_on_transaction_markers_and_empty_partitions() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, BaseProducer, Producer};
+
+    let env = TestEnv::new("restore-txn");
+    env.create_topics(4);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", integration_tests::brokers())
+        .set("transactional.id", format!("{}-txn", env.name))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    // Two keys over four partitions: at least two partitions stay empty.
+    for (key, count) in [("latte", 7u64), ("mocha", 3), ("latte", 9)] {
+        producer.send(BaseRecord::<str, [u8]>::to(&env.changelog).key(key).payload(&count.to_be_bytes())).unwrap();
+    }
+    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+
+    let state_dir = env.state_dir().display().to_string();
+    let out = env.host(&["restore", "--brokers", &integration_tests::brokers(), "--changelog", &env.changelog, "--state-dir", &state_dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dump = env.dump();
+    assert_eq!(dump.counts, [("latte".to_string(), 9), ("mocha".to_string(), 3)].into_iter().collect());
+}

@@ -28,6 +28,9 @@ struct Cli {
     /// Random seed: the same seed gives the same orders.
     #[arg(long, default_value_t = 42, global = true)]
     seed: u64,
+    /// Every N-th order is malformed (0: none), to show skipping and dead letters.
+    #[arg(long, default_value_t = 100, global = true)]
+    malformed_every: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +51,18 @@ enum Command {
     },
 }
 
-fn order(rng: &mut StdRng, id: u64) -> String {
+/// Orders the drink-count contract rejects, one of each common mistake.
+const MALFORMED: [&str; 4] = [
+    r#"{"order_id":"bad","items":[]}"#,
+    r#"{"order_id":"bad","items":[{"drink":"latte","quantity":0}]}"#,
+    r#"{"order_id":"bad","items":[{"drink":"","quantity":1}]}"#,
+    "not json",
+];
+
+fn order(rng: &mut StdRng, id: u64, malformed_every: u64) -> String {
+    if malformed_every > 0 && id % malformed_every == malformed_every - 1 {
+        return MALFORMED[(id / malformed_every) as usize % MALFORMED.len()].to_owned();
+    }
     let items: Vec<_> = (0..rng.random_range(1..=3))
         .map(|_| serde_json::json!({ "drink": DRINKS[rng.random_range(0..DRINKS.len())], "quantity": rng.random_range(1..=3) }))
         .collect();
@@ -70,7 +84,7 @@ fn main() -> Result<()> {
             let mut id = 0u64;
             eprintln!("loadgen: producing {rate} orders/s to {} (Ctrl+C stops)", cli.topic);
             loop {
-                let value = order(&mut rng, id);
+                let value = order(&mut rng, id, cli.malformed_every);
                 let key = format!("o-{id}");
                 send(&producer, &cli.topic, &key, &value);
                 id += 1;
@@ -81,7 +95,7 @@ fn main() -> Result<()> {
         Command::Fill { count } => {
             let started = Instant::now();
             for id in 0..count {
-                let value = order(&mut rng, id);
+                let value = order(&mut rng, id, cli.malformed_every);
                 send(&producer, &cli.topic, &format!("o-{id}"), &value);
             }
             producer.flush(Duration::from_secs(60)).context("flushing orders")?;

@@ -83,9 +83,9 @@ pub struct TopicArgs {
     #[arg(long, env = "STREAMHOST_OUTPUT", default_value = "brew.drink-counts")]
     pub output: String,
 
-    /// Dead-letter topic: malformed records are copied there with the reason in headers.
-    /// Off unless set.
-    #[arg(long, env = "STREAMHOST_DEAD_LETTER")]
+    /// Dead-letter topic: malformed records are copied there with the reason, source
+    /// partition and offset in headers. Off unless set.
+    #[arg(long, visible_alias = "dead-letter-topic", env = "STREAMHOST_DEAD_LETTER")]
     pub dead_letter: Option<String>,
 }
 
@@ -114,6 +114,13 @@ pub struct RunArgs {
     /// Consumer group id (also the identity of the committed offsets).
     #[arg(long, env = "STREAMHOST_GROUP", default_value = "drink-count")]
     pub group: String,
+
+    /// Static group membership id (Kafka's group.instance.id): a restarted host takes its
+    /// partitions back at once instead of waiting out the dead member's session timeout.
+    /// Default: derived from the group, this machine's hostname and the state dir (one
+    /// state dir is one host). `none` turns static membership off.
+    #[arg(long, env = "STREAMHOST_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     /// How often the board is printed and produced (e.g. 5s, 500ms, 1m).
     #[arg(long, env = "STREAMHOST_FLUSH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]

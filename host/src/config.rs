@@ -18,8 +18,12 @@ fn base(kafka: &KafkaArgs) -> ClientConfig {
 }
 
 /// The input consumer of `host run`.
-pub fn consumer(kafka: &KafkaArgs, group: &str) -> ClientConfig {
+pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>) -> ClientConfig {
     let mut config = base(kafka);
+    if let Some(id) = instance_id {
+        // Static membership: a restart (or crash and restart) resumes without a rebalance.
+        config.set("group.instance.id", id);
+    }
     config
         .set("group.id", group)
         // Offsets are committed by the pipeline only after the changelog and state are durable.
@@ -61,6 +65,18 @@ pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest");
     apply_overrides(&mut config, kafka);
     config
+}
+
+/// The default static membership id: stable across restarts of the host that owns
+/// `state_dir` on this machine, different for every other state dir or machine.
+pub fn default_instance_id(group: &str, state_dir: &std::path::Path) -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    // FNV-1a: short, stable across builds (std's hasher is not).
+    let hash = dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{group}-{}-{:08x}", hostname.trim(), hash as u32)
 }
 
 /// The user's pass-through properties (SASL/SSL and the like) are applied last, so they win

@@ -97,7 +97,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
 
-    let consumer: BaseConsumer = crate::config::consumer(&args.topics.kafka, &args.group)
+    let instance_id = match args.instance_id.as_deref() {
+        Some("none") => None,
+        Some(id) => Some(id.to_owned()),
+        None => Some(crate::config::default_instance_id(&args.group, store.dir())),
+    };
+    let consumer: BaseConsumer = crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref())
         .create()
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
@@ -117,6 +122,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         guest = %pipeline.guest.path().display(),
         input = %pipeline.args.topics.input,
         group = %pipeline.args.group,
+        instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
         state_dir = %pipeline.store.dir().display(),
         records_processed = pipeline.totals.records_processed,
         "host running"

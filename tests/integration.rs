@@ -1,6 +1,7 @@
 //! Integration tests against the real local broker, one module per behaviour. Each test has
 //! its own topics, group and state dir, so they all run in parallel.
 
+mod crash;
 mod guest_swap;
 mod pipeline;
 mod restart;

@@ -119,9 +119,24 @@ impl TestEnv {
 
     /// Starts `host run` in the background; stdout and stderr go to files in the test dir.
     pub fn spawn_host(&self, guest_name: &str, extra: &[&str]) -> HostProcess {
+        self.spawn_host_with_env(guest_name, extra, &[])
+    }
+
+    /// `spawn_host` with extra environment variables (e.g. STREAMHOST_FAULT).
+    pub fn spawn_host_with_env(&self, guest_name: &str, extra: &[&str], env: &[(&str, &str)]) -> HostProcess {
         let mut args = self.run_args(guest_name);
         args.extend(extra.iter().map(|s| s.to_string()));
-        HostProcess::spawn(&self.dir.path().join("logs"), &args)
+        HostProcess::spawn(&self.dir.path().join("logs"), &args, env)
+    }
+
+    /// `host restore` of this test's changelog into `dir`, then `host dump` of it.
+    pub fn restore_into(&self, dir: &Path) -> Dump {
+        let dir = dir.display().to_string();
+        let out = self.host(&["restore", "--brokers", &brokers(), "--changelog", &self.changelog, "--state-dir", &dir]);
+        assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.host(&["dump", "--state-dir", &dir]);
+        assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        parse_dump(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// `host dump` of this test's state dir.
@@ -348,7 +363,7 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    pub fn spawn(log_dir: &Path, args: &[String]) -> HostProcess {
+    pub fn spawn(log_dir: &Path, args: &[String], env: &[(&str, &str)]) -> HostProcess {
         std::fs::create_dir_all(log_dir).unwrap();
         let n = std::fs::read_dir(log_dir).unwrap().count();
         let stdout = log_dir.join(format!("host-{n}.out"));
@@ -356,6 +371,7 @@ impl HostProcess {
         let child = Command::new(host_bin())
             .args(args)
             .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap())

@@ -30,6 +30,14 @@ java_cmd() {
     -Dlog4j2.configurationFile="$here/kafka/log4j2.yaml" -cp "$LIBS/*" "$@"
 }
 
+# In the background, the subshell execs java, so the recorded pid is the broker's own.
+start_broker() {
+  (exec java ${KAFKA_HEAP:--Xmx1g} -XX:+UseG1GC -Dkafka.logs.dir="$DATA" \
+    -Dlog4j2.configurationFile="$here/kafka/log4j2.yaml" -cp "$LIBS/*" kafka.Kafka "$DATA/server.properties") \
+    > "$DATA/broker.out" 2>&1 < /dev/null &
+  echo $! > "$PIDFILE"
+}
+
 up() {
   if answers; then echo "kafka: already answering on 127.0.0.1:$PORT"; return 0; fi
   command -v java >/dev/null || { echo "kafka: java not found (Java 17+ is needed)" >&2; exit 1; }
@@ -43,8 +51,7 @@ up() {
       -c "$DATA/server.properties" >/dev/null
   fi
   echo "kafka: starting broker $VERSION on 127.0.0.1:$PORT (data in $DATA, log in $DATA/broker.log)"
-  java_cmd kafka.Kafka "$DATA/server.properties" > "$DATA/broker.out" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
+  start_broker
   for _ in $(seq 1 120); do
     if answers && grep -q "Kafka Server started" "$DATA/broker.log" 2>/dev/null; then
       echo "kafka: up"; return 0

@@ -88,9 +88,34 @@ impl Guest {
         &self.path
     }
 
-    /// Runs `process-batch`; if the batch traps, re-runs it record by record so that only
-    /// the records that trap are rejected. `Err` only when a new instance cannot be made.
+    /// Runs `process-batch` over `values`, in calls of at most an eighth of the guest's
+    /// memory cap in record bytes (a batch of large records must not trap for lack of memory
+    /// that each record alone fits in). One outcome per value, in order. `Err` only when a
+    /// new instance cannot be made.
     pub fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
+        let max_bytes = self.limits.memory_bytes / 8;
+        let mut outcomes = Vec::with_capacity(values.len());
+        let mut rest = values;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .position(|v| {
+                    bytes += v.len();
+                    bytes > max_bytes
+                })
+                .unwrap_or(rest.len())
+                .max(1);
+            let (chunk, tail) = rest.split_at(take);
+            outcomes.extend(self.process_chunk(chunk)?);
+            rest = tail;
+        }
+        Ok(outcomes)
+    }
+
+    /// One `process-batch` call; if it traps, the chunk is re-run record by record so that
+    /// only the records that trap are rejected.
+    fn process_chunk(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
         self.arm_deadline();
         let result = self.instance.streamhost_counter_counter().call_process_batch(&mut self.store, values);
         match result {

@@ -77,6 +77,10 @@ fn poll_batch<'c>(consumer: &'c BaseConsumer, max: usize, errors: &mut LogLimit)
     batch
 }
 
+/// Largest original value copied to the dead-letter topic: under the default broker and
+/// client message limits (~1 MB) with room for the key and headers.
+const DEAD_LETTER_MAX_VALUE: usize = 900 * 1024;
+
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
@@ -261,12 +265,20 @@ impl Pipeline {
         if let Some(topic) = &self.args.topics.dead_letter {
             let partition = message.partition().to_string();
             let offset = message.offset().to_string();
-            let headers = OwnedHeaders::new()
+            let mut headers = OwnedHeaders::new()
                 .insert(Header { key: "error", value: Some(reason) })
                 .insert(Header { key: "source.topic", value: Some(message.topic()) })
                 .insert(Header { key: "source.partition", value: Some(&partition) })
                 .insert(Header { key: "source.offset", value: Some(&offset) });
-            self.producer.send(topic, message.key().unwrap_or_default(), message.payload().unwrap_or_default(), Some(headers))?;
+            let mut value = message.payload().unwrap_or_default();
+            // A dead letter the broker would refuse would stall the partition; the source
+            // coordinates in the headers still find the original.
+            if value.len() > DEAD_LETTER_MAX_VALUE {
+                let note = format!("{} bytes, over the dead-letter limit of {DEAD_LETTER_MAX_VALUE}", value.len());
+                headers = headers.insert(Header { key: "value.omitted", value: Some(&note) });
+                value = &[];
+            }
+            self.producer.send(topic, message.key().unwrap_or_default(), value, Some(headers))?;
         }
         Ok(())
     }

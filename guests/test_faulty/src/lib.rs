@@ -1,0 +1,45 @@
+//! Misbehaves on purpose, by record text: `panic` traps, `loop` never returns, `alloc`
+//! allocates without bound, `big` adds 2^63 to key `big` (overflows on the 2nd), anything
+//! else counts 1 under its own text. For the host's broken-guest tests.
+
+use streamhost_guest_sdk::{Delta, Entry, Guest, process_each, rank_by_count};
+
+fn process(value: Vec<u8>) -> Result<Vec<Delta>, String> {
+    let text = String::from_utf8(value).map_err(|_| "not UTF-8".to_string())?;
+    match text.as_str() {
+        "panic" => panic!("this record makes the guest panic"),
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "big" => Ok(vec![Delta { key: "big".into(), amount: 1 << 63 }]),
+        _ => Ok(vec![Delta { key: text, amount: 1 }]),
+    }
+}
+
+struct Faulty;
+
+impl Guest for Faulty {
+    fn process(value: Vec<u8>) -> Result<Vec<Delta>, String> {
+        process(value)
+    }
+
+    fn process_batch(values: Vec<Vec<u8>>) -> Vec<Result<Vec<Delta>, String>> {
+        process_each(values, process)
+    }
+
+    fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
+        rank_by_count(counts, n)
+    }
+}
+
+streamhost_guest_sdk::export_guest!(Faulty);

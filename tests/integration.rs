@@ -1,9 +1,11 @@
 //! Integration tests against the real local broker, one module per behaviour. Each test has
 //! its own topics, group and state dir, so they all run in parallel.
 
+mod broken_guests;
 mod crash;
 mod guest_swap;
 mod pipeline;
+mod poison;
 mod restart;
 mod restore;
 mod startup;

@@ -39,9 +39,9 @@ fn counts_are_exact_in_state_changelog_and_board() {
         .collect();
     assert_eq!(top, orders.top(5));
 
-    let dead = integration_tests::read_topic(&env.dead_letter);
+    let dead = env.read(&env.dead_letter);
     assert_eq!(dead.len() as u64, orders.malformed);
-    assert!(dead.iter().all(|(_, _, headers)| headers.iter().any(|h| h == "error")));
+    assert!(dead.iter().all(|r| r.header("error").is_some()));
 }
 
 /// The board printed on stdout shows rank, key, count and the totals.

@@ -88,9 +88,6 @@ fn restore_ends_on_transaction_markers_and_empty_partitions() {
     }
     producer.commit_transaction(Duration::from_secs(30)).unwrap();
 
-    let state_dir = env.state_dir().display().to_string();
-    let out = env.host(&["restore", "--brokers", &integration_tests::brokers(), "--changelog", &env.changelog, "--state-dir", &state_dir]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let dump = env.dump();
+    let dump = env.restore_into(&env.state_dir());
     assert_eq!(dump.counts, [("latte".to_string(), 9), ("mocha".to_string(), 3)].into_iter().collect());
 }

@@ -47,7 +47,10 @@ pub fn producer(kafka: &KafkaArgs) -> ClientConfig {
         // The pipeline flushes every batch and waits for it; lingering only adds latency.
         .set("linger.ms", "1")
         // Changelog values are 8 bytes: keys dominate, and they compress well.
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        // Let the broker's limit decide what is too large (dead letters can be big records);
+        // librdkafka's own default would refuse them locally at ~1 MB.
+        .set("message.max.bytes", "16777216");
     apply_overrides(&mut config, kafka);
     config
 }

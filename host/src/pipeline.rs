@@ -77,9 +77,9 @@ fn poll_batch<'c>(consumer: &'c BaseConsumer, max: usize, errors: &mut LogLimit)
     batch
 }
 
-/// Largest original value copied to the dead-letter topic: under the default broker and
-/// client message limits (~1 MB) with room for the key and headers.
-const DEAD_LETTER_MAX_VALUE: usize = 900 * 1024;
+/// Longest key a guest may count under. Keys become changelog record keys, and one the
+/// broker refuses would stall the pipeline; a record with a longer key is rejected instead.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
@@ -209,31 +209,31 @@ impl Pipeline {
 
     fn apply_guest(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<BatchResult> {
         let mut result = BatchResult::default();
-        let mut to_guest: Vec<&BorrowedMessage<'_>> = Vec::with_capacity(batch.len());
-        let mut values: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
+        // Records not yet in state; the already-applied ones are left out (a crash came
+        // between the state write and the offset commit).
+        let mut fresh: Vec<&BorrowedMessage<'_>> = Vec::with_capacity(batch.len());
         for message in batch {
             result.next_offsets.insert(message.partition(), message.offset() + 1);
-            // Already in state: a crash came between the state write and the offset commit.
-            if self.applied.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
-                continue;
-            }
-            match message.payload() {
-                Some(value) => {
-                    to_guest.push(message);
-                    values.push(value.to_vec());
-                }
-                None => {
-                    result.changed = true;
-                    self.reject(message, "record has no value")?;
-                }
+            if !self.applied.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
+                fresh.push(message);
             }
         }
-        if values.is_empty() {
+        if fresh.is_empty() {
             return Ok(result);
         }
         result.changed = true;
-        let outcomes = self.guest.process_batch(&values)?;
-        for (message, outcome) in to_guest.into_iter().zip(outcomes) {
+        let values: Vec<Vec<u8>> = fresh.iter().filter_map(|m| m.payload().map(<[u8]>::to_vec)).collect();
+        let mut outcomes = self.guest.process_batch(&values)?.into_iter();
+        // In input order, so dead letters keep the order of their records.
+        for message in fresh {
+            let outcome = match message.payload() {
+                Some(_) => outcomes.next().expect("one outcome per value"),
+                None => Err("record has no value".to_owned()),
+            };
+            let outcome = outcome.and_then(|deltas| match deltas.iter().find(|d| d.key.len() > MAX_KEY_BYTES) {
+                Some(d) => Err(format!("key of {} bytes is longer than the limit of {MAX_KEY_BYTES}", d.key.len())),
+                None => Ok(deltas),
+            });
             match outcome {
                 Ok(deltas) => {
                     self.totals.records_processed += 1;
@@ -265,20 +265,15 @@ impl Pipeline {
         if let Some(topic) = &self.args.topics.dead_letter {
             let partition = message.partition().to_string();
             let offset = message.offset().to_string();
-            let mut headers = OwnedHeaders::new()
+            let headers = OwnedHeaders::new()
                 .insert(Header { key: "error", value: Some(reason) })
                 .insert(Header { key: "source.topic", value: Some(message.topic()) })
                 .insert(Header { key: "source.partition", value: Some(&partition) })
                 .insert(Header { key: "source.offset", value: Some(&offset) });
-            let mut value = message.payload().unwrap_or_default();
-            // A dead letter the broker would refuse would stall the partition; the source
-            // coordinates in the headers still find the original.
-            if value.len() > DEAD_LETTER_MAX_VALUE {
-                let note = format!("{} bytes, over the dead-letter limit of {DEAD_LETTER_MAX_VALUE}", value.len());
-                headers = headers.insert(Header { key: "value.omitted", value: Some(&note) });
-                value = &[];
-            }
-            self.producer.send(topic, message.key().unwrap_or_default(), value, Some(headers))?;
+            let (key, value) = (message.key().unwrap_or_default(), message.payload().unwrap_or_default());
+            // Too large for the dead-letter topic: sent without its value rather than stalling
+            // the partition; the source coordinates in the headers still find the original.
+            self.producer.send_trimmable(topic, key, value, headers)?;
         }
         Ok(())
     }

@@ -2,6 +2,10 @@
 //! (and dead-letter) records, then waits once for every acknowledgement. Any failed
 //! delivery fails the whole wait, so the caller never writes state or commits offsets
 //! for records Kafka did not acknowledge.
+//!
+//! One exception: a record sent with `send_trimmable` (a dead letter) that the broker
+//! refuses as too large is re-sent without its value and with a `value.omitted` header,
+//! because a dead letter that can never be written must not stall the partition.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,32 +13,53 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 
 use crate::cli::KafkaArgs;
 
-/// Counts delivery failures between waits; librdkafka calls it from `poll`/`flush`.
+/// What is needed to re-send a record without its value.
+pub struct Trimmable {
+    topic: String,
+    key: Vec<u8>,
+    headers: OwnedHeaders,
+    value_len: usize,
+}
+
+/// Records delivery failures between waits; librdkafka calls it from `poll`/`flush`.
 #[derive(Default)]
 pub struct AckContext {
     first_failure: Mutex<Option<String>>,
+    /// Records sent with `send_trimmable` since the last wait; a record's delivery opaque
+    /// is its index here plus one (0: not trimmable), so plain sends allocate nothing.
+    trimmable: Mutex<Vec<Trimmable>>,
+    /// Indexes into `trimmable` of records the broker refused as too large.
+    too_large: Mutex<Vec<usize>>,
 }
 
 impl ClientContext for AckContext {}
 
 impl ProducerContext for AckContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, trimmable: usize) {
         if let Err((error, message)) = result {
             use rdkafka::Message;
-            let mut first = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+            if trimmable > 0 && error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                lock(&self.too_large).push(trimmable - 1);
+                return;
+            }
+            let mut first = lock(&self.first_failure);
             if first.is_none() {
                 *first = Some(format!("{} [{}]: {error}", message.topic(), message.partition()));
             }
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct AckedProducer {
@@ -51,7 +76,30 @@ impl AckedProducer {
 
     /// Queues one record; waits for queue space if librdkafka's buffer is full.
     pub fn send(&self, topic: &str, key: &[u8], value: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
-        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        self.queue(topic, key, value, headers, 0)
+    }
+
+    /// Like `send`, but if the record is too large for the broker it is re-sent without
+    /// its value (see the module doc).
+    pub fn send_trimmable(&self, topic: &str, key: &[u8], value: &[u8], headers: OwnedHeaders) -> Result<()> {
+        let trimmable = Trimmable { topic: topic.to_owned(), key: key.to_owned(), headers: headers.clone(), value_len: value.len() };
+        let opaque = {
+            let mut table = lock(&self.inner.context().trimmable);
+            table.push(trimmable);
+            table.len()
+        };
+        self.queue(topic, key, value, Some(headers), opaque)
+    }
+
+    fn queue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+        trimmable: usize,
+    ) -> Result<()> {
+        let mut record = BaseRecord::with_opaque_to(topic, trimmable).key(key).payload(value);
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
@@ -62,16 +110,41 @@ impl AckedProducer {
                     record = back;
                     self.inner.poll(Duration::from_millis(10));
                 }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), back))
+                    if back.delivery_opaque > 0 =>
+                {
+                    return self.send_trimmed(back.delivery_opaque - 1);
+                }
                 Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
             }
         }
+    }
+
+    fn send_trimmed(&self, index: usize) -> Result<()> {
+        let (topic, key, headers) = {
+            let table = lock(&self.inner.context().trimmable);
+            let t = &table[index];
+            let note = format!("{} bytes, too large for topic {}", t.value_len, t.topic);
+            tracing::warn!(topic = %t.topic, bytes = t.value_len, "record too large for its topic: sent without its value");
+            (t.topic.clone(), t.key.clone(), t.headers.clone().insert(Header { key: "value.omitted", value: Some(&note) }))
+        };
+        self.queue(&topic, &key, &[], Some(headers), 0)
     }
 
     /// Waits until every record sent so far is acknowledged (or has failed after
     /// librdkafka's own retries, bounded by `message.timeout.ms`).
     pub fn wait_acks(&self) -> Result<()> {
         self.inner.flush(Timeout::Never).context("waiting for Kafka acknowledgements")?;
-        let failure = self.inner.context().first_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let too_large = std::mem::take(&mut *lock(&self.inner.context().too_large));
+        if !too_large.is_empty() {
+            for index in too_large {
+                self.send_trimmed(index)?;
+            }
+            self.inner.flush(Timeout::Never).context("waiting for Kafka acknowledgements")?;
+        }
+        // Everything is delivered: no opaque can point into the table any more.
+        lock(&self.inner.context().trimmable).clear();
+        let failure = lock(&self.inner.context().first_failure).take();
         match failure {
             None => Ok(()),
             Some(f) => Err(anyhow!("Kafka did not acknowledge a record: {f}")),

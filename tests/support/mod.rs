@@ -52,6 +52,7 @@ pub struct Dump {
 }
 
 pub struct TestEnv {
+    pub brokers: String,
     pub name: String,
     pub input: String,
     pub changelog: String,
@@ -62,11 +63,17 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Unique names for one test; nothing is created yet.
+    /// Unique names for one test on the shared broker; nothing is created yet.
     pub fn new(test: &str) -> TestEnv {
+        Self::on_brokers(test, &brokers())
+    }
+
+    /// Unique names for one test on a broker of its own.
+    pub fn on_brokers(test: &str, brokers: &str) -> TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let name = format!("t-{test}-{id}");
         TestEnv {
+            brokers: brokers.to_owned(),
             input: format!("{name}.orders"),
             changelog: format!("{name}.changelog"),
             output: format!("{name}.board"),
@@ -84,7 +91,7 @@ impl TestEnv {
     /// `--brokers` and the topic flags every subcommand that touches topics takes.
     pub fn topic_args(&self) -> Vec<String> {
         [
-            "--brokers", &brokers(), "--input", &self.input, "--changelog", &self.changelog,
+            "--brokers", &self.brokers, "--input", &self.input, "--changelog", &self.changelog,
             "--output", &self.output, "--dead-letter", &self.dead_letter,
         ]
         .iter()
@@ -132,7 +139,7 @@ impl TestEnv {
     /// `host restore` of this test's changelog into `dir`, then `host dump` of it.
     pub fn restore_into(&self, dir: &Path) -> Dump {
         let dir = dir.display().to_string();
-        let out = self.host(&["restore", "--brokers", &brokers(), "--changelog", &self.changelog, "--state-dir", &dir]);
+        let out = self.host(&["restore", "--brokers", &self.brokers, "--changelog", &self.changelog, "--state-dir", &dir]);
         assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
         let out = self.host(&["dump", "--state-dir", &dir]);
         assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -148,12 +155,18 @@ impl TestEnv {
 
     /// Produces values to the input topic (keys spread them over partitions) and waits for acks.
     pub fn produce(&self, values: &[String]) {
-        produce(&self.input, values);
+        let values: Vec<Option<Vec<u8>>> = values.iter().map(|v| Some(v.as_bytes().to_vec())).collect();
+        produce(&self.brokers, &self.input, &values);
+    }
+
+    /// Produces raw values (`None`: a record with no value at all).
+    pub fn produce_raw(&self, values: &[Option<Vec<u8>>]) {
+        produce(&self.brokers, &self.input, values);
     }
 
     /// The group's committed offset per input partition (0 where nothing is committed).
     pub fn committed(&self) -> BTreeMap<i32, i64> {
-        let consumer = reader(&self.group);
+        let consumer = reader(&self.brokers, &self.group);
         let mut tpl = TopicPartitionList::new();
         for p in end_offsets(&consumer, &self.input).keys() {
             tpl.add_partition(&self.input, *p);
@@ -173,7 +186,7 @@ impl TestEnv {
 
     /// Waits until the group has committed the input topic's end offset on every partition.
     pub fn wait_committed(&self, timeout: Duration) {
-        let consumer = reader(&self.group);
+        let consumer = reader(&self.brokers, &self.group);
         let started = Instant::now();
         loop {
             let ends = end_offsets(&consumer, &self.input);
@@ -193,17 +206,17 @@ impl TestEnv {
     /// Latest value per counter key in the changelog (metadata records skipped by header).
     pub fn changelog_latest(&self) -> BTreeMap<String, u64> {
         let mut latest = BTreeMap::new();
-        for (key, value, headers) in read_topic(&self.changelog) {
-            if headers.iter().any(|h| h == "meta") {
+        for record in self.read(&self.changelog) {
+            if record.header("meta").is_some() {
                 continue;
             }
-            let key = String::from_utf8(key).expect("counter keys are UTF-8");
-            match value.len() {
+            let key = String::from_utf8(record.key).expect("counter keys are UTF-8");
+            match record.value.len() {
                 0 => {
                     latest.remove(&key);
                 }
                 8 => {
-                    latest.insert(key, u64::from_be_bytes(value.try_into().unwrap()));
+                    latest.insert(key, u64::from_be_bytes(record.value.try_into().unwrap()));
                 }
                 n => panic!("changelog value of {n} bytes"),
             }
@@ -213,7 +226,12 @@ impl TestEnv {
 
     /// Every board snapshot on the output topic, oldest first.
     pub fn boards(&self) -> Vec<serde_json::Value> {
-        read_topic(&self.output).into_iter().map(|(_, v, _)| serde_json::from_slice(&v).expect("board is JSON")).collect()
+        self.read(&self.output).into_iter().map(|r| serde_json::from_slice(&r.value).expect("board is JSON")).collect()
+    }
+
+    /// Every record of one of this test's topics.
+    pub fn read(&self, topic: &str) -> Vec<Record> {
+        read_topic(&self.brokers, topic)
     }
 }
 
@@ -241,10 +259,12 @@ pub fn parse_dump(text: &str) -> Dump {
     dump
 }
 
-pub fn produce(topic: &str, values: &[String]) {
+pub fn produce(brokers: &str, topic: &str, values: &[Option<Vec<u8>>]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
+        // The poison tests send 1 MiB records (the test broker takes up to 4 MiB).
+        .set("message.max.bytes", "4000000")
         .create()
         .expect("producer");
     let futures: Vec<_> = values
@@ -252,7 +272,11 @@ pub fn produce(topic: &str, values: &[String]) {
         .enumerate()
         .map(|(i, v)| {
             let key = format!("k{i}");
-            producer.send_result(FutureRecord::to(topic).key(&key).payload(v)).expect("queue")
+            let mut record = FutureRecord::to(topic).key(&key);
+            if let Some(v) = v {
+                record = record.payload(v);
+            }
+            producer.send_result(record).expect("queue")
         })
         .collect();
     for f in futures {
@@ -295,9 +319,9 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
-fn reader(group: &str) -> BaseConsumer {
+fn reader(brokers: &str, group: &str) -> BaseConsumer {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -314,9 +338,25 @@ fn end_offsets(consumer: &BaseConsumer, topic: &str) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-/// Every record of `topic` from the beginning to its current end: (key, value, header names).
-pub fn read_topic(topic: &str) -> Vec<(Vec<u8>, Vec<u8>, Vec<String>)> {
-    let consumer = reader(&format!("reader-{}", uuid::Uuid::new_v4()));
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every record of `topic` from the beginning to its current end.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    let consumer = reader(brokers, &format!("reader-{}", uuid::Uuid::new_v4()));
     let ends = end_offsets(&consumer, topic);
     let mut pending: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let mut tpl = TopicPartitionList::new();
@@ -335,8 +375,17 @@ pub fn read_topic(topic: &str) -> Vec<(Vec<u8>, Vec<u8>, Vec<String>)> {
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
-                let headers = m.headers().map(|h| h.iter().map(|x| x.key.to_owned()).collect()).unwrap_or_default();
-                records.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec(), headers));
+                let headers = m
+                    .headers()
+                    .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec())).collect())
+                    .unwrap_or_default();
+                records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
                 if pending.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
                     pending.remove(&m.partition());
                 }

@@ -3,6 +3,7 @@
 
 mod broken_guests;
 mod crash;
+mod faults;
 mod guest_swap;
 mod pipeline;
 mod poison;

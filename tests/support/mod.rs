@@ -404,6 +404,44 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
+/// A broker of a test's own (for tests that stop it), on its own ports and data dir, run
+/// by the same script as the shared one. Stopped when dropped.
+pub struct OwnBroker {
+    env: Vec<(String, String)>,
+    pub brokers: String,
+}
+
+impl OwnBroker {
+    pub fn start(port: u16, data: &Path) -> OwnBroker {
+        let broker = OwnBroker {
+            env: vec![
+                ("KAFKA_PORT".into(), port.to_string()),
+                ("KAFKA_CONTROLLER_PORT".into(), (port + 1).to_string()),
+                ("KAFKA_DATA".into(), data.display().to_string()),
+                ("KAFKA_HEAP".into(), "-Xmx512m".into()),
+            ],
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        broker.script("up");
+        broker
+    }
+
+    pub fn script(&self, action: &str) {
+        let out = Command::new(repo_root().join("scripts/kafka.sh"))
+            .arg(action)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("running scripts/kafka.sh");
+        assert!(out.status.success(), "kafka.sh {action}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/kafka.sh")).arg("down").envs(self.env.iter().map(|(k, v)| (k, v))).output();
+    }
+}
+
 /// A running `host run` process.
 pub struct HostProcess {
     child: Child,
@@ -475,6 +513,10 @@ impl HostProcess {
             assert!(started.elapsed() < timeout, "host did not log `{text}` within {timeout:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn stdout_text(&self) -> String {

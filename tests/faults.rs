@@ -1,0 +1,109 @@
+//! Disk and broker faults, and a second host on the same state.
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::{TestEnv, orders};
+
+/// A second host on a state dir that a running host holds is refused with a message.
+#[test]
+fn second_host_on_the_same_state_dir_is_refused() {
+    let env = TestEnv::new("second-host");
+    env.create_topics(1);
+    let mut first = env.spawn_host("drink_count", &[]);
+    first.wait_for_log("host running", Duration::from_secs(60));
+    let out = env.host(&env.run_args("drink_count"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in use by another host process"), "{err}");
+    assert!(first.terminate().success(), "the first host is unaffected");
+}
+
+/// A state dir that cannot be created is refused at start-up, naming the path.
+#[test]
+fn unusable_state_dir_is_refused() {
+    let env = TestEnv::new("bad-state-dir");
+    env.create_topics(1);
+    let file = env.dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let mut args = env.run_args("drink_count");
+    let at = args.iter().position(|a| a == "--state-dir").unwrap();
+    args[at + 1] = file.join("state").display().to_string();
+    let out = env.host(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("creating state dir") && err.contains("a-file/state"), "{err}");
+}
+
+/// The state disk fills up mid-stream: the host stops with a clear error and commits
+/// nothing it could not write; once space is freed, a restart resumes with nothing lost.
+/// (A real full filesystem: a small tmpfs mounted on the state dir; needs root, as CI is.)
+#[test]
+fn full_state_disk_stops_the_host_without_loss() {
+    let env = TestEnv::new("disk-full");
+    env.create_topics(2);
+    let expected = orders::generate(70, 40_000, 50);
+    env.produce(&expected.values);
+
+    let state = env.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&state).status().unwrap();
+    assert!(mounted.success(), "mounting a tmpfs on the state dir needs root");
+    let _unmount = Unmount(state.clone());
+
+    let mut host = env.spawn_host("drink_count", &["--max-batch", "50"]);
+    integration_tests::wait_until(Duration::from_secs(60), "some progress", || env.committed_total() > 2_000);
+    // Fill the disk: the next state write fails.
+    let filler = state.join("filler");
+    let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).args(["bs=64k"]).output();
+    let status = host.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "a full disk stops the host");
+    let err = host.stderr_text();
+    assert!(err.contains("state write") && err.contains("No space left on device"), "{err}");
+    drop(host);
+    let committed = env.committed_total();
+    assert!(committed < expected.values.len() as i64, "stopped before draining the input");
+
+    std::fs::remove_file(&filler).unwrap();
+    let host = env.spawn_host("drink_count", &[]);
+    env.wait_committed(Duration::from_secs(120));
+    assert!(host.terminate().success());
+    let dump = env.dump();
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The broker is stopped for 20 s mid-stream and started again: the host keeps running
+/// (librdkafka retries deliveries and reconnects; a failed commit is retried by the next
+/// batch) and ends with exact counts.
+#[test]
+fn broker_outage_of_20_seconds_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = integration_tests::OwnBroker::start(19092, data.path());
+    let env = TestEnv::on_brokers("broker-outage", &broker.brokers);
+    env.create_topics(2);
+    let expected = orders::generate(80, 30_000, 50);
+    env.produce(&expected.values);
+
+    let mut host = env.spawn_host("drink_count", &["--max-batch", "100"]);
+    integration_tests::wait_until(Duration::from_secs(60), "some progress", || env.committed_total() > 3_000);
+    broker.script("down");
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(host.is_running(), "the host rides out the outage:\n{}", host.stderr_text());
+    broker.script("up");
+
+    env.wait_committed(Duration::from_secs(180));
+    assert!(host.terminate().success());
+    let dump = env.dump();
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    assert_eq!(env.changelog_latest(), expected.counts);
+}

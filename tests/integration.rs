@@ -9,4 +9,5 @@ mod pipeline;
 mod poison;
 mod restart;
 mod restore;
+mod soak;
 mod startup;

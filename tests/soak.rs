@@ -1,0 +1,70 @@
+//! Randomised `kill -9` soak: orders keep arriving while the host is killed at random
+//! moments and restarted; at the end every counter is exact.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::{TestEnv, orders};
+
+/// 100,000 orders produced over ~30 s while the host is SIGKILLed at least 10 times at
+/// random moments (random batch sizes too) and restarted each time. After the lag reaches
+/// zero: no counter is below its expected value and none is above it (the guarantee table's
+/// bound with the state dir intact is zero), the changelog's latest values equal `host dump`,
+/// and `host restore` into a fresh dir equals `host dump`.
+#[test]
+fn random_kill_9_soak_counts_exactly() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("soak seed {seed} (random kill moments and batch sizes)");
+    let mut rng = seed | 1;
+    let mut random = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+
+    let env = TestEnv::new("soak");
+    env.create_topics(3);
+    let expected = orders::generate(90, 100_000, 97);
+    let chunks: Vec<Vec<String>> = expected.values.chunks(4_000).map(<[String]>::to_vec).collect();
+    let input = env.input.clone();
+    let brokers = env.brokers.clone();
+    let producer = std::thread::spawn(move || {
+        for chunk in chunks {
+            let values: Vec<Option<Vec<u8>>> = chunk.into_iter().map(|v| Some(v.into_bytes())).collect();
+            integration_tests::produce(&brokers, &input, &values);
+            std::thread::sleep(Duration::from_millis(1_200));
+        }
+    });
+
+    let started = Instant::now();
+    let mut kills = 0;
+    while kills < 10 || !producer.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(240), "soak took too long");
+        let batch = ["50", "500", "5000"][random(3) as usize];
+        let host = env.spawn_host("drink_count", &["--max-batch", batch]);
+        std::thread::sleep(Duration::from_millis(500 + random(2_500)));
+        host.kill9();
+        kills += 1;
+    }
+    producer.join().unwrap();
+    eprintln!("soak: {kills} kills in {:?}", started.elapsed());
+    let partial = env.dump();
+    assert!(partial.records_processed > 0, "the host made progress between kills");
+
+    let host = env.spawn_host("drink_count", &[]);
+    env.wait_committed(Duration::from_secs(180));
+    assert!(host.terminate().success());
+
+    let dump = env.dump();
+    let mut inflation = 0;
+    for (key, want) in &expected.counts {
+        let got = dump.counts.get(key).copied().unwrap_or(0);
+        assert!(got >= *want, "{key}: {got} is below the expected {want}");
+        inflation += got - want;
+    }
+    assert_eq!(inflation, 0, "total inflation over the bound of 0 (state dir intact)");
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    assert_eq!(env.changelog_latest(), dump.counts);
+    assert_eq!(env.restore_into(&env.dir.path().join("restored")), dump);
+}

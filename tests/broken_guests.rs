@@ -22,12 +22,14 @@ fn traps_deadlines_and_memory_caps_skip_only_the_bad_records() {
     assert!(host.terminate().success());
 
     let dump = env.dump();
-    let expected: BTreeMap<String, u64> = [("a", 2), ("b", 1), ("c", 1), ("d", 1)].map(|(k, v)| (k.to_string(), v)).into();
+    let expected: BTreeMap<String, u64> =
+        [("a", 2), ("b", 1), ("c", 1), ("d", 1)].map(|(k, v)| (k.to_string(), v)).into();
     assert_eq!(dump.counts, expected);
     assert_eq!((dump.records_processed, dump.records_skipped), (5, 4));
 
     let dead = env.read(&env.dead_letter);
-    let reasons: Vec<(String, String)> = dead.iter().map(|r| (String::from_utf8_lossy(&r.value).into_owned(), r.header("error").unwrap())).collect();
+    let reasons: Vec<(String, String)> =
+        dead.iter().map(|r| (String::from_utf8_lossy(&r.value).into_owned(), r.header("error").unwrap())).collect();
     assert_eq!(reasons.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(), ["panic", "loop", "alloc", "panic"]);
     assert!(reasons.iter().all(|(_, e)| e.starts_with("guest trapped")), "{reasons:?}");
     assert!(reasons[1].1.contains("deadline exceeded"), "{reasons:?}");

@@ -12,7 +12,9 @@ fn counts(drink: &str, quantity: u64) -> Option<(String, u64)> {
 }
 
 fn order(drink: &str, quantity: u64) -> Vec<u8> {
-    serde_json::json!({ "order_id": "ok", "items": [{ "drink": drink, "quantity": quantity }] }).to_string().into_bytes()
+    serde_json::json!({ "order_id": "ok", "items": [{ "drink": drink, "quantity": quantity }] })
+        .to_string()
+        .into_bytes()
 }
 
 /// The corpus: (what it is, the record value, the (drink, quantity) it must count or `None`
@@ -23,7 +25,8 @@ fn corpus() -> Vec<(&'static str, Option<Vec<u8>>, Option<(String, u64)>)> {
     // Valid: the nesting sits in an unknown field, which the parser walks without recursing.
     let nested_valid = format!(r#"{{"items":[{{"drink":"latte","quantity":1}}],"pad":{}}}"#, deep(50_000));
     let nested_items = format!(r#"{{"items":{}}}"#, deep(50_000));
-    let mut huge_valid = serde_json::json!({ "items": [{ "drink": "latte", "quantity": 1 }], "pad": "x".repeat(1 << 20) }).to_string();
+    let mut huge_valid =
+        serde_json::json!({ "items": [{ "drink": "latte", "quantity": 1 }], "pad": "x".repeat(1 << 20) }).to_string();
     huge_valid.shrink_to_fit();
     vec![
         ("not JSON", s("this is not json"), None),

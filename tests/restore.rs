@@ -20,17 +20,42 @@ fn restore_rebuilds_state_and_counting_continues() {
 
     std::fs::remove_dir_all(env.state_dir()).unwrap();
     let state_dir = env.state_dir().display().to_string();
-    let out = env.host(&["restore", "--brokers", &integration_tests::brokers(), "--changelog", &env.changelog, "--state-dir", &state_dir]);
+    let out = env.host(&[
+        "restore",
+        "--brokers",
+        &integration_tests::brokers(),
+        "--changelog",
+        &env.changelog,
+        "--state-dir",
+        &state_dir,
+    ]);
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&format!("restored {} keys", expected.counts.len())), "restore said: {said}");
     assert_eq!(env.dump(), before, "restored state equals the state before the loss");
 
     // Restore refuses to overwrite a non-empty state dir without --force.
-    let again = env.host(&["restore", "--brokers", &integration_tests::brokers(), "--changelog", &env.changelog, "--state-dir", &state_dir]);
+    let again = env.host(&[
+        "restore",
+        "--brokers",
+        &integration_tests::brokers(),
+        "--changelog",
+        &env.changelog,
+        "--state-dir",
+        &state_dir,
+    ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let forced = env.host(&["restore", "--force", "--brokers", &integration_tests::brokers(), "--changelog", &env.changelog, "--state-dir", &state_dir]);
+    let forced = env.host(&[
+        "restore",
+        "--force",
+        "--brokers",
+        &integration_tests::brokers(),
+        "--changelog",
+        &env.changelog,
+        "--state-dir",
+        &state_dir,
+    ]);
     assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
     assert_eq!(env.dump(), before);
 
@@ -71,7 +96,7 @@ fn run_on_a_lost_state_dir_restores_first() {
 #[test]
 fn restore_ends_on_transaction_markers_and_empty_partitions() {
     use rdkafka::ClientConfig;
-    use rdkafka::producer::{BaseRecord, BaseProducer, Producer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
     let env = TestEnv::new("restore-txn");
     env.create_topics(4);

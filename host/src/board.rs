@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::guest::{Entry, Guest};
+use crate::guest::{Counter, Entry};
 use crate::producer::AckedProducer;
 use crate::state::{Store, Totals};
 
@@ -27,7 +27,7 @@ pub struct BoardEntry {
 }
 
 /// Ranks the store's counters with the guest, prints the board and produces it to `topic`.
-pub fn flush(store: &Store, guest: &mut Guest, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
+pub fn flush(store: &Store, guest: &mut dyn Counter, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
     let started = std::time::Instant::now();
     let counts = store
         .counts()

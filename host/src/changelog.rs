@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
+
+use crate::config::HostConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -106,12 +108,13 @@ fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
 /// Reads `topic` from the beginning to the end offsets it has now, into `store`.
 pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreReport> {
     let started = Instant::now();
-    let consumer: BaseConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
-        .create()
+    let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
+        .create_with_context(crate::config::HostContext)
         .context("creating the restore consumer")?;
     let ends = end_offsets(&consumer, topic)?;
     let to_read: i64 = ends.values().map(|(low, high)| high - low).sum();
-    let mut pending: BTreeMap<i32, i64> = ends.iter().filter(|(_, (low, high))| high > low).map(|(p, (_, h))| (*p, *h)).collect();
+    let mut pending: BTreeMap<i32, i64> =
+        ends.iter().filter(|(_, (low, high))| high > low).map(|(p, (_, h))| (*p, *h)).collect();
     tracing::info!(topic, partitions = ends.len(), records_to_read = to_read, "restoring state from the changelog");
 
     let mut assignment = TopicPartitionList::new();
@@ -136,8 +139,11 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreR
                     Some(change) => batch.push(change),
                     None => {
                         report.records_unreadable += 1;
-                        tracing::warn!(partition = message.partition(), offset = message.offset(),
-                            "changelog record is neither a counter (8-byte value) nor metadata: ignored");
+                        tracing::warn!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "changelog record is neither a counter (8-byte value) nor metadata: ignored"
+                        );
                     }
                 }
                 let partition = message.partition();
@@ -158,15 +164,20 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreR
     store.flush()?;
     report.keys = store.counts().count() as u64;
     report.elapsed = started.elapsed();
-    tracing::info!(keys = report.keys, records_read = report.records_read,
-        seconds = report.elapsed.as_secs_f64(), "restore finished");
+    tracing::info!(
+        keys = report.keys,
+        records_read = report.records_read,
+        seconds = report.elapsed.as_secs_f64(),
+        "restore finished"
+    );
     Ok(report)
 }
 
 /// (low, high) watermarks of every partition of `topic`.
-pub fn end_offsets(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
+pub fn end_offsets(consumer: &HostConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).with_context(|| format!("fetching metadata of {topic}"))?;
+    let metadata =
+        consumer.fetch_metadata(Some(topic), timeout).with_context(|| format!("fetching metadata of {topic}"))?;
     let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
         bail!("topic {topic} does not exist");
     };

@@ -140,6 +140,11 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
 
+    /// Exit 0 once every assigned input partition is consumed to its end (backfills,
+    /// batch jobs, benchmarks), after committing and publishing a last board.
+    #[arg(long, env = "STREAMHOST_STOP_AT_END")]
+    pub stop_at_end: bool,
+
     /// Most records in one batch (one guest call, one changelog flush, one state write, one commit).
     #[arg(long, env = "STREAMHOST_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

@@ -1,6 +1,9 @@
 //! librdkafka client configurations. Every non-default setting says why on its line.
 
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::cli::KafkaArgs;
 
@@ -18,8 +21,12 @@ fn base(kafka: &KafkaArgs) -> ClientConfig {
 }
 
 /// The input consumer of `host run`.
-pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>) -> ClientConfig {
+pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>, stop_at_end: bool) -> ClientConfig {
     let mut config = base(kafka);
+    if stop_at_end {
+        // Tells the pipeline when a partition has been consumed to its end.
+        config.set("enable.partition.eof", "true");
+    }
     if let Some(id) = instance_id {
         // Static membership: a restart (or crash and restart) resumes without a rebalance.
         config.set("group.instance.id", id);
@@ -76,9 +83,11 @@ pub fn default_instance_id(group: &str, state_dir: &std::path::Path) -> String {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
     // FNV-1a: short, stable across builds (std's hasher is not).
-    let hash = dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    });
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
     format!("{group}-{}-{:08x}", hostname.trim(), hash as u32)
 }
 
@@ -89,3 +98,23 @@ fn apply_overrides(config: &mut ClientConfig, kafka: &KafkaArgs) {
         config.set(key, value);
     }
 }
+
+/// Context of the host's consumers: librdkafka also reports "partition end" through the
+/// error callback, which rust-rdkafka logs as an error; it is an expected event here.
+pub struct HostContext;
+
+impl ClientContext for HostContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!("librdkafka: {reason}")
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for HostContext {}
+
+/// A consumer with [`HostContext`].
+pub type HostConsumer = rdkafka::consumer::BaseConsumer<HostContext>;

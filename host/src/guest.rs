@@ -31,6 +31,31 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// What one record became: its deltas, or why it was rejected.
 pub type Outcome = Result<Vec<Delta>, String>;
 
+/// What the pipeline needs from business logic. [`Guest`] is the implementation; the
+/// benchmark also compiles the same logic natively against it, as a baseline.
+pub trait Counter {
+    /// Names the logic in logs (the guest's path).
+    fn describe(&self) -> String;
+    /// One outcome per value, in order. `Err` only when the logic cannot run at all.
+    fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>>;
+    /// Ranks entries for the board, best first; at most `n`.
+    fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>>;
+}
+
+impl Counter for Guest {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
+        Guest::process_batch(self, values)
+    }
+
+    fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
+        Guest::top_n(self, counts, n)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub memory_bytes: usize,
@@ -84,10 +109,6 @@ impl Guest {
         Ok(Guest { path: path.to_owned(), engine, pre, limits, store, instance, traps: 0 })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `process-batch` over `values`, in calls of at most an eighth of the guest's
     /// memory cap in record bytes (a batch of large records must not trap for lack of memory
     /// that each record alone fits in). One outcome per value, in order. `Err` only when a
@@ -121,8 +142,11 @@ impl Guest {
         match result {
             Ok(outcomes) if outcomes.len() == values.len() => return Ok(outcomes),
             Ok(outcomes) => {
-                tracing::warn!(records = values.len(), results = outcomes.len(),
-                    "guest returned the wrong number of results for a batch; retrying record by record");
+                tracing::warn!(
+                    records = values.len(),
+                    results = outcomes.len(),
+                    "guest returned the wrong number of results for a batch; retrying record by record"
+                );
             }
             Err(trap) => {
                 self.recover(&trap)?;
@@ -177,7 +201,9 @@ fn instantiate(
     pre: &bindings::CountingGuestPre<GuestState>,
     limits: &Limits,
 ) -> Result<(Store<GuestState>, bindings::CountingGuest)> {
-    let state = GuestState { limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build() };
+    let state = GuestState {
+        limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+    };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(u64::MAX / 2);

@@ -16,6 +16,7 @@
 //! - [`board`]: the top-N snapshot, printed and produced every flush interval.
 //! - [`topics`]: start-up checks of the topics, and creating/deleting them.
 //! - [`fault`]: crash injection at exact pipeline steps, for the crash tests.
+//! - [`stats`]: records, rate and latency of a run, logged at its end.
 //! - [`shutdown`]: SIGINT/SIGTERM to a flag the loop reads between batches.
 //! - [`log_limit`]: logs repeated events at a bounded rate.
 
@@ -30,6 +31,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod shutdown;
 pub mod state;
+pub mod stats;
 pub mod topics;
 
 /// The WIT package this host speaks; a guest must export its `counter` interface at exactly

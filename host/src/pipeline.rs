@@ -35,36 +35,52 @@
 //!
 //! The board is read from committed state between batches, so it never shows half a batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
+
+use crate::config::HostConsumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
-use crate::fault::{self, Step};
 use crate::cli::RunArgs;
-use crate::guest::{Guest, Limits};
+use crate::fault::{self, Step};
+use crate::guest::{Counter, Guest, Limits};
 use crate::log_limit::LogLimit;
 use crate::producer::AckedProducer;
 use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, Totals, meta};
+use crate::stats::RunStats;
 
 /// How long one poll waits for the first record of a batch; bounds how late a shutdown
 /// request or a due board is noticed when the input is idle.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// Waits up to `POLL_WAIT` for a first record, then takes whatever else is already
-/// fetched, up to `max` records.
-fn poll_batch<'c>(consumer: &'c BaseConsumer, max: usize, errors: &mut LogLimit) -> Vec<BorrowedMessage<'c>> {
+/// fetched, up to `max` records. Partitions that reported their end (with `--stop-at-end`)
+/// are added to `at_end`; a partition that delivers a record leaves it.
+fn poll_batch<'c>(
+    consumer: &'c HostConsumer,
+    max: usize,
+    errors: &mut LogLimit,
+    at_end: &mut BTreeSet<i32>,
+) -> Vec<BorrowedMessage<'c>> {
     let mut batch = Vec::new();
     let mut timeout = POLL_WAIT;
     while batch.len() < max {
         match consumer.poll(timeout) {
             None => break,
-            Some(Ok(message)) => batch.push(message),
+            Some(Ok(message)) => {
+                at_end.remove(&message.partition());
+                batch.push(message);
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
             Some(Err(e)) => {
                 if let Some(suppressed) = errors.allow() {
                     tracing::warn!(error = %e, suppressed, "consumer error (librdkafka retries on its own)");
@@ -77,19 +93,33 @@ fn poll_batch<'c>(consumer: &'c BaseConsumer, max: usize, errors: &mut LogLimit)
     batch
 }
 
+/// True when partitions are assigned and every one of them reported its end.
+fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
+    match consumer.assignment() {
+        Ok(assignment) => {
+            let partitions: Vec<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
+            !partitions.is_empty() && partitions.iter().all(|p| at_end.contains(p))
+        }
+        Err(_) => false,
+    }
+}
+
 /// Longest key a guest may count under. Keys become changelog record keys, and one the
 /// broker refuses would stall the pipeline; a record with a longer key is rejected instead.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
-    let limits = Limits {
-        memory_bytes: (args.guest_memory_mb * 1024 * 1024) as usize,
-        call_timeout: args.guest_timeout,
-    };
+    let limits =
+        Limits { memory_bytes: (args.guest_memory_mb * 1024 * 1024) as usize, call_timeout: args.guest_timeout };
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let guest = Guest::load(&args.guest, limits)?;
+    run_with(args, Box::new(guest))
+}
+
+/// `host run` with any [`Counter`] (the benchmark's native baseline uses this).
+pub fn run_with(args: RunArgs, guest: Box<dyn Counter>) -> Result<()> {
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
     let store = Store::open(&args.state.state_dir)?;
     crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
 
@@ -97,7 +127,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         // A new or lost state dir: rebuild it from the changelog before counting on top of it.
         let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &store)?;
         if report.records_read > 0 {
-            tracing::info!(keys = report.keys, records = report.records_read, "state was empty: restored it from the changelog");
+            tracing::info!(
+                keys = report.keys,
+                records = report.records_read,
+                "state was empty: restored it from the changelog"
+            );
         }
     }
 
@@ -106,9 +140,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(id) => Some(id.to_owned()),
         None => Some(crate::config::default_instance_id(&args.group, store.dir())),
     };
-    let consumer: BaseConsumer = crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref())
-        .create()
-        .context("creating the Kafka consumer")?;
+    let consumer: HostConsumer =
+        crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)
+            .create_with_context(crate::config::HostContext)
+            .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     let producer = AckedProducer::new(&args.topics.kafka)?;
 
@@ -121,9 +156,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         guest,
         rejected_log: LogLimit::new(Duration::from_secs(1)),
         consumer_log: LogLimit::new(Duration::from_secs(5)),
+        stats: RunStats::default(),
     };
     tracing::info!(
-        guest = %pipeline.guest.path().display(),
+        guest = %pipeline.guest.describe(),
         input = %pipeline.args.topics.input,
         group = %pipeline.args.group,
         instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
@@ -140,12 +176,13 @@ struct Pipeline {
     args: RunArgs,
     producer: AckedProducer,
     store: Store,
-    guest: Guest,
+    guest: Box<dyn Counter>,
     /// Next input offset per partition that state already reflects (see the module doc).
     applied: BTreeMap<i32, i64>,
     totals: Totals,
     rejected_log: LogLimit,
     consumer_log: LogLimit,
+    stats: RunStats,
 }
 
 /// A batch's effect before it is written anywhere.
@@ -160,12 +197,17 @@ struct BatchResult {
 }
 
 impl Pipeline {
-    fn run_until(&mut self, consumer: &BaseConsumer, shutdown: &Shutdown) -> Result<()> {
+    fn run_until(&mut self, consumer: &HostConsumer, shutdown: &Shutdown) -> Result<()> {
         let mut last_board = Instant::now();
+        let mut at_end = BTreeSet::new();
         while !shutdown.requested() {
-            let batch = poll_batch(consumer, self.args.max_batch, &mut self.consumer_log);
+            let batch = poll_batch(consumer, self.args.max_batch, &mut self.consumer_log, &mut at_end);
             if !batch.is_empty() {
+                self.stats.batch_polled(batch.len());
                 self.process(consumer, &batch)?;
+            } else if self.args.stop_at_end && all_at_end(consumer, &at_end) {
+                tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
+                break;
             }
             drop(batch);
             if last_board.elapsed() >= self.args.flush_interval {
@@ -177,11 +219,16 @@ impl Pipeline {
         tracing::info!("shutting down: batch committed, publishing a last board");
         self.flush_board();
         self.producer.wait_acks()?;
-        tracing::info!(records_processed = self.totals.records_processed, records_skipped = self.totals.records_skipped, "stopped cleanly");
+        self.stats.log();
+        tracing::info!(
+            records_processed = self.totals.records_processed,
+            records_skipped = self.totals.records_skipped,
+            "stopped cleanly"
+        );
         Ok(())
     }
 
-    fn process(&mut self, consumer: &BaseConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
+    fn process(&mut self, consumer: &HostConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
         // 1. The guest turns records into deltas; the overlay accumulates new values.
         let result = self.apply_guest(batch)?;
 
@@ -190,6 +237,8 @@ impl Pipeline {
             let changes = self.changes(&result);
             self.send_changelog(&changes)?;
             self.producer.wait_acks().context("changelog write")?;
+            self.stats.changelog_records += changes.len() as u64;
+            self.stats.acknowledged(batch.iter().filter_map(|m| m.timestamp().to_millis()));
             fault::point(Step::AfterChangelog);
 
             // 3. State: one atomic, fsynced write batch.
@@ -203,6 +252,7 @@ impl Pipeline {
 
         // 4. Offsets: only now is the batch committed to the group.
         self.commit(consumer, &result.next_offsets);
+        self.stats.committed();
         fault::point(Step::AfterCommit);
         Ok(())
     }
@@ -259,8 +309,13 @@ impl Pipeline {
     fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
         self.totals.records_skipped += 1;
         if let Some(suppressed) = self.rejected_log.allow() {
-            tracing::warn!(partition = message.partition(), offset = message.offset(), reason, suppressed,
-                "skipping malformed record");
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                reason,
+                suppressed,
+                "skipping malformed record"
+            );
         }
         if let Some(topic) = &self.args.topics.dead_letter {
             let partition = message.partition().to_string();
@@ -285,7 +340,8 @@ impl Pipeline {
             .iter()
             .map(|(key, value)| Change::Count { key: key.as_bytes().to_vec(), value: Some(*value) })
             .collect();
-        let u64_meta = |name: &str, v: u64| Change::Meta { name: name.to_owned(), value: Some(v.to_be_bytes().to_vec()) };
+        let u64_meta =
+            |name: &str, v: u64| Change::Meta { name: name.to_owned(), value: Some(v.to_be_bytes().to_vec()) };
         changes.push(u64_meta(meta::RECORDS_PROCESSED, self.totals.records_processed));
         changes.push(u64_meta(meta::RECORDS_SKIPPED, self.totals.records_skipped));
         for (partition, next) in &result.next_offsets {
@@ -312,7 +368,7 @@ impl Pipeline {
 
     /// Commits next offsets. A failed commit is not fatal: state already records the
     /// offsets, so the next successful commit (or a restart) catches up without double counting.
-    fn commit(&mut self, consumer: &BaseConsumer, next_offsets: &BTreeMap<i32, i64>) {
+    fn commit(&mut self, consumer: &HostConsumer, next_offsets: &BTreeMap<i32, i64>) {
         if next_offsets.is_empty() {
             return;
         }
@@ -331,7 +387,7 @@ impl Pipeline {
 
     fn flush_board(&mut self) {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
-        match crate::board::flush(&self.store, &mut self.guest, &self.producer, &topic, n) {
+        match crate::board::flush(&self.store, self.guest.as_mut(), &self.producer, &topic, n) {
             Ok(()) => fault::point(Step::AfterBoard),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }

@@ -82,7 +82,12 @@ impl AckedProducer {
     /// Like `send`, but if the record is too large for the broker it is re-sent without
     /// its value (see the module doc).
     pub fn send_trimmable(&self, topic: &str, key: &[u8], value: &[u8], headers: OwnedHeaders) -> Result<()> {
-        let trimmable = Trimmable { topic: topic.to_owned(), key: key.to_owned(), headers: headers.clone(), value_len: value.len() };
+        let trimmable = Trimmable {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            headers: headers.clone(),
+            value_len: value.len(),
+        };
         let opaque = {
             let mut table = lock(&self.inner.context().trimmable);
             table.push(trimmable);
@@ -126,7 +131,11 @@ impl AckedProducer {
             let t = &table[index];
             let note = format!("{} bytes, too large for topic {}", t.value_len, t.topic);
             tracing::warn!(topic = %t.topic, bytes = t.value_len, "record too large for its topic: sent without its value");
-            (t.topic.clone(), t.key.clone(), t.headers.clone().insert(Header { key: "value.omitted", value: Some(&note) }))
+            (
+                t.topic.clone(),
+                t.key.clone(),
+                t.headers.clone().insert(Header { key: "value.omitted", value: Some(&note) }),
+            )
         };
         self.queue(&topic, &key, &[], Some(headers), 0)
     }

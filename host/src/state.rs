@@ -144,9 +144,7 @@ impl Store {
         }
         let mut options = WriteOptions::default();
         options.set_sync(durable);
-        self.db
-            .write_opt(batch, &options)
-            .with_context(|| format!("writing state to {}", self.dir.display()))
+        self.db.write_opt(batch, &options).with_context(|| format!("writing state to {}", self.dir.display()))
     }
 
     /// Every counter, in key order.

@@ -36,7 +36,11 @@ impl Role {
 }
 
 fn roles(args: &TopicArgs) -> Vec<(Role, &str)> {
-    let mut topics = vec![(Role::Input, args.input.as_str()), (Role::Changelog, args.changelog.as_str()), (Role::Output, args.output.as_str())];
+    let mut topics = vec![
+        (Role::Input, args.input.as_str()),
+        (Role::Changelog, args.changelog.as_str()),
+        (Role::Output, args.output.as_str()),
+    ];
     if let Some(dlq) = &args.dead_letter {
         topics.push((Role::DeadLetter, dlq.as_str()));
     }
@@ -147,7 +151,9 @@ pub fn delete_command(args: TopicArgs) -> Result<()> {
     for result in block_on(admin.delete_topics(&names, &options())).context("deleting topics")? {
         match result {
             Ok(name) => tracing::info!(topic = name, "deleted topic"),
-            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => tracing::info!(topic = name, "topic did not exist"),
+            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                tracing::info!(topic = name, "topic did not exist")
+            }
             Err((name, code)) => bail!("deleting topic `{name}`: {code}"),
         }
     }

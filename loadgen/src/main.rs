@@ -12,8 +12,18 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const DRINKS: [&str; 12] = [
-    "latte", "cappuccino", "espresso", "americano", "flat white", "mocha", "macchiato", "cortado",
-    "cold brew", "matcha latte", "chai latte", "hot chocolate",
+    "latte",
+    "cappuccino",
+    "espresso",
+    "americano",
+    "flat white",
+    "mocha",
+    "macchiato",
+    "cortado",
+    "cold brew",
+    "matcha latte",
+    "chai latte",
+    "hot chocolate",
 ];
 
 #[derive(Parser)]
@@ -66,7 +76,8 @@ fn order(rng: &mut StdRng, id: u64, malformed_every: u64) -> String {
     let items: Vec<_> = (0..rng.random_range(1..=3))
         .map(|_| serde_json::json!({ "drink": DRINKS[rng.random_range(0..DRINKS.len())], "quantity": rng.random_range(1..=3) }))
         .collect();
-    serde_json::json!({ "order_id": format!("o-{id}"), "shop_id": rng.random_range(1..=20), "items": items }).to_string()
+    serde_json::json!({ "order_id": format!("o-{id}"), "shop_id": rng.random_range(1..=20), "items": items })
+        .to_string()
 }
 
 fn main() -> Result<()> {

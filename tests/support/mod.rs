@@ -37,7 +37,8 @@ pub fn host_bin() -> PathBuf {
 
 /// A guest component built by `make guests`.
 pub fn guest(name: &str) -> PathBuf {
-    let dir = std::env::var("STREAMHOST_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("build/guests"));
+    let dir =
+        std::env::var("STREAMHOST_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("build/guests"));
     let path = dir.join(format!("{name}.wasm"));
     assert!(path.exists(), "guest {} not found: run `make guests` first", path.display());
     path
@@ -91,8 +92,16 @@ impl TestEnv {
     /// `--brokers` and the topic flags every subcommand that touches topics takes.
     pub fn topic_args(&self) -> Vec<String> {
         [
-            "--brokers", &self.brokers, "--input", &self.input, "--changelog", &self.changelog,
-            "--output", &self.output, "--dead-letter", &self.dead_letter,
+            "--brokers",
+            &self.brokers,
+            "--input",
+            &self.input,
+            "--changelog",
+            &self.changelog,
+            "--output",
+            &self.output,
+            "--dead-letter",
+            &self.dead_letter,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -117,9 +126,16 @@ impl TestEnv {
         let mut args = vec!["run".to_string(), "--guest".into(), guest(guest_name).display().to_string()];
         args.extend(self.topic_args());
         args.extend(
-            ["--group", &self.group, "--state-dir", &self.state_dir().display().to_string(), "--flush-interval", "500ms"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "--group",
+                &self.group,
+                "--state-dir",
+                &self.state_dir().display().to_string(),
+                "--flush-interval",
+                "500ms",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         args
     }
@@ -139,7 +155,8 @@ impl TestEnv {
     /// `host restore` of this test's changelog into `dir`, then `host dump` of it.
     pub fn restore_into(&self, dir: &Path) -> Dump {
         let dir = dir.display().to_string();
-        let out = self.host(&["restore", "--brokers", &self.brokers, "--changelog", &self.changelog, "--state-dir", &dir]);
+        let out =
+            self.host(&["restore", "--brokers", &self.brokers, "--changelog", &self.changelog, "--state-dir", &dir]);
         assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
         let out = self.host(&["dump", "--state-dir", &dir]);
         assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -191,10 +208,8 @@ impl TestEnv {
         loop {
             let ends = end_offsets(&consumer, &self.input);
             let committed = self.committed();
-            let behind: Vec<_> = ends
-                .iter()
-                .filter(|(p, end)| committed.get(p).copied().unwrap_or(0) != **end)
-                .collect();
+            let behind: Vec<_> =
+                ends.iter().filter(|(p, end)| committed.get(p).copied().unwrap_or(0) != **end).collect();
             if behind.is_empty() {
                 return;
             }
@@ -432,13 +447,21 @@ impl OwnBroker {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running scripts/kafka.sh");
-        assert!(out.status.success(), "kafka.sh {action}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kafka.sh {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("scripts/kafka.sh")).arg("down").envs(self.env.iter().map(|(k, v)| (k, v))).output();
+        let _ = Command::new(repo_root().join("scripts/kafka.sh"))
+            .arg("down")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output();
     }
 }
 

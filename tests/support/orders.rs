@@ -70,7 +70,8 @@ pub fn generate(seed: u64, n: usize, malformed_every: usize) -> Orders {
                 serde_json::json!({ "drink": drink, "quantity": quantity })
             })
             .collect();
-        let order = serde_json::json!({ "order_id": format!("{seed}-{i}"), "shop_id": 1 + rng.next(4), "items": items });
+        let order =
+            serde_json::json!({ "order_id": format!("{seed}-{i}"), "shop_id": 1 + rng.next(4), "items": items });
         orders.values.push(order.to_string());
         orders.valid += 1;
         if malformed_every > 0 && (i + 1) % malformed_every == 0 {

@@ -39,11 +39,10 @@ pub fn count_drinks(record: &[u8]) -> Result<Vec<Delta>, String> {
         if item.drink.is_empty() {
             return Err(format!("item {i}: drink is empty"));
         }
-        let quantity = item
-            .quantity
-            .as_u64()
-            .filter(|q| (1..=MAX_QUANTITY).contains(q))
-            .ok_or_else(|| format!("item {i}: quantity {} is not an integer in 1..={MAX_QUANTITY}", item.quantity))?;
+        let quantity =
+            item.quantity.as_u64().filter(|q| (1..=MAX_QUANTITY).contains(q)).ok_or_else(|| {
+                format!("item {i}: quantity {} is not an integer in 1..={MAX_QUANTITY}", item.quantity)
+            })?;
         add_delta(&mut deltas, &item.drink, quantity);
     }
     Ok(deltas)
@@ -88,7 +87,9 @@ mod tests {
 
     #[test]
     fn one_delta_per_distinct_drink_summed() {
-        let got = ok(r#"{"order_id":"o1","shop_id":7,"items":[{"drink":"latte","quantity":2},{"drink":"mocha","quantity":1},{"drink":"latte","quantity":3}]}"#);
+        let got = ok(
+            r#"{"order_id":"o1","shop_id":7,"items":[{"drink":"latte","quantity":2},{"drink":"mocha","quantity":1},{"drink":"latte","quantity":3}]}"#,
+        );
         assert_eq!(got, vec![("latte".into(), 5), ("mocha".into(), 1)]);
     }
 
@@ -99,7 +100,9 @@ mod tests {
 
     #[test]
     fn names_are_byte_exact() {
-        let got = ok(r#"{"items":[{"drink":" Latte","quantity":1},{"drink":"latte","quantity":1},{"drink":"caf\u00e9","quantity":1}]}"#);
+        let got = ok(
+            r#"{"items":[{"drink":" Latte","quantity":1},{"drink":"latte","quantity":1},{"drink":"caf\u00e9","quantity":1}]}"#,
+        );
         assert_eq!(got, vec![(" Latte".into(), 1), ("latte".into(), 1), ("café".into(), 1)]);
     }
 

@@ -17,7 +17,7 @@ export STREAMHOST_STATE_DIR ?= ./state
 
 APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven
 
-.PHONY: help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
+.PHONY: bench help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -72,3 +72,7 @@ demo: build guests kafka-up ## everything: broker, topics, seeded orders, the li
 
 test: build guests kafka-up ## all tests: unit, guest, and integration against the real broker
 	scripts/test.sh
+
+bench: deps guests kafka-up ## benchmark (release build): raw / native / wasm / restore / latency -> bench/RESULTS.md
+	cargo build --release --workspace --bins
+	python3 bench/bench.py

@@ -29,11 +29,7 @@ pub struct BoardEntry {
 /// Ranks the store's counters with the guest, prints the board and produces it to `topic`.
 pub fn flush(store: &Store, guest: &mut dyn Counter, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
     let started = std::time::Instant::now();
-    let counts = store
-        .counts()
-        .map(|item| item.map(|(key, count)| Entry { key: String::from_utf8_lossy(&key).into_owned(), count }))
-        .collect::<Result<Vec<_>>>()?;
-    let top = guest.top_n(&counts, n)?;
+    let (top, keys) = rank(store, guest, n)?;
     let totals = store.totals()?;
     let now = SystemTime::now();
     let snapshot = Snapshot {
@@ -42,11 +38,38 @@ pub fn flush(store: &Store, guest: &mut dyn Counter, producer: &AckedProducer, t
         records_skipped: totals.records_skipped,
         top: top.into_iter().map(|e| BoardEntry { key: e.key, count: e.count }).collect(),
     };
-    print(&snapshot, &totals, now, counts.len());
+    print(&snapshot, &totals, now, keys);
     producer.send(topic, b"board", &serde_json::to_vec(&snapshot)?, None)?;
     producer.poll();
-    tracing::debug!(keys = counts.len(), ms = started.elapsed().as_millis() as u64, "board flushed");
+    tracing::debug!(keys, ms = started.elapsed().as_millis() as u64, "board flushed");
     Ok(())
+}
+
+/// Keys handed to the guest's `top-n` per call: bounds host and guest memory however many
+/// keys the state holds.
+const RANK_CHUNK: usize = 10_000;
+
+/// The top `n` of the whole state, ranked in chunks: each call ranks the winners so far plus
+/// the next chunk of keys. This equals one call over everything whenever `top-n` selects by a
+/// total order of entries, which the WIT contract asks of guests. Returns (top, keys seen).
+fn rank(store: &Store, guest: &mut dyn Counter, n: u32) -> Result<(Vec<Entry>, usize)> {
+    let mut winners: Vec<Entry> = Vec::new();
+    let mut chunk: Vec<Entry> = Vec::with_capacity(RANK_CHUNK);
+    let mut keys = 0;
+    let mut counts = store.counts().peekable();
+    while counts.peek().is_some() {
+        chunk.clear();
+        chunk.append(&mut winners);
+        while chunk.len() < RANK_CHUNK + n as usize
+            && let Some(item) = counts.next()
+        {
+            let (key, count) = item?;
+            chunk.push(Entry { key: String::from_utf8_lossy(&key).into_owned(), count });
+            keys += 1;
+        }
+        winners = guest.top_n(&chunk, n)?;
+    }
+    Ok((winners, keys))
 }
 
 fn print(snapshot: &Snapshot, totals: &Totals, at: SystemTime, keys: usize) {

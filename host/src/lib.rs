@@ -38,3 +38,15 @@ pub mod topics;
 /// this version.
 pub const WIT_PACKAGE: &str = "streamhost:counter";
 pub const WIT_VERSION: &str = "0.1.0";
+
+/// Logs to stderr, as text or JSON lines; `RUST_LOG` filters (librdkafka's chatter is
+/// held to warnings unless asked for).
+pub fn init_logging(format: cli::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().init(),
+    }
+}

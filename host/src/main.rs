@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use host::cli::{Cli, Command, LogFormat};
+use host::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    host::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => host::pipeline::run(args),
         Command::Restore(args) => host::changelog::restore_command(args),
@@ -23,16 +23,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    // librdkafka's own chatter is noisy at info; RUST_LOG overrides everything.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

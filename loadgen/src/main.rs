@@ -1,64 +1,107 @@
-//! `loadgen`: produces Brew orders to the input topic — a slow endless trickle for the demo
-//! (`seed`), or a fixed, reproducible set as fast as possible (`fill`). Orders are JSON:
-//! `{"order_id": "...", "shop_id": N, "items": [{"drink": "latte", "quantity": 2}, ...]}`.
+//! `loadgen`: the demo's and the benchmark's traffic.
+//! - `seed`: a steady stream of orders at a fixed rate (the demo's trickle, the latency benchmark's load);
+//! - `fill`: a fixed, reproducible set of orders as fast as the broker takes them;
+//! - `drain`: consume a topic to its end and drop everything (the benchmark's "raw" ceiling);
+//! - `keys`: a changelog with N distinct counter keys (the restore benchmark).
+//!
+//! Orders are JSON: `{"order_id": "...", "shop_id": N, "items": [{"drink": "latte", "quantity": 2}, ...]}`.
+//! With a seed, the same orders come out every time.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::ClientConfig;
+use rand_distr::{Distribution, Zipf};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message};
 
-const DRINKS: [&str; 12] = [
-    "latte",
-    "cappuccino",
-    "espresso",
-    "americano",
-    "flat white",
-    "mocha",
-    "macchiato",
-    "cortado",
-    "cold brew",
-    "matcha latte",
-    "chai latte",
-    "hot chocolate",
+/// Drink names, most popular first when `--zipf` skews the choice.
+const DRINKS: [&str; 50] = [
+    "latte", "cappuccino", "espresso", "americano", "flat white", "mocha", "macchiato", "cortado", "cold brew",
+    "matcha latte", "chai latte", "hot chocolate", "iced latte", "caramel macchiato", "ristretto", "lungo",
+    "doppio", "affogato", "irish coffee", "vienna", "piccolo", "red eye", "café au lait", "café con leche",
+    "cafe cubano", "galão", "frappé", "nitro cold brew", "iced americano", "vanilla latte", "hazelnut latte",
+    "pumpkin spice latte", "oat flat white", "dirty chai", "london fog", "earl grey", "green tea", "sencha",
+    "rooibos", "peppermint tea", "chamomile", "turmeric latte", "beetroot latte", "golden milk", "babyccino",
+    "iced matcha", "yuzu tonic", "espresso tonic", "cascara fizz", "honey oat latte",
 ];
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Produces Brew orders to Kafka for the demo and benchmarks")]
+#[command(name = "loadgen", about = "Produces and consumes Brew orders for the demo and the benchmarks")]
 struct Cli {
     /// Kafka bootstrap servers.
     #[arg(long, env = "STREAMHOST_BROKERS", default_value = "127.0.0.1:9092", global = true)]
     brokers: String,
-    /// Topic to produce to.
+    /// Topic to produce to or drain.
     #[arg(long, env = "STREAMHOST_INPUT", default_value = "brew.orders.v1", global = true)]
     topic: String,
-    /// Random seed: the same seed gives the same orders.
-    #[arg(long, default_value_t = 42, global = true)]
-    seed: u64,
-    /// Every N-th order is malformed (0: none), to show skipping and dead letters.
-    #[arg(long, default_value_t = 100, global = true)]
-    malformed_every: u64,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::Args, Clone)]
+struct OrderArgs {
+    /// Random seed: the same seed gives the same orders.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// How many drink names to use (at most 50).
+    #[arg(long, default_value_t = 12)]
+    drinks: usize,
+    /// Zipf exponent of drink popularity (0: uniform).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// Every N-th order is malformed (0: none), to show skipping and dead letters.
+    #[arg(long, default_value_t = 100)]
+    malformed_every: u64,
+    /// Producer compression (none, lz4, zstd, ...).
+    #[arg(long, default_value = "none")]
+    compression: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// A steady trickle of orders until interrupted (the demo's `make seed-orders`).
+    /// A steady stream of orders, until interrupted or for --duration.
     Seed {
+        #[command(flatten)]
+        orders: OrderArgs,
         /// Orders per second.
         #[arg(long, default_value_t = 12)]
-        rate: u32,
+        rate: u64,
+        /// Stop after this long (default: never).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
     },
     /// A fixed number of orders as fast as the broker takes them, then exit.
     Fill {
+        #[command(flatten)]
+        orders: OrderArgs,
         /// How many orders.
         #[arg(long)]
         count: u64,
     },
+    /// Consume the topic to its end, dropping every record; commit once at the end.
+    /// Prints one JSON line: records, seconds from first record to commit, records/s.
+    Drain {
+        /// Consumer group (use a new one per run).
+        #[arg(long)]
+        group: String,
+    },
+    /// A changelog with `count` distinct counter keys (8-byte big-endian values).
+    Keys {
+        #[arg(long)]
+        count: u64,
+    },
+}
+
+struct OrderGen {
+    rng: StdRng,
+    zipf: Option<Zipf<f64>>,
+    drinks: usize,
+    malformed_every: u64,
 }
 
 /// Orders the drink-count contract rejects, one of each common mistake.
@@ -69,62 +112,145 @@ const MALFORMED: [&str; 4] = [
     "not json",
 ];
 
-fn order(rng: &mut StdRng, id: u64, malformed_every: u64) -> String {
-    if malformed_every > 0 && id % malformed_every == malformed_every - 1 {
-        return MALFORMED[(id / malformed_every) as usize % MALFORMED.len()].to_owned();
+impl OrderGen {
+    fn new(args: &OrderArgs) -> Result<OrderGen> {
+        if args.drinks == 0 || args.drinks > DRINKS.len() {
+            bail!("--drinks must be 1..={}", DRINKS.len());
+        }
+        let zipf = if args.zipf > 0.0 { Some(Zipf::new(args.drinks as f64, args.zipf)?) } else { None };
+        Ok(OrderGen { rng: StdRng::seed_from_u64(args.seed), zipf, drinks: args.drinks, malformed_every: args.malformed_every })
     }
-    let items: Vec<_> = (0..rng.random_range(1..=3))
-        .map(|_| serde_json::json!({ "drink": DRINKS[rng.random_range(0..DRINKS.len())], "quantity": rng.random_range(1..=3) }))
-        .collect();
-    serde_json::json!({ "order_id": format!("o-{id}"), "shop_id": rng.random_range(1..=20), "items": items })
-        .to_string()
+
+    fn drink(&mut self) -> &'static str {
+        let i = match &self.zipf {
+            Some(z) => z.sample(&mut self.rng) as usize - 1,
+            None => self.rng.random_range(0..self.drinks),
+        };
+        DRINKS[i.min(self.drinks - 1)]
+    }
+
+    fn order(&mut self, id: u64) -> String {
+        if self.malformed_every > 0 && id % self.malformed_every == self.malformed_every - 1 {
+            return MALFORMED[(id / self.malformed_every) as usize % MALFORMED.len()].to_owned();
+        }
+        let n = self.rng.random_range(1..=3);
+        let items: Vec<_> = (0..n)
+            .map(|_| serde_json::json!({ "drink": self.drink(), "quantity": self.rng.random_range(1..=3) }))
+            .collect();
+        let shop = self.rng.random_range(1..=20);
+        serde_json::json!({ "order_id": format!("o-{id}"), "shop_id": shop, "items": items }).to_string()
+    }
+}
+
+fn producer(brokers: &str, compression: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // Throughput settings for a bulk load: bigger batches, a little linger.
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", compression)
+        .create()
+        .context("creating the producer")
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cli.brokers)
-        .set("linger.ms", "20")
-        .create()
-        .context("creating the producer")?;
-    let mut rng = StdRng::seed_from_u64(cli.seed);
     match cli.command {
-        Command::Seed { rate } => {
-            let every = Duration::from_secs(1) / rate.max(1);
-            let mut next = Instant::now();
-            let mut id = 0u64;
+        Command::Seed { orders, rate, duration } => {
+            let producer = producer(&cli.brokers, &orders.compression)?;
+            let mut orders_gen = OrderGen::new(&orders)?;
             eprintln!("loadgen: producing {rate} orders/s to {} (Ctrl+C stops)", cli.topic);
-            loop {
-                let value = order(&mut rng, id, cli.malformed_every);
-                let key = format!("o-{id}");
-                send(&producer, &cli.topic, &key, &value);
-                id += 1;
-                next += every;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            }
-        }
-        Command::Fill { count } => {
+            // Paced in 10 ms ticks, so high rates do not need a sleep per record.
+            let tick = Duration::from_millis(10);
             let started = Instant::now();
-            for id in 0..count {
-                let value = order(&mut rng, id, cli.malformed_every);
-                send(&producer, &cli.topic, &format!("o-{id}"), &value);
+            let mut id = 0u64;
+            while duration.is_none_or(|d| started.elapsed() < d) {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
+                while id < due {
+                    send(&producer, &cli.topic, format!("o-{id}").as_bytes(), orders_gen.order(id).as_bytes());
+                    id += 1;
+                }
+                std::thread::sleep(tick);
             }
             producer.flush(Duration::from_secs(60)).context("flushing orders")?;
-            eprintln!("loadgen: produced {count} orders to {} in {:.1}s", cli.topic, started.elapsed().as_secs_f64());
-            Ok(())
+            eprintln!("loadgen: produced {id} orders in {:.1}s", started.elapsed().as_secs_f64());
         }
+        Command::Fill { orders, count } => {
+            let producer = producer(&cli.brokers, &orders.compression)?;
+            let mut orders_gen = OrderGen::new(&orders)?;
+            let started = Instant::now();
+            for id in 0..count {
+                send(&producer, &cli.topic, format!("o-{id}").as_bytes(), orders_gen.order(id).as_bytes());
+            }
+            producer.flush(Duration::from_secs(120)).context("flushing orders")?;
+            eprintln!("loadgen: produced {count} orders to {} in {:.1}s", cli.topic, started.elapsed().as_secs_f64());
+        }
+        Command::Keys { count } => {
+            let producer = producer(&cli.brokers, "lz4")?;
+            for i in 0..count {
+                send(&producer, &cli.topic, format!("key-{i:08}").as_bytes(), &(i + 1).to_be_bytes());
+            }
+            producer.flush(Duration::from_secs(120)).context("flushing keys")?;
+            eprintln!("loadgen: produced {count} distinct keys to {}", cli.topic);
+        }
+        Command::Drain { group } => drain(&cli.brokers, &cli.topic, &group)?,
     }
+    Ok(())
 }
 
-fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &str) {
+fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], value: &[u8]) {
     let mut record = BaseRecord::to(topic).key(key).payload(value);
     loop {
         match producer.send(record) {
             Ok(()) => return,
             Err((_, back)) => {
                 record = back;
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
+}
+
+/// The raw ceiling: poll every record of the topic and drop it.
+fn drain(brokers: &str, topic: &str, group: &str) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("creating the consumer")?;
+    consumer.subscribe(&[topic])?;
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut at_end = std::collections::BTreeSet::new();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                records += 1;
+                bytes += m.payload_len() as u64;
+                at_end.remove(&m.partition());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                let assigned = consumer.assignment()?.count();
+                if assigned > 0 && at_end.len() == assigned {
+                    break;
+                }
+            }
+            Some(Err(e)) => eprintln!("loadgen: consumer error: {e}"),
+            None => {}
+        }
+    }
+    consumer.commit_consumer_state(CommitMode::Sync)?;
+    let seconds = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({ "records": records, "bytes": bytes, "seconds": seconds,
+            "records_per_second": if seconds > 0.0 { records as f64 / seconds } else { 0.0 } })
+    );
+    Ok(())
 }

@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""`make bench`: the host measured against the machine's ceiling, on one broker, in one run.
+
+Modes, each from its first consumed record until everything is committed:
+  raw     rdkafka consume-and-drop of the input topic (loadgen drain): the ceiling.
+  native  the host pipeline with drink_count compiled in (bench/native): the WASM-free baseline.
+  wasm    the host with drink_count.wasm.
+  restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it).
+  latency wasm host at a fixed offered load; record timestamp -> changelog acknowledged.
+
+Each of raw/native/wasm runs 3 times, interleaved; the table shows medians. CPU seconds and
+peak RSS come from the kernel's accounting of each child process (wait4). Results go to
+bench/RESULTS.md (git keeps the history).
+
+Environment: BENCH_ORDERS (1000000), BENCH_RUNS (3), BENCH_KEYS (1000000), BENCH_PROFILE (release),
+BENCH_LATENCY_RATE (50000), BENCH_LATENCY_SECONDS (60), STREAMHOST_BROKERS (127.0.0.1:9092).
+"""
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BIN = os.path.join(TARGET, os.environ.get("BENCH_PROFILE", "release"))
+HOST, NATIVE, LOADGEN = (os.path.join(BIN, b) for b in ("host", "host-native", "loadgen"))
+GUEST = os.path.join(ROOT, "build", "guests", "drink_count.wasm")
+BROKERS = os.environ.get("STREAMHOST_BROKERS", "127.0.0.1:9092")
+ORDERS = int(os.environ.get("BENCH_ORDERS", 1_000_000))
+RUNS = int(os.environ.get("BENCH_RUNS", 3))
+KEYS = int(os.environ.get("BENCH_KEYS", 1_000_000))
+LATENCY_RATE = int(os.environ.get("BENCH_LATENCY_RATE", 50_000))
+LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", 60))
+RUN_ID = uuid.uuid4().hex[:8]
+WORK = tempfile.mkdtemp(prefix="streamhost-bench-")
+ORDER_FLAGS = ["--drinks", "50", "--zipf", "1.0", "--malformed-every", "100", "--compression", "lz4", "--seed", "7"]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Measured:
+    def __init__(self, code, out, err, cpu, rss_mib, wall):
+        self.code, self.out, self.err, self.cpu, self.rss_mib, self.wall = code, out, err, cpu, rss_mib, wall
+
+
+def run(cmd, stop_after=None, env=None):
+    """Runs cmd to completion (or SIGTERM after stop_after()), with its CPU time and peak RSS."""
+    out_path, err_path = os.path.join(WORK, "out"), os.path.join(WORK, "err")
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, **(env or {})})
+        if stop_after:
+            stop_after(proc)
+            proc.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+    code = os.waitstatus_to_exitcode(status)
+    text_out, text_err = open(out_path).read(), open(err_path).read()
+    m = Measured(code, text_out, text_err, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, wall)
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:2])} failed ({code}):\n{text_err[-3000:]}")
+    return m
+
+
+def topics(name, partitions=6):
+    """Creates input/changelog/output topics named after `name`; returns the host flags."""
+    flags = ["--brokers", BROKERS, "--input", f"bench-{RUN_ID}.orders", "--changelog", f"bench-{RUN_ID}.{name}.changelog",
+             "--output", f"bench-{RUN_ID}.{name}.board"]
+    run([HOST, "create-topics", "--partitions", str(partitions)] + flags)
+    return flags
+
+
+def summary(stderr):
+    for line in stderr.splitlines():
+        if '"run summary' in line:
+            return json.loads(line)["fields"]
+    raise SystemExit("bench: no run summary in the host's log:\n" + stderr[-3000:])
+
+
+def pipeline(binary, name):
+    flags = topics(name)
+    state = os.path.join(WORK, f"state-{name}")
+    subcommand = ["run"] if binary == HOST else []  # host-native takes run's options directly
+    m = run([binary] + subcommand + ["--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state, "--stop-at-end",
+             "--instance-id", "none", "--log-format", "json"] + flags)
+    shutil.rmtree(state, ignore_errors=True)
+    s = summary(m.err)
+    return {"rate": s["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": s["records"],
+            "changelog_per_record": s["changelog_records"] / max(1, s["records"]), "batches": s["batches"]}
+
+
+def raw(topic, name):
+    m = run([LOADGEN, "--brokers", BROKERS, "--topic", topic, "drain", "--group", f"bench-{RUN_ID}-{name}"])
+    d = json.loads(m.out.strip().splitlines()[-1])
+    return {"rate": d["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": d["records"]}
+
+
+def med(results, key):
+    return statistics.median(r[key] for r in results)
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    host = subprocess.run([HOST, "--version"], capture_output=True, text=True).stdout.strip()
+    kafka = re.search(r"<kafka.version>(.*)</kafka.version>", open(os.path.join(ROOT, "kafka", "pom.xml")).read()).group(1)
+    return cpu, os.cpu_count(), mem, rustc, host, kafka
+
+
+def main():
+    for path in (HOST, NATIVE, LOADGEN, GUEST):
+        if not os.path.exists(path):
+            raise SystemExit(f"bench: {path} is missing (make bench builds it)")
+    input_topic = f"bench-{RUN_ID}.orders"
+    topics("setup")
+    log(f"producing {ORDERS} orders to {input_topic} (6 partitions, lz4, 50 drinks, Zipf 1.0, 1% malformed)")
+    run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", str(ORDERS)] + ORDER_FLAGS)
+
+    results = {"raw": [], "native": [], "wasm": []}
+    for i in range(RUNS):
+        for mode in ("raw", "native", "wasm"):
+            if mode == "raw":
+                r = raw(input_topic, f"raw{i}")
+            else:
+                r = pipeline(NATIVE if mode == "native" else HOST, f"{mode}{i}")
+            assert r["records"] == ORDERS, f"{mode} saw {r['records']} of {ORDERS} records"
+            results[mode].append(r)
+            log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
+
+    log(f"restore: changelog of {KEYS} distinct keys")
+    keys_topic = f"bench-{RUN_ID}.keys.changelog"
+    run([HOST, "create-topics", "--partitions", "6", "--brokers", BROKERS, "--input", input_topic,
+         "--changelog", keys_topic, "--output", f"bench-{RUN_ID}.keys.board"])
+    run([LOADGEN, "--brokers", BROKERS, "--topic", keys_topic, "keys", "--count", str(KEYS)])
+    keys_raw = raw(keys_topic, "keysraw")
+    state = os.path.join(WORK, "state-restore")
+    m = run([HOST, "restore", "--brokers", BROKERS, "--changelog", keys_topic, "--state-dir", state])
+    found = re.search(r"restored (\d+) keys from (\d+) changelog records .* in ([\d.]+)s", m.out)
+    restore = {"keys": int(found.group(1)), "records": int(found.group(2)), "seconds": float(found.group(3)),
+               "cpu": m.cpu, "rss": m.rss_mib}
+    restore["rate"] = restore["records"] / restore["seconds"]
+    shutil.rmtree(state, ignore_errors=True)
+    log(f"restore: {restore['rate']:,.0f} records/s ({restore['keys']} keys)")
+
+    log(f"latency: {LATENCY_RATE} orders/s for {LATENCY_SECONDS}s")
+    lat_input = f"bench-{RUN_ID}.latency.orders"
+    lat_flags = ["--brokers", BROKERS, "--input", lat_input, "--changelog", f"bench-{RUN_ID}.latency.changelog",
+                 "--output", f"bench-{RUN_ID}.latency.board"]
+    run([HOST, "create-topics", "--partitions", "6"] + lat_flags)
+    state = os.path.join(WORK, "state-latency")
+
+    def load(proc):
+        deadline = time.monotonic() + 60
+        while "host running" not in open(os.path.join(WORK, "err")).read():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("bench: latency host did not start")
+            time.sleep(0.2)
+        subprocess.run([LOADGEN, "--brokers", BROKERS, "--topic", lat_input, "seed", "--rate", str(LATENCY_RATE),
+                        "--duration", f"{LATENCY_SECONDS}s"] + ORDER_FLAGS, check=True, capture_output=True)
+        time.sleep(5)
+
+    m = run([HOST, "run", "--guest", GUEST, "--group", f"bench-{RUN_ID}-latency", "--state-dir", state,
+             "--instance-id", "none", "--log-format", "json"] + lat_flags, stop_after=load)
+    lat = summary(m.err)
+    shutil.rmtree(state, ignore_errors=True)
+    log(f"latency: p50 {lat['latency_p50_ms']} ms, p99 {lat['latency_p99_ms']} ms, max {lat['latency_max_ms']} ms")
+
+    write_results(results, restore, keys_raw, lat, m)
+
+
+def write_results(results, restore, keys_raw, lat, lat_m):
+    cpu, cores, mem, rustc, host, kafka = machine()
+    raw_rate, native_rate, wasm_rate = (med(results[k], "rate") for k in ("raw", "native", "wasm"))
+    def row(name, rs, note):
+        per_record = f"{med(rs, 'changelog_per_record'):.5f}" if "changelog_per_record" in rs[0] else "–"
+        return f"| {name} | {med(rs, 'rate'):,.0f} | {med(rs, 'cpu'):.1f} | {med(rs, 'rss'):.0f} | {per_record} | {note} |"
+
+    def target(ok, text):
+        return f"| {text} | {'met' if ok else '**missed**'} |"
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured by `make bench` on {datetime.date.today().isoformat()}: {cpu}, {cores} cores, {mem} GiB; "
+        f"{rustc}; {host}; Apache Kafka {kafka} (single local KRaft node); release build.",
+        "",
+        f"Input: {ORDERS:,} orders (6 partitions, lz4, 50 drinks with Zipf(1.0) popularity, 1-3 items, 1% malformed, "
+        f"fixed seed). Rates are medians of {RUNS} interleaved runs, each from its first consumed record to its last "
+        "commit. CPU seconds and peak RSS are the kernel's accounting of the process.",
+        "",
+        "| mode | orders/s | CPU s | peak RSS MiB | changelog records per input record | what it is |",
+        "|---|---|---|---|---|---|",
+        row("raw", results["raw"], "rdkafka consume-and-drop: the ceiling"),
+        row("native", results["native"], "host pipeline, drink_count compiled in"),
+        row("wasm", results["wasm"], "host pipeline, drink_count.wasm"),
+        f"| restore | {restore['rate']:,.0f} records/s | {restore['cpu']:.1f} | {restore['rss']:.0f} | – | "
+        f"`host restore` of {restore['keys']:,} keys in {restore['seconds']:.2f} s (raw drain of that changelog: "
+        f"{keys_raw['rate']:,.0f} records/s) |",
+        "",
+        f"Latency at {LATENCY_RATE:,} orders/s offered for {LATENCY_SECONDS} s (record timestamp to changelog "
+        f"acknowledged, wasm): p50 {lat['latency_p50_ms']} ms, p99 {lat['latency_p99_ms']} ms, max {lat['latency_max_ms']} ms "
+        f"over {lat['records']:,} records; host CPU {lat_m.cpu:.1f} s, peak RSS {lat_m.rss_mib:.0f} MiB.",
+        "",
+        "## Targets",
+        "",
+        "| target | result |",
+        "|---|---|",
+        target(wasm_rate >= 0.85 * native_rate, f"wasm >= 0.85 x native: {wasm_rate / native_rate:.2f} x"),
+        target(wasm_rate >= 0.6 * raw_rate, f"wasm >= 0.6 x raw: {wasm_rate / raw_rate:.2f} x"),
+        target(restore["rate"] >= 0.5 * keys_raw["rate"], f"restore >= 0.5 x raw consume of the changelog: "
+               f"{restore['rate'] / keys_raw['rate']:.2f} x"),
+        target(lat["latency_p99_ms"] <= 50, f"p99 latency at {LATENCY_RATE:,}/s <= 50 ms: {lat['latency_p99_ms']} ms"),
+        target(restore["rss"] <= 256, f"peak RSS <= 256 MiB at {restore['keys']:,} keys (restore): {restore['rss']:.0f} MiB"),
+        target(med(results["wasm"], "changelog_per_record") <= 1,
+               "changelog records per batch <= distinct keys touched (one record per changed key and batch, plus "
+               "metadata): see the ratio above"),
+        "",
+        "Peers (Kafka Streams, the seed's Go design) are not measured yet: `make bench-peers` is still to come.",
+        "",
+    ]
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    log(f"wrote {path}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)

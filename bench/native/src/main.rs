@@ -1,0 +1,55 @@
+//! `host-native`: the host pipeline with the drink_count logic compiled in natively instead
+//! of loaded as a component. Used only by `make bench`, to measure what the WebAssembly
+//! boundary costs end to end. Takes `host run`'s options; `--guest` is required but ignored.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use host::cli::{LogFormat, RunArgs};
+use host::guest::{Counter, Delta, Entry, Outcome};
+
+#[derive(Parser)]
+#[command(name = "host-native", about = "Benchmark baseline: `host run` with drink_count compiled in (--guest is ignored)")]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long, env = "STREAMHOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The same logic as guests/drink_count, called directly.
+struct NativeDrinkCount;
+
+impl Counter for NativeDrinkCount {
+    fn describe(&self) -> String {
+        "drink_count compiled natively (benchmark baseline)".into()
+    }
+
+    fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
+        Ok(values
+            .iter()
+            .map(|v| {
+                drink_count::count_drinks(v)
+                    .map(|deltas| deltas.into_iter().map(|d| Delta { key: d.key, amount: d.amount }).collect())
+            })
+            .collect())
+    }
+
+    fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
+        let entries = counts.iter().map(|e| streamhost_guest_sdk::Entry { key: e.key.clone(), count: e.count }).collect();
+        Ok(streamhost_guest_sdk::rank_by_count(entries, n).into_iter().map(|e| Entry { key: e.key, count: e.count }).collect())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    host::init_logging(cli.log_format);
+    match host::pipeline::run_with(cli.run, Box::new(NativeDrinkCount)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

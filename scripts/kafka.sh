@@ -50,6 +50,8 @@ up() {
     java_cmd kafka.tools.StorageTool format -t "$(java_cmd kafka.tools.StorageTool random-uuid)" \
       -c "$DATA/server.properties" >/dev/null
   fi
+  # A fresh log, so the readiness check below sees this start's banner, not an old one.
+  [ -f "$DATA/broker.log" ] && mv "$DATA/broker.log" "$DATA/broker.log.prev"
   echo "kafka: starting broker $VERSION on 127.0.0.1:$PORT (data in $DATA, log in $DATA/broker.log)"
   start_broker
   for _ in $(seq 1 120); do

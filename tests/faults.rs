@@ -89,6 +89,8 @@ fn broker_outage_of_20_seconds_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let broker = integration_tests::OwnBroker::start(19092, data.path());
     let env = TestEnv::on_brokers("broker-outage", &broker.brokers);
+    // On failure the test dir is kept: keep the broker's log next to the host's.
+    let _broker_log = KeepBrokerLog(data.path().to_owned(), env.dir.path().join("logs"));
     env.create_topics(2);
     let expected = orders::generate(80, 30_000, 50);
     env.produce(&expected.values);
@@ -106,4 +108,18 @@ fn broker_outage_of_20_seconds_loses_nothing() {
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
     assert_eq!(env.changelog_latest(), expected.counts);
+}
+
+/// Copies the test broker's logs into the kept test dir when the test fails.
+struct KeepBrokerLog(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for KeepBrokerLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::fs::create_dir_all(&self.1);
+            for name in ["broker.log", "broker.out"] {
+                let _ = std::fs::copy(self.0.join(name), self.1.join(name));
+            }
+        }
+    }
 }

@@ -114,7 +114,14 @@ impl ClientContext for HostContext {
     }
 }
 
-impl ConsumerContext for HostContext {}
+impl ConsumerContext for HostContext {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
+        if let Err(e) = result {
+            // Harmless (state holds the offsets, the next commit catches up), but worth seeing.
+            tracing::warn!(error = %e, "offset commit failed; the next batch commits again");
+        }
+    }
+}
 
 /// A consumer with [`HostContext`].
 pub type HostConsumer = rdkafka::consumer::BaseConsumer<HostContext>;

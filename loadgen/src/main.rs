@@ -60,6 +60,9 @@ struct OrderArgs {
     /// Producer compression (none, lz4, zstd, ...).
     #[arg(long, default_value = "none")]
     compression: String,
+    /// Producer linger: how long records wait to fill a batch (adds to measured latency).
+    #[arg(long, default_value_t = 20)]
+    linger_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -142,11 +145,11 @@ impl OrderGen {
     }
 }
 
-fn producer(brokers: &str, compression: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
+fn producer(brokers: &str, compression: &str, linger_ms: u64) -> Result<ThreadedProducer<DefaultProducerContext>> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         // Throughput settings for a bulk load: bigger batches, a little linger.
-        .set("linger.ms", "20")
+        .set("linger.ms", linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("compression.type", compression)
         .create()
@@ -157,7 +160,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Seed { orders, rate, duration } => {
-            let producer = producer(&cli.brokers, &orders.compression)?;
+            let producer = producer(&cli.brokers, &orders.compression, orders.linger_ms)?;
             let mut orders_gen = OrderGen::new(&orders)?;
             eprintln!("loadgen: producing {rate} orders/s to {} (Ctrl+C stops)", cli.topic);
             // Paced in 10 ms ticks, so high rates do not need a sleep per record.
@@ -176,7 +179,7 @@ fn main() -> Result<()> {
             eprintln!("loadgen: produced {id} orders in {:.1}s", started.elapsed().as_secs_f64());
         }
         Command::Fill { orders, count } => {
-            let producer = producer(&cli.brokers, &orders.compression)?;
+            let producer = producer(&cli.brokers, &orders.compression, orders.linger_ms)?;
             let mut orders_gen = OrderGen::new(&orders)?;
             let started = Instant::now();
             for id in 0..count {
@@ -186,7 +189,7 @@ fn main() -> Result<()> {
             eprintln!("loadgen: produced {count} orders to {} in {:.1}s", cli.topic, started.elapsed().as_secs_f64());
         }
         Command::Keys { count } => {
-            let producer = producer(&cli.brokers, "lz4")?;
+            let producer = producer(&cli.brokers, "lz4", 20)?;
             for i in 0..count {
                 send(&producer, &cli.topic, format!("key-{i:08}").as_bytes(), &(i + 1).to_be_bytes());
             }

@@ -116,3 +116,37 @@ fn restore_ends_on_transaction_markers_and_empty_partitions() {
     let dump = env.restore_into(&env.state_dir());
     assert_eq!(dump.counts, [("latte".to_string(), 9), ("mocha".to_string(), 3)].into_iter().collect());
 }
+
+/// A restore killed with `kill -9` half-way leaves a state dir marked incomplete: `host dump`
+/// refuses it, and `host run` restores it again from scratch instead of counting on top of
+/// half the keys.
+#[test]
+fn interrupted_restore_is_redone_not_trusted() {
+    let env = TestEnv::new("restore-killed");
+    env.create_topics(2);
+    let keys = 150_000u64;
+    let values: Vec<(String, u64)> = (0..keys).map(|i| (format!("key-{i:06}"), i + 1)).collect();
+    integration_tests::produce_keyed(&env.brokers, &env.changelog, &values);
+
+    let state_dir = env.state_dir().display().to_string();
+    let args: Vec<String> = ["restore", "--brokers", &env.brokers, "--changelog", &env.changelog, "--state-dir", &state_dir]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut restore = integration_tests::HostProcess::spawn(&env.dir.path().join("logs"), &args, &[]);
+    restore.wait_for_log("restoring state from the changelog", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(restore.is_running(), "the restore finished before it could be interrupted");
+    restore.kill9();
+
+    let out = env.host(&["dump", "--state-dir", &state_dir]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted restore"));
+
+    let mut host = env.spawn_host("drink_count", &[]);
+    host.wait_for_log("host running", Duration::from_secs(120));
+    assert!(host.terminate().success());
+    let dump = env.dump();
+    assert_eq!(dump.counts.len() as u64, keys);
+    assert!(values.iter().all(|(k, v)| dump.counts.get(k) == Some(v)));
+}

@@ -51,7 +51,8 @@ fn random_kill_9_soak_counts_exactly() {
     let partial = env.dump();
     assert!(partial.records_processed > 0, "the host made progress between kills");
 
-    let host = env.spawn_host("drink_count", &[]);
+    let mut host = env.spawn_host("drink_count", &[]);
+    host.wait_for_log("host running", Duration::from_secs(60));
     env.wait_committed(Duration::from_secs(180));
     assert!(host.terminate().success());
 

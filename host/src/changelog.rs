@@ -24,7 +24,8 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::cli::{KafkaArgs, RestoreArgs};
-use crate::state::{Change, Store, decode_u64};
+use crate::shutdown::Shutdown;
+use crate::state::{Change, Store, decode_u64, meta};
 
 /// The header that marks a changelog record as metadata rather than a counter.
 pub const META_HEADER: &str = "meta";
@@ -85,8 +86,9 @@ pub fn restore_command(args: RestoreArgs) -> Result<()> {
         drop(Store::open(dir)?);
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    let store = Store::open(dir)?;
-    let report = restore(&args.kafka, &args.changelog, &store)?;
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    let mut store = Store::open(dir)?;
+    let report = restore(&args.kafka, &args.changelog, &mut store, &shutdown)?;
     println!(
         "restored {} keys from {} changelog records into {} in {:.2}s",
         report.keys,
@@ -105,9 +107,14 @@ fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
     }
 }
 
-/// Reads `topic` from the beginning to the end offsets it has now, into `store`.
-pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreReport> {
+/// Reads `topic` from the beginning to the end offsets it has now, into `store`, which is
+/// cleared first. Until the restore completes, the store carries a marker that makes the
+/// next start restore again (an interrupted restore must not pass for complete state).
+pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shutdown) -> Result<RestoreReport> {
     let started = Instant::now();
+    store.clear()?;
+    let marker = |value: Option<Vec<u8>>| Change::Meta { name: meta::RESTORE_INCOMPLETE.into(), value };
+    store.apply([marker(Some(b"1".to_vec()))], true)?;
     let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
         .create_with_context(crate::config::HostContext)
         .context("creating the restore consumer")?;
@@ -127,6 +134,9 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreR
     let mut batch = Vec::new();
     let mut last_progress = Instant::now();
     while !pending.is_empty() {
+        if shutdown.requested() {
+            bail!("restore interrupted; the state dir is marked incomplete and the next start restores it again");
+        }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -161,7 +171,9 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &Store) -> Result<RestoreR
             tracing::info!(records_read = report.records_read, records_to_read = to_read, "restore progress");
         }
     }
+    // Flushed to SST files first, so the marker goes only once the data is on disk.
     store.flush()?;
+    store.apply([marker(None)], true)?;
     report.keys = store.counts().count() as u64;
     report.elapsed = started.elapsed();
     tracing::info!(

@@ -127,6 +127,8 @@ pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
+    // First, so a signal during start-up (a long restore) is handled too.
+    Shutdown::install().context("installing signal handlers")?;
     let limits =
         Limits { memory_bytes: (args.guest_memory_mb * 1024 * 1024) as usize, call_timeout: args.guest_timeout };
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
@@ -137,12 +139,13 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// `host run` with any [`Counter`] (the benchmark's native baseline uses this).
 pub fn run_with(args: RunArgs, guest: Box<dyn Counter>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
-    let store = Store::open(&args.state.state_dir)?;
+    let mut store = Store::open(&args.state.state_dir)?;
     crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
 
-    if store.is_empty()? {
-        // A new or lost state dir: rebuild it from the changelog before counting on top of it.
-        let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &store)?;
+    if store.needs_restore()? {
+        // A new or lost state dir (or an interrupted restore): rebuild it from the changelog
+        // before counting on top of it.
+        let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &mut store, &shutdown)?;
         if report.records_read > 0 {
             tracing::info!(
                 keys = report.keys,

@@ -10,8 +10,18 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    /// Installs the signal handlers on a small background thread.
+    /// Installs the signal handlers on a small background thread (once per process; later
+    /// calls return the same flag).
     pub fn install() -> std::io::Result<Self> {
+        static INSTALLED: std::sync::OnceLock<Shutdown> = std::sync::OnceLock::new();
+        if let Some(shutdown) = INSTALLED.get() {
+            return Ok(shutdown.clone());
+        }
+        let shutdown = Self::spawn_handler()?;
+        Ok(INSTALLED.get_or_init(|| shutdown).clone())
+    }
+
+    fn spawn_handler() -> std::io::Result<Self> {
         let shutdown = Shutdown::default();
         let flag = shutdown.requested.clone();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;

@@ -20,6 +20,9 @@ const META: &str = "meta";
 pub mod meta {
     pub const RECORDS_PROCESSED: &str = "records_processed";
     pub const RECORDS_SKIPPED: &str = "records_skipped";
+    /// Present while a restore is filling the store: such a store is incomplete, and the
+    /// next start restores it again from scratch.
+    pub const RESTORE_INCOMPLETE: &str = "restore_incomplete";
     /// `offset/<topic>/<partition>`: the next input offset the state reflects.
     pub fn input_offset(topic: &str, partition: i32) -> String {
         format!("offset/{topic}/{partition}")
@@ -155,6 +158,22 @@ impl Store {
             .map(|item| item.map(|(k, v)| (k, decode_u64(&v))).map_err(Into::into))
     }
 
+    /// True when the store must be (re)built from the changelog before use: it is new or
+    /// was deleted, or a restore into it was interrupted.
+    pub fn needs_restore(&self) -> Result<bool> {
+        let meta = self.db.cf_handle(META).expect("meta column family");
+        Ok(self.is_empty()? || self.db.get_pinned_cf(&meta, meta::RESTORE_INCOMPLETE)?.is_some())
+    }
+
+    /// Deletes every counter and every metadata entry.
+    pub fn clear(&mut self) -> Result<()> {
+        for name in [COUNTS, META] {
+            self.db.drop_cf(name).with_context(|| format!("clearing {}", self.dir.display()))?;
+            self.db.create_cf(name, &Options::default()).with_context(|| format!("clearing {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// True when nothing was ever written (a new or deleted state dir).
     pub fn is_empty(&self) -> Result<bool> {
         for cf in [COUNTS, META] {
@@ -186,6 +205,13 @@ pub fn decode_u64(bytes: &[u8]) -> u64 {
 /// `host dump`: JSON lines `{"key", "count"}` in key order, then the totals.
 pub fn dump_command(args: DumpArgs) -> Result<()> {
     let store = Store::open_read_only(&args.state.state_dir)?;
+    if store.needs_restore()? && !store.is_empty()? {
+        bail!(
+            "{} holds an interrupted restore, not usable state: `host run` restores it again by itself, \
+             or run `host restore --force`",
+            args.state.state_dir.display()
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for item in store.counts() {

@@ -92,14 +92,23 @@ fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str)
 }
 
 fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<()> {
-    let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options()))
-        .with_context(|| format!("asking {brokers} for the configs of `{topic}`"))?;
-    let config = results
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("no config returned for `{topic}`"))?
-        .map_err(|code| anyhow!("describing changelog topic `{topic}`: {code}"))?;
-    let policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+    // A topic created a moment ago may be described before its configs are known (no
+    // cleanup.policy at all): ask again for a while rather than refuse a good topic.
+    let mut policy = String::new();
+    for _ in 0..40 {
+        let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options()))
+            .with_context(|| format!("asking {brokers} for the configs of `{topic}`"))?;
+        let config = results
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no config returned for `{topic}`"))?
+            .map_err(|code| anyhow!("describing changelog topic `{topic}`: {code}"))?;
+        policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+        if !policy.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     if policy != "compact" {
         bail!(
             "changelog topic `{topic}` has cleanup.policy={policy}, but it must be `compact`: \

@@ -182,13 +182,24 @@ impl TestEnv {
     }
 
     /// The group's committed offset per input partition (0 where nothing is committed).
+    /// Retries for a while: right after a broker restart the coordinator may not be ready.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
         let consumer = reader(&self.brokers, &self.group);
         let mut tpl = TopicPartitionList::new();
         for p in end_offsets(&consumer, &self.input).keys() {
             tpl.add_partition(&self.input, *p);
         }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        let started = Instant::now();
+        let committed = loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                    eprintln!("committed offsets: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("committed offsets: {e}"),
+            }
+        };
         committed
             .elements()
             .iter()
@@ -296,6 +307,24 @@ pub fn produce(brokers: &str, topic: &str, values: &[Option<Vec<u8>>]) {
         .collect();
     for f in futures {
         f.now_or_never_blocking().expect("delivered");
+    }
+}
+
+/// Produces counter records (key, 8-byte big-endian value), as the host writes its changelog.
+pub fn produce_keyed(brokers: &str, topic: &str, values: &[(String, u64)]) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "20").create().expect("producer");
+    for chunk in values.chunks(10_000) {
+        let futures: Vec<_> = chunk
+            .iter()
+            .map(|(k, v)| {
+                let value = v.to_be_bytes();
+                producer.send_result(FutureRecord::to(topic).key(k).payload(&value[..])).expect("queue")
+            })
+            .collect();
+        for f in futures {
+            f.now_or_never_blocking().expect("delivered");
+        }
     }
 }
 

@@ -142,13 +142,13 @@ impl AckedProducer {
     /// Waits until every record sent so far is acknowledged (or has failed after
     /// librdkafka's own retries, bounded by `message.timeout.ms`).
     pub fn wait_acks(&self) -> Result<()> {
-        self.drain();
+        self.drain()?;
         let too_large = std::mem::take(&mut *lock(&self.inner.context().too_large));
         if !too_large.is_empty() {
             for index in too_large {
                 self.send_trimmed(index)?;
             }
-            self.drain();
+            self.drain()?;
         }
         // Everything is delivered: no opaque can point into the table any more.
         lock(&self.inner.context().trimmable).clear();
@@ -159,14 +159,28 @@ impl AckedProducer {
         }
     }
 
-    /// Polls until librdkafka holds no undelivered record and no unserved delivery report.
-    /// (rust-rdkafka's `flush` polls in 100 ms steps, which would add up to 100 ms to every
-    /// batch; a short poll returns as soon as reports arrive.) Deliveries end either way
-    /// within `message.timeout.ms`.
-    fn drain(&self) {
-        while self.inner.in_flight_count() > 0 {
+    /// Waits until every record is delivered (or failed) and its delivery report served.
+    /// rust-rdkafka's `flush` polls in 100 ms steps, which would add up to 100 ms to every
+    /// batch, so it is called with a 1 ms budget in a loop: each call still does what a flush
+    /// must (send at once, wake the broker threads), without the coarse sleep. Deliveries end
+    /// either way within `message.timeout.ms`.
+    fn drain(&self) -> Result<()> {
+        loop {
+            match self.inner.flush(Duration::from_millis(1)) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
+                Err(e) => return Err(anyhow!("waiting for Kafka acknowledgements: {e}")),
+            }
+        }
+        // Every record has its delivery report queued; serve them (bounded: the queue only
+        // holds what was just delivered, plus transient error events).
+        for _ in 0..1000 {
+            if self.inner.in_flight_count() == 0 {
+                break;
+            }
             self.inner.poll(Duration::from_millis(1));
         }
+        Ok(())
     }
 
     /// Serves delivery callbacks of records nobody waits for (board snapshots).

@@ -124,7 +124,7 @@ fn restore_ends_on_transaction_markers_and_empty_partitions() {
 fn interrupted_restore_is_redone_not_trusted() {
     let env = TestEnv::new("restore-killed");
     env.create_topics(2);
-    let keys = 150_000u64;
+    let keys = 500_000u64;
     let values: Vec<(String, u64)> = (0..keys).map(|i| (format!("key-{i:06}"), i + 1)).collect();
     integration_tests::produce_keyed(&env.brokers, &env.changelog, &values);
 
@@ -135,9 +135,10 @@ fn interrupted_restore_is_redone_not_trusted() {
         .collect();
     let mut restore = integration_tests::HostProcess::spawn(&env.dir.path().join("logs"), &args, &[]);
     restore.wait_for_log("restoring state from the changelog", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(restore.is_running(), "the restore finished before it could be interrupted");
+    std::thread::sleep(Duration::from_millis(50));
+    let log = restore.stderr_text();
     restore.kill9();
+    assert!(!log.contains("restore finished"), "the restore finished before it could be interrupted");
 
     let out = env.host(&["dump", "--state-dir", &state_dir]);
     assert!(!out.status.success());

@@ -17,7 +17,7 @@ export STREAMHOST_STATE_DIR ?= ./state
 
 APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven
 
-.PHONY: bench help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
+.PHONY: bench bench-peers help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -76,3 +76,10 @@ test: build guests kafka-up ## all tests: unit, guest, and integration against t
 bench: deps guests kafka-up ## benchmark (release build): raw / native / wasm / restore / latency -> bench/RESULTS.md
 	cargo build --release --workspace --bins
 	python3 bench/bench.py
+
+bench-peers: deps guests kafka-up ## the benchmark plus Kafka Streams and the seed's Go design, same broker and data
+	cargo build --release --workspace --bins
+	cd bench/peers/go-seed && go build -o $(CACHE)/peers/go-seed .
+	cd bench/peers/kstreams && mvn -q -B package -Dmaven.test.skip=true && \
+	  mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CACHE)/peers/kstreams-deps
+	CACHE=$(CACHE) python3 bench/bench.py --peers

@@ -7,6 +7,12 @@ Modes, each from its first consumed record until everything is committed:
   wasm    the host with drink_count.wasm.
   restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it).
   latency wasm host at a fixed offered load; record timestamp -> changelog acknowledged.
+With --peers (`make bench-peers`), on the same broker and data, one after another:
+  kstreams  the same drink count in Kafka Streams (bench/peers/kstreams), its defaults:
+            at-least-once, 30 s commit interval, record caching on; 2 stream threads.
+  go-seed   the tutorial's Go design (bench/peers/go-seed): franz-go + Pebble, the seed's loop.
+A peer's time runs from the first record it reports consuming to the moment the driver sees
+its group's commits reach the end of the input (polled every 50 ms).
 
 Each of raw/native/wasm runs 3 times, interleaved; the table shows medians. CPU seconds and
 peak RSS come from the kernel's accounting of each child process (wait4). Results go to
@@ -41,6 +47,11 @@ RUNS = int(os.environ.get("BENCH_RUNS", 3))
 KEYS = int(os.environ.get("BENCH_KEYS", 1_000_000))
 LATENCY_RATE = int(os.environ.get("BENCH_LATENCY_RATE", 50_000))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", 60))
+PEERS = "--peers" in sys.argv
+CACHE = os.environ.get("CACHE", os.path.join(os.path.expanduser("~"), ".cache", "streamhost"))
+GO_SEED = os.path.join(CACHE, "peers", "go-seed")
+KSTREAMS_CP = os.path.join(ROOT, "bench", "peers", "kstreams", "target", "drink-count-streams-1.jar") + ":" + \
+    os.path.join(CACHE, "peers", "kstreams-deps", "*")
 RUN_ID = uuid.uuid4().hex[:8]
 WORK = tempfile.mkdtemp(prefix="streamhost-bench-")
 ORDER_FLAGS = ["--drinks", "50", "--zipf", "1.0", "--malformed-every", "100", "--compression", "lz4", "--seed", "7"]
@@ -107,6 +118,41 @@ def raw(topic, name):
     return {"rate": d["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": d["records"]}
 
 
+def peer(name, cmd, group, input_topic):
+    """Runs a peer until its group has committed the whole input; returns its rate and costs."""
+    done = {}
+
+    def wait(proc):
+        w = subprocess.run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "wait-committed", "--group", group],
+                           capture_output=True, text=True)
+        if w.returncode != 0 or proc.poll() is not None:
+            raise SystemExit(f"bench: peer {name} did not finish: {w.stderr}\n" + open(os.path.join(WORK, "err")).read()[-3000:])
+        done.update(json.loads(w.stdout.strip().splitlines()[-1]))
+
+    m = run(cmd, stop_after=wait)
+    first = next(json.loads(l)["first_record_ms"] for l in m.out.splitlines() if "first_record_ms" in l)
+    seconds = (done["done_ms"] - first) / 1000
+    return {"rate": ORDERS / seconds, "cpu": m.cpu, "rss": m.rss_mib, "records": ORDERS}
+
+
+def run_peers(input_topic, round_no):
+    out = {}
+    state = os.path.join(WORK, f"kstreams-{round_no}")
+    app = f"bench-{RUN_ID}-kstreams{round_no}"
+    out["kstreams"] = peer("kstreams", ["java", "-Xmx2g", "-cp", KSTREAMS_CP, "streamhost.bench.DrinkCountStreams",
+                                        "--brokers", BROKERS, "--input", input_topic, "--output", f"bench-{RUN_ID}.kstreams.board",
+                                        "--app-id", app, "--state-dir", state], app, input_topic)
+    shutil.rmtree(state, ignore_errors=True)
+    name = f"goseed{round_no}"
+    flags = topics(name)
+    state = os.path.join(WORK, name)
+    group = f"bench-{RUN_ID}-{name}"
+    out["go-seed"] = peer("go-seed", [GO_SEED, "-brokers", BROKERS, "-input", input_topic, "-changelog", flags[5],
+                                      "-output", flags[7], "-group", group, "-state-dir", state], group, input_topic)
+    shutil.rmtree(state, ignore_errors=True)
+    return out
+
+
 def med(results, key):
     return statistics.median(r[key] for r in results)
 
@@ -130,7 +176,16 @@ def main():
     run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", str(ORDERS)] + ORDER_FLAGS)
 
     results = {"raw": [], "native": [], "wasm": []}
+    if PEERS:
+        results.update({"kstreams": [], "go-seed": []})
+        for path in (GO_SEED, KSTREAMS_CP.split(":")[0]):
+            if not os.path.exists(path):
+                raise SystemExit(f"bench: {path} is missing (make bench-peers builds it)")
     for i in range(RUNS):
+        if PEERS:
+            for mode, r in run_peers(input_topic, i).items():
+                results[mode].append(r)
+                log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
         for mode in ("raw", "native", "wasm"):
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
@@ -207,6 +262,13 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         row("raw", results["raw"], "rdkafka consume-and-drop: the ceiling"),
         row("native", results["native"], "host pipeline, drink_count compiled in"),
         row("wasm", results["wasm"], "host pipeline, drink_count.wasm"),
+    ] + ([
+        row("kstreams", results["kstreams"], "Kafka Streams 4.1.1: flatMap, groupByKey().aggregate, RocksDB store + "
+            "changelog, top-N punctuator; defaults (at-least-once, commit.interval.ms=30000, caching on), "
+            "num.stream.threads=2, -Xmx2g; time includes waiting for its next commit"),
+        row("go-seed", results["go-seed"], "the tutorial's design: franz-go + Pebble, ProduceSync per poll, "
+            "Pebble batch with Sync, CommitUncommittedOffsets; one changelog record per delta"),
+    ] if PEERS else []) + [
         f"| restore | {restore['rate']:,.0f} records/s | {restore['cpu']:.1f} | {restore['rss']:.0f} | – | "
         f"`host restore` of {restore['keys']:,} keys in {restore['seconds']:.2f} s (raw drain of that changelog: "
         f"{keys_raw['rate']:,.0f} records/s) |",
@@ -229,7 +291,14 @@ def write_results(results, restore, keys_raw, lat, lat_m):
                "changelog records per batch <= distinct keys touched (one record per changed key and batch, plus "
                "metadata): see the ratio above"),
         "",
-        "Peers (Kafka Streams, the seed's Go design) are not measured yet: `make bench-peers` is still to come.",
+    ] + ([
+        target(wasm_rate >= 2 * med(results["kstreams"], "rate"),
+               f"wasm >= 2 x Kafka Streams: {wasm_rate / med(results['kstreams'], 'rate'):.2f} x"),
+        target(wasm_rate >= 2 * med(results["go-seed"], "rate"),
+               f"wasm >= 2 x the Go design: {wasm_rate / med(results['go-seed'], 'rate'):.2f} x"),
+    ] if PEERS else []) + [
+        "",
+        "" if PEERS else "Peers (Kafka Streams, the seed's Go design) were not run: `make bench-peers` runs them too.",
         "",
     ]
     path = os.path.join(ROOT, "bench", "RESULTS.md")

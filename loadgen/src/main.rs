@@ -93,6 +93,15 @@ enum Command {
         #[arg(long)]
         group: String,
     },
+    /// Wait until `group` has committed the end offset of every partition of the topic, then
+    /// print one JSON line {"done_ms": <epoch ms when that was seen>} (polls every 50 ms).
+    WaitCommitted {
+        #[arg(long)]
+        group: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// A changelog with `count` distinct counter keys (8-byte big-endian values).
     Keys {
         #[arg(long)]
@@ -197,6 +206,7 @@ fn main() -> Result<()> {
             eprintln!("loadgen: produced {count} distinct keys to {}", cli.topic);
         }
         Command::Drain { group } => drain(&cli.brokers, &cli.topic, &group)?,
+        Command::WaitCommitted { group, timeout } => wait_committed(&cli.brokers, &cli.topic, &group, timeout)?,
     }
     Ok(())
 }
@@ -256,4 +266,42 @@ fn drain(brokers: &str, topic: &str, group: &str) -> Result<()> {
             "records_per_second": if seconds > 0.0 { records as f64 / seconds } else { 0.0 } })
     );
     Ok(())
+}
+
+/// Polls the group's committed offsets until they reach the topic's end offsets.
+fn wait_committed(brokers: &str, topic: &str, group: &str, timeout: Duration) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the consumer")?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = Vec::new();
+    for p in &partitions {
+        ends.push(consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?.1);
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let started = Instant::now();
+    loop {
+        if let Ok(committed) = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            let done = partitions.iter().zip(&ends).all(|(p, end)| {
+                *end == 0
+                    || committed.find_partition(topic, *p).map(|e| e.offset()) == Some(rdkafka::Offset::Offset(*end))
+            });
+            if done {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+                println!("{}", serde_json::json!({ "done_ms": now as u64 }));
+                return Ok(());
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!("group {group} did not commit the end of {topic} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -2,7 +2,8 @@
 """`make bench`: the host measured against the machine's ceiling, on one broker, in one run.
 
 Modes, each from its first consumed record until everything is committed:
-  raw     rdkafka consume-and-drop of the input topic (loadgen drain): the ceiling.
+  raw     rdkafka consume-and-drop of the input topic (loadgen drain): the ceiling
+          (first to last record; it has nothing to commit but its final position).
   native  the host pipeline with drink_count compiled in (bench/native): the WASM-free baseline.
   wasm    the host with drink_count.wasm.
   restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it).
@@ -78,6 +79,8 @@ def run(cmd, stop_after=None, env=None):
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
     code = os.waitstatus_to_exitcode(status)
+    if stop_after and code in (143, -signal.SIGTERM):
+        code = 0  # stopped by us (the JVM reports SIGTERM as 143 even after a clean shutdown hook)
     text_out, text_err = open(out_path).read(), open(err_path).read()
     m = Measured(code, text_out, text_err, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, wall)
     if code != 0:
@@ -123,11 +126,17 @@ def peer(name, cmd, group, input_topic):
     done = {}
 
     def wait(proc):
-        w = subprocess.run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "wait-committed", "--group", group],
-                           capture_output=True, text=True)
-        if w.returncode != 0 or proc.poll() is not None:
-            raise SystemExit(f"bench: peer {name} did not finish: {w.stderr}\n" + open(os.path.join(WORK, "err")).read()[-3000:])
-        done.update(json.loads(w.stdout.strip().splitlines()[-1]))
+        waiter = subprocess.Popen([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "wait-committed", "--group", group,
+                                   "--timeout", "15m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while waiter.poll() is None:
+            if proc.poll() is not None:  # the peer died: say why instead of waiting out the timeout
+                waiter.kill()
+                raise SystemExit(f"bench: peer {name} exited:\n" + open(os.path.join(WORK, "err")).read()[-3000:])
+            time.sleep(0.05)
+        out, err = waiter.communicate()
+        if waiter.returncode != 0:
+            raise SystemExit(f"bench: peer {name} did not finish: {err[-2000:]}")
+        done.update(json.loads(out.strip().splitlines()[-1]))
 
     m = run(cmd, stop_after=wait)
     first = next(json.loads(l)["first_record_ms"] for l in m.out.splitlines() if "first_record_ms" in l)
@@ -139,8 +148,10 @@ def run_peers(input_topic, round_no):
     out = {}
     state = os.path.join(WORK, f"kstreams-{round_no}")
     app = f"bench-{RUN_ID}-kstreams{round_no}"
-    out["kstreams"] = peer("kstreams", ["java", "-Xmx2g", "-cp", KSTREAMS_CP, "streamhost.bench.DrinkCountStreams",
-                                        "--brokers", BROKERS, "--input", input_topic, "--output", f"bench-{RUN_ID}.kstreams.board",
+    board = topics(f"kstreams{round_no}")[7]
+    out["kstreams"] = peer("kstreams", ["java", "-Xmx2g", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", KSTREAMS_CP,
+                                        "streamhost.bench.DrinkCountStreams",
+                                        "--brokers", BROKERS, "--input", input_topic, "--output", board,
                                         "--app-id", app, "--state-dir", state], app, input_topic)
     shutil.rmtree(state, ignore_errors=True)
     name = f"goseed{round_no}"

@@ -29,6 +29,7 @@ import org.apache.kafka.streams.processor.api.ProcessorContext;
 import org.apache.kafka.streams.processor.api.Record;
 import org.apache.kafka.streams.state.KeyValueIterator;
 import org.apache.kafka.streams.state.KeyValueStore;
+import org.apache.kafka.streams.state.ValueAndTimestamp;
 
 /**
  * The drink count in Kafka Streams: flatMap each order to (drink, quantity), groupByKey,
@@ -82,11 +83,12 @@ public final class DrinkCountStreams {
 
         @Override
         public void init(ProcessorContext<String, String> context) {
-            KeyValueStore<String, Long> store = context.getStateStore("drink-counts");
+            // The DSL's aggregate store is timestamped: values come wrapped with their timestamp.
+            KeyValueStore<String, ValueAndTimestamp<Long>> store = context.getStateStore("drink-counts");
             context.schedule(every, PunctuationType.WALL_CLOCK_TIME, ts -> {
                 List<KeyValue<String, Long>> rows = new ArrayList<>();
-                try (KeyValueIterator<String, Long> it = store.all()) {
-                    it.forEachRemaining(rows::add);
+                try (KeyValueIterator<String, ValueAndTimestamp<Long>> it = store.all()) {
+                    it.forEachRemaining(kv -> rows.add(KeyValue.pair(kv.key, kv.value.value())));
                 }
                 rows.sort((a, b) -> a.value.equals(b.value) ? a.key.compareTo(b.key) : Long.compare(b.value, a.value));
                 StringBuilder sb = new StringBuilder("{\"generated_at_ms\":" + ts + ",\"top\":[");

@@ -301,7 +301,6 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         target(med(results["wasm"], "changelog_per_record") <= 1,
                "changelog records per batch <= distinct keys touched (one record per changed key and batch, plus "
                "metadata): see the ratio above"),
-        "",
     ] + ([
         target(wasm_rate >= 2 * med(results["kstreams"], "rate"),
                f"wasm >= 2 x Kafka Streams: {wasm_rate / med(results['kstreams'], 'rate'):.2f} x"),

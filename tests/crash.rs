@@ -31,9 +31,7 @@ fn crash_at(step: &str, lose_state: bool) {
     if lose_state {
         std::fs::remove_dir_all(env.state_dir()).unwrap();
     }
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
 
     let dump = env.dump();
     assert_eq!(dump.counts, expected.counts, "exact after a crash {step}");

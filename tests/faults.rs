@@ -65,9 +65,7 @@ fn full_state_disk_stops_the_host_without_loss() {
     assert!(committed < expected.values.len() as i64, "stopped before draining the input");
 
     std::fs::remove_file(&filler).unwrap();
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(120));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(120));
     let dump = env.dump();
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));

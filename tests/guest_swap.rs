@@ -15,9 +15,7 @@ fn another_guest_runs_on_the_same_binary() {
     env.create_topics(2);
     let orders = orders::generate(50, 500, 50);
     env.produce(&orders.values);
-    let host = env.spawn_host("shop_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("shop_count", &[], Duration::from_secs(60));
 
     let dump = env.dump();
     assert_eq!(dump.counts, orders::shops(&orders));

@@ -77,9 +77,7 @@ fn every_bad_record_is_skipped_counted_and_dead_lettered() {
     let bad: Vec<_> = corpus.iter().enumerate().filter(|(_, c)| c.2.is_none()).collect();
 
     // Small batches so bad records share batches with good ones in different ways.
-    let host = env.spawn_host("drink_count", &["--max-batch", "4"]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success(), "the host survived the corpus and stopped cleanly");
+    env.run_until_drained("drink_count", &["--max-batch", "4"], Duration::from_secs(60));
 
     let dump = env.dump();
     assert_eq!(dump.counts, expected);

@@ -12,18 +12,14 @@ fn clean_restart_continues_without_double_counting() {
     env.create_topics(2);
     let mut expected = orders::generate(10, 300, 25);
     env.produce(&expected.values);
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
     let first = env.dump();
     assert_eq!(first.counts, expected.counts);
 
     let more = orders::generate(11, 200, 25);
     env.produce(&more.values);
     expected.extend(more);
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
 
     let dump = env.dump();
     assert_eq!(dump.counts, expected.counts);
@@ -50,9 +46,7 @@ fn kill_9_mid_stream_loses_nothing_and_counts_exactly() {
     let partial = env.dump();
     assert!(partial.records_processed < expected.valid, "the kills came too late to test anything");
 
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(120));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(120));
     let dump = env.dump();
     for (key, want) in &expected.counts {
         let got = dump.counts.get(key).copied().unwrap_or(0);

@@ -12,9 +12,7 @@ fn restore_rebuilds_state_and_counting_continues() {
     env.create_topics(3);
     let mut expected = orders::generate(30, 400, 10);
     env.produce(&expected.values);
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
     let before = env.dump();
     assert_eq!(before.counts, expected.counts);
 
@@ -62,9 +60,7 @@ fn restore_rebuilds_state_and_counting_continues() {
     let more = orders::generate(31, 300, 10);
     env.produce(&more.values);
     expected.extend(more);
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
     let dump = env.dump();
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
@@ -77,17 +73,13 @@ fn run_on_a_lost_state_dir_restores_first() {
     env.create_topics(2);
     let mut expected = orders::generate(40, 300, 0);
     env.produce(&expected.values);
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
 
     std::fs::remove_dir_all(env.state_dir()).unwrap();
     let more = orders::generate(41, 100, 0);
     env.produce(&more.values);
     expected.extend(more);
-    let host = env.spawn_host("drink_count", &[]);
-    env.wait_committed(Duration::from_secs(60));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
     assert_eq!(env.dump().counts, expected.counts);
 }
 

@@ -51,10 +51,7 @@ fn random_kill_9_soak_counts_exactly() {
     let partial = env.dump();
     assert!(partial.records_processed > 0, "the host made progress between kills");
 
-    let mut host = env.spawn_host("drink_count", &[]);
-    host.wait_for_log("host running", Duration::from_secs(60));
-    env.wait_committed(Duration::from_secs(180));
-    assert!(host.terminate().success());
+    env.run_until_drained("drink_count", &[], Duration::from_secs(180));
 
     let dump = env.dump();
     let mut inflation = 0;

@@ -152,6 +152,16 @@ impl TestEnv {
         HostProcess::spawn(&self.dir.path().join("logs"), &args, env)
     }
 
+    /// Runs the host until the group has committed the whole input, then stops it cleanly
+    /// (SIGTERM, exit 0).
+    pub fn run_until_drained(&self, guest_name: &str, extra: &[&str], timeout: Duration) {
+        let mut host = self.spawn_host(guest_name, extra);
+        host.wait_for_log("host running", Duration::from_secs(60));
+        self.wait_committed(timeout);
+        let status = host.terminate();
+        assert!(status.success(), "a clean stop exits 0, got {status}");
+    }
+
     /// `host restore` of this test's changelog into `dir`, then `host dump` of it.
     pub fn restore_into(&self, dir: &Path) -> Dump {
         let dir = dir.display().to_string();

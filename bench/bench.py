@@ -108,11 +108,20 @@ def pipeline(binary, name):
     state = os.path.join(WORK, f"state-{name}")
     subcommand = ["run"] if binary == HOST else []  # host-native takes run's options directly
     m = run([binary] + subcommand + ["--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state, "--stop-at-end",
-             "--instance-id", "none", "--log-format", "json"] + flags)
+             "--instance-id", "none", "--log-format", "json"] + flags, env={"RUST_LOG": "info,host::pipeline=debug"})
     shutil.rmtree(state, ignore_errors=True)
     s = summary(m.err)
+    # Where the time goes: the per-batch step timings (debug log), the rest is polling.
+    steps = {k: 0.0 for k in ("guest_ms", "changelog_ms", "state_ms", "commit_ms")}
+    for line in m.err.splitlines():
+        if '"message":"batch"' in line:
+            fields = json.loads(line)["fields"]
+            for k in steps:
+                steps[k] += fields[k] / 1000
+    steps["poll and the rest"] = max(0.0, s["seconds"] - sum(steps.values()))
     return {"rate": s["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": s["records"],
-            "changelog_per_record": s["changelog_records"] / max(1, s["records"]), "batches": s["batches"]}
+            "changelog_per_record": s["changelog_records"] / max(1, s["records"]), "batches": s["batches"],
+            "seconds": s["seconds"], "steps": steps}
 
 
 def raw(topic, name):
@@ -251,6 +260,7 @@ def main():
 def write_results(results, restore, keys_raw, lat, lat_m):
     cpu, cores, mem, rustc, host, kafka = machine()
     raw_rate, native_rate, wasm_rate = (med(results[k], "rate") for k in ("raw", "native", "wasm"))
+    wasm_mid = sorted(results["wasm"], key=lambda r: r["rate"])[len(results["wasm"]) // 2]
     def row(name, rs, note):
         per_record = f"{med(rs, 'changelog_per_record'):.5f}" if "changelog_per_record" in rs[0] else "–"
         return f"| {name} | {med(rs, 'rate'):,.0f} | {med(rs, 'cpu'):.1f} | {med(rs, 'rss'):.0f} | {per_record} | {note} |"
@@ -283,6 +293,11 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         f"| restore | {restore['rate']:,.0f} records/s | {restore['cpu']:.1f} | {restore['rss']:.0f} | – | "
         f"`host restore` of {restore['keys']:,} keys in {restore['seconds']:.2f} s (raw drain of that changelog: "
         f"{keys_raw['rate']:,.0f} records/s) |",
+        "",
+        "Where the wasm pipeline's time goes (median-rate run; per-batch step timings from the host's debug log): "
+        + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s ({100 * v / wasm_mid['seconds']:.0f}%)" for k, v in wasm_mid["steps"].items())
+        + f" of {wasm_mid['seconds']:.2f} s, {wasm_mid['batches']} batches. The guest step includes building the overlay "
+        "(state reads, map updates).",
         "",
         f"Latency at {LATENCY_RATE:,} orders/s offered for {LATENCY_SECONDS} s (record timestamp, set when the load "
         f"generator produces it with linger.ms=5, to changelog acknowledged; wasm): p50 {lat['latency_p50_ms']} ms, p99 {lat['latency_p99_ms']} ms, max {lat['latency_max_ms']} ms "

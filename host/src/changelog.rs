@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::consumer::Consumer;
-
-use crate::config::HostConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::cli::{KafkaArgs, RestoreArgs};
+use crate::config::HostConsumer;
 use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, decode_u64, meta};
 

@@ -41,14 +41,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer};
-
-use crate::config::HostConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::cli::RunArgs;
+use crate::config::HostConsumer;
 use crate::fault::{self, Step};
 use crate::guest::{Counter, Guest, Limits};
 use crate::log_limit::LogLimit;

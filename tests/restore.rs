@@ -121,10 +121,11 @@ fn interrupted_restore_is_redone_not_trusted() {
     integration_tests::produce_keyed(&env.brokers, &env.changelog, &values);
 
     let state_dir = env.state_dir().display().to_string();
-    let args: Vec<String> = ["restore", "--brokers", &env.brokers, "--changelog", &env.changelog, "--state-dir", &state_dir]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> =
+        ["restore", "--brokers", &env.brokers, "--changelog", &env.changelog, "--state-dir", &state_dir]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let mut restore = integration_tests::HostProcess::spawn(&env.dir.path().join("logs"), &args, &[]);
     restore.wait_for_log("restoring state from the changelog", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(50));

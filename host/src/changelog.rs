@@ -162,8 +162,9 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
             }
         }
         if batch.len() >= 10_000 || (pending.is_empty() && !batch.is_empty()) {
-            // The WAL is not synced per batch: the final flush makes the whole restore durable.
-            store.apply(std::mem::take(&mut batch), false)?;
+            // No WAL: the final flush makes the whole restore durable, and until the marker is
+            // removed a crash means starting over.
+            store.apply_unlogged(std::mem::take(&mut batch))?;
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
             last_progress = Instant::now();

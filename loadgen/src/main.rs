@@ -21,13 +21,56 @@ use rdkafka::{ClientConfig, Message};
 
 /// Drink names, most popular first when `--zipf` skews the choice.
 const DRINKS: [&str; 50] = [
-    "latte", "cappuccino", "espresso", "americano", "flat white", "mocha", "macchiato", "cortado", "cold brew",
-    "matcha latte", "chai latte", "hot chocolate", "iced latte", "caramel macchiato", "ristretto", "lungo",
-    "doppio", "affogato", "irish coffee", "vienna", "piccolo", "red eye", "café au lait", "café con leche",
-    "cafe cubano", "galão", "frappé", "nitro cold brew", "iced americano", "vanilla latte", "hazelnut latte",
-    "pumpkin spice latte", "oat flat white", "dirty chai", "london fog", "earl grey", "green tea", "sencha",
-    "rooibos", "peppermint tea", "chamomile", "turmeric latte", "beetroot latte", "golden milk", "babyccino",
-    "iced matcha", "yuzu tonic", "espresso tonic", "cascara fizz", "honey oat latte",
+    "latte",
+    "cappuccino",
+    "espresso",
+    "americano",
+    "flat white",
+    "mocha",
+    "macchiato",
+    "cortado",
+    "cold brew",
+    "matcha latte",
+    "chai latte",
+    "hot chocolate",
+    "iced latte",
+    "caramel macchiato",
+    "ristretto",
+    "lungo",
+    "doppio",
+    "affogato",
+    "irish coffee",
+    "vienna",
+    "piccolo",
+    "red eye",
+    "café au lait",
+    "café con leche",
+    "cafe cubano",
+    "galão",
+    "frappé",
+    "nitro cold brew",
+    "iced americano",
+    "vanilla latte",
+    "hazelnut latte",
+    "pumpkin spice latte",
+    "oat flat white",
+    "dirty chai",
+    "london fog",
+    "earl grey",
+    "green tea",
+    "sencha",
+    "rooibos",
+    "peppermint tea",
+    "chamomile",
+    "turmeric latte",
+    "beetroot latte",
+    "golden milk",
+    "babyccino",
+    "iced matcha",
+    "yuzu tonic",
+    "espresso tonic",
+    "cascara fizz",
+    "honey oat latte",
 ];
 
 #[derive(Parser)]
@@ -130,7 +173,12 @@ impl OrderGen {
             bail!("--drinks must be 1..={}", DRINKS.len());
         }
         let zipf = if args.zipf > 0.0 { Some(Zipf::new(args.drinks as f64, args.zipf)?) } else { None };
-        Ok(OrderGen { rng: StdRng::seed_from_u64(args.seed), zipf, drinks: args.drinks, malformed_every: args.malformed_every })
+        Ok(OrderGen {
+            rng: StdRng::seed_from_u64(args.seed),
+            zipf,
+            drinks: args.drinks,
+            malformed_every: args.malformed_every,
+        })
     }
 
     fn drink(&mut self) -> &'static str {

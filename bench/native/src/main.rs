@@ -10,7 +10,10 @@ use host::cli::{LogFormat, RunArgs};
 use host::guest::{Counter, Delta, Entry, Outcome};
 
 #[derive(Parser)]
-#[command(name = "host-native", about = "Benchmark baseline: `host run` with drink_count compiled in (--guest is ignored)")]
+#[command(
+    name = "host-native",
+    about = "Benchmark baseline: `host run` with drink_count compiled in (--guest is ignored)"
+)]
 struct Cli {
     #[command(flatten)]
     run: RunArgs,
@@ -37,8 +40,12 @@ impl Counter for NativeDrinkCount {
     }
 
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
-        let entries = counts.iter().map(|e| streamhost_guest_sdk::Entry { key: e.key.clone(), count: e.count }).collect();
-        Ok(streamhost_guest_sdk::rank_by_count(entries, n).into_iter().map(|e| Entry { key: e.key, count: e.count }).collect())
+        let entries =
+            counts.iter().map(|e| streamhost_guest_sdk::Entry { key: e.key.clone(), count: e.count }).collect();
+        Ok(streamhost_guest_sdk::rank_by_count(entries, n)
+            .into_iter()
+            .map(|e| Entry { key: e.key, count: e.count })
+            .collect())
     }
 }
 

@@ -17,43 +17,17 @@ fn restore_rebuilds_state_and_counting_continues() {
     assert_eq!(before.counts, expected.counts);
 
     std::fs::remove_dir_all(env.state_dir()).unwrap();
-    let state_dir = env.state_dir().display().to_string();
-    let out = env.host(&[
-        "restore",
-        "--brokers",
-        &integration_tests::brokers(),
-        "--changelog",
-        &env.changelog,
-        "--state-dir",
-        &state_dir,
-    ]);
+    let out = env.host(&env.restore_args(&env.state_dir(), &[]));
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&format!("restored {} keys", expected.counts.len())), "restore said: {said}");
     assert_eq!(env.dump(), before, "restored state equals the state before the loss");
 
     // Restore refuses to overwrite a non-empty state dir without --force.
-    let again = env.host(&[
-        "restore",
-        "--brokers",
-        &integration_tests::brokers(),
-        "--changelog",
-        &env.changelog,
-        "--state-dir",
-        &state_dir,
-    ]);
+    let again = env.host(&env.restore_args(&env.state_dir(), &[]));
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let forced = env.host(&[
-        "restore",
-        "--force",
-        "--brokers",
-        &integration_tests::brokers(),
-        "--changelog",
-        &env.changelog,
-        "--state-dir",
-        &state_dir,
-    ]);
+    let forced = env.host(&env.restore_args(&env.state_dir(), &["--force"]));
     assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
     assert_eq!(env.dump(), before);
 
@@ -121,11 +95,7 @@ fn interrupted_restore_is_redone_not_trusted() {
     integration_tests::produce_keyed(&env.brokers, &env.changelog, &values);
 
     let state_dir = env.state_dir().display().to_string();
-    let args: Vec<String> =
-        ["restore", "--brokers", &env.brokers, "--changelog", &env.changelog, "--state-dir", &state_dir]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let args = env.restore_args(&env.state_dir(), &[]);
     let mut restore = integration_tests::HostProcess::spawn(&env.dir.path().join("logs"), &args, &[]);
     restore.wait_for_log("restoring state from the changelog", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(50));

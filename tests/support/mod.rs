@@ -162,11 +162,17 @@ impl TestEnv {
         assert!(status.success(), "a clean stop exits 0, got {status}");
     }
 
+    /// Arguments of `host restore` of this test's changelog into `dir`, plus `extra`.
+    pub fn restore_args(&self, dir: &Path, extra: &[&str]) -> Vec<String> {
+        let dir = dir.display().to_string();
+        let base = ["restore", "--brokers", &self.brokers, "--changelog", &self.changelog, "--state-dir", &dir];
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    }
+
     /// `host restore` of this test's changelog into `dir`, then `host dump` of it.
     pub fn restore_into(&self, dir: &Path) -> Dump {
+        let out = self.host(&self.restore_args(dir, &[]));
         let dir = dir.display().to_string();
-        let out =
-            self.host(&["restore", "--brokers", &self.brokers, "--changelog", &self.changelog, "--state-dir", &dir]);
         assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
         let out = self.host(&["dump", "--state-dir", &dir]);
         assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));

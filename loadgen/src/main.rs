@@ -280,6 +280,9 @@ fn drain(brokers: &str, topic: &str, group: &str) -> Result<()> {
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
+        // The same prefetch depth as the host's consumer: the ceiling is the best it can do.
+        .set("queued.min.messages", "1000000")
+        .set("max.partition.fetch.bytes", "8388608")
         .create()
         .context("creating the consumer")?;
     consumer.subscribe(&[topic])?;

@@ -140,6 +140,12 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
 
+    /// Longest wait for Kafka to acknowledge a batch's changelog. Past it the host exits
+    /// non-zero without writing state or committing (a restart resumes exactly), rather than
+    /// hang. librdkafka itself retries deliveries for message.timeout.ms (5 min).
+    #[arg(long, env = "STREAMHOST_ACK_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+
     /// Exit 0 once every assigned input partition is consumed to its end (backfills,
     /// batch jobs, benchmarks), after committing and publishing a last board.
     #[arg(long, env = "STREAMHOST_STOP_AT_END")]

@@ -164,7 +164,7 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter>) -> Result<()> {
             .create_with_context(crate::config::HostContext)
             .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
-    let producer = AckedProducer::new(&args.topics.kafka)?;
+    let producer = AckedProducer::new(&args.topics.kafka, args.ack_timeout)?;
 
     let mut pipeline = Pipeline {
         applied: store.input_offsets(&args.topics.input)?,

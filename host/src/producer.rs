@@ -63,14 +63,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct AckedProducer {
     inner: BaseProducer<AckContext>,
+    /// Longest wait for acknowledgements before giving up (see `wait_acks`).
+    ack_timeout: Duration,
 }
 
 impl AckedProducer {
-    pub fn new(kafka: &KafkaArgs) -> Result<Self> {
+    pub fn new(kafka: &KafkaArgs, ack_timeout: Duration) -> Result<Self> {
         let inner = crate::config::producer(kafka)
             .create_with_context(AckContext::default())
             .context("creating the Kafka producer")?;
-        Ok(AckedProducer { inner })
+        Ok(AckedProducer { inner, ack_timeout })
     }
 
     /// Queues one record; waits for queue space if librdkafka's buffer is full.
@@ -164,12 +166,25 @@ impl AckedProducer {
     /// batch, so it is called with a 1 ms budget in a loop: each call still does what a flush
     /// must (send at once, wake the broker threads), without the coarse sleep. Deliveries end
     /// either way within `message.timeout.ms`.
+    /// Gives up after `ack_timeout`: the caller then stops without writing state or committing,
+    /// which is always safe, and a restart resumes exactly. A bounded wait turns any client
+    /// stall (seen occasionally across a broker restart) into a clear exit instead of a hang.
     fn drain(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.ack_timeout;
         loop {
             match self.inner.flush(Duration::from_millis(1)) {
                 Ok(()) => break,
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
                 Err(e) => return Err(anyhow!("waiting for Kafka acknowledgements: {e}")),
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(anyhow!(
+                    "Kafka acknowledged nothing for {:?} (--ack-timeout) with {} records in flight; stopping \
+                     without writing state or committing: restart the host (it resumes exactly) once the \
+                     brokers answer",
+                    self.ack_timeout,
+                    self.inner.in_flight_count()
+                ));
             }
         }
         // Every record has its delivery report queued; serve them (bounded: the queue only

@@ -23,7 +23,8 @@ fn base(kafka: &KafkaArgs) -> ClientConfig {
 /// Consumer prefetch depth (librdkafka defaults: 100000 messages, 1 MiB per partition fetch),
 /// bounded in memory by queued.max.messages.kbytes. Deeper prefetch keeps the fetcher busy
 /// while the pipeline works: the benchmark's host rate went from ~180k to ~350k orders/s,
-/// and raw consumption from ~0.3M to ~1M records/s (bench/RESULTS.md).
+/// and raw consumption from ~0.3M to ~1M records/s (bench/RESULTS.md). Not for restore: its
+/// time did not change (2.1-2.5 s for 1M keys) while its peak RSS rose from ~220 to ~380 MiB.
 const PREFETCH_MESSAGES: &str = "1000000";
 const PREFETCH_PARTITION_BYTES: &str = "8388608";
 
@@ -82,8 +83,6 @@ pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
         // Tells us when a partition has been read to its current end, even when the last
         // offset is a transaction marker that is never delivered as a message.
         .set("enable.partition.eof", "true")
-        .set("queued.min.messages", PREFETCH_MESSAGES)
-        .set("max.partition.fetch.bytes", PREFETCH_PARTITION_BYTES)
         .set("auto.offset.reset", "earliest");
     apply_overrides(&mut config, kafka);
     config

@@ -115,7 +115,10 @@ fn broker_outage_of_20_seconds_loses_nothing() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("broker outage: host {}", if restarted { "exited after --ack-timeout and was restarted" } else { "rode it out" });
+    eprintln!(
+        "broker outage: host {}",
+        if restarted { "exited after --ack-timeout and was restarted" } else { "rode it out" }
+    );
     env.wait_committed(Duration::from_secs(60));
     assert!(host.terminate().success());
     let dump = env.dump();

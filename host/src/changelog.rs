@@ -179,6 +179,7 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
     tracing::info!(
         keys = report.keys,
         records_read = report.records_read,
+        records_unreadable = report.records_unreadable,
         seconds = report.elapsed.as_secs_f64(),
         "restore finished"
     );

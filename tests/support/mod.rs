@@ -535,10 +535,6 @@ impl HostProcess {
         HostProcess { child, stdout, stderr }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILL: no chance to finish anything.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");

@@ -50,6 +50,9 @@ KEYS = int(os.environ.get("BENCH_KEYS", 1_000_000))
 LATENCY_RATE = int(os.environ.get("BENCH_LATENCY_RATE", 50_000))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", 60))
 PEERS = "--peers" in sys.argv
+# `--probe native,wasm`: only those modes (of raw, native, wasm), rates and step times printed,
+# RESULTS.md left alone. For trying a change quickly; `make bench` is the measurement of record.
+PROBE = sys.argv[sys.argv.index("--probe") + 1].split(",") if "--probe" in sys.argv else None
 CACHE = os.environ.get("CACHE", os.path.join(os.path.expanduser("~"), ".cache", "streamhost"))
 GO_SEED = os.path.join(CACHE, "peers", "go-seed")
 KSTREAMS_CP = os.path.join(ROOT, "bench", "peers", "kstreams", "target", "drink-count-streams-1.jar") + ":" + \
@@ -113,7 +116,7 @@ def pipeline(binary, name):
     shutil.rmtree(state, ignore_errors=True)
     s = summary(m.err)
     # Where the time goes: the per-batch step timings (debug log), the rest is polling.
-    steps = {k: 0.0 for k in ("guest_ms", "changelog_ms", "state_ms", "commit_ms")}
+    steps = {k: 0.0 for k in ("guest_ms", "send_ms", "changelog_ms", "state_ms", "commit_ms")}
     for line in m.err.splitlines():
         if '"message":"batch"' in line:
             fields = json.loads(line)["fields"]
@@ -207,14 +210,20 @@ def main():
             for mode, r in run_peers(input_topic, i).items():
                 results[mode].append(r)
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
-        for mode in ("raw", "native", "wasm"):
+        for mode in PROBE or ("raw", "native", "wasm"):
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
             else:
                 r = pipeline(NATIVE if mode == "native" else HOST, f"{mode}{i}")
             assert r["records"] == ORDERS, f"{mode} saw {r['records']} of {ORDERS} records"
             results[mode].append(r)
-            log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
+            log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s, {r['cpu']:.1f} CPU s"
+                + (", " + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s" for k, v in r["steps"].items())
+                   if "steps" in r else ""))
+    if PROBE:
+        for mode in PROBE:
+            log(f"probe {mode}: median {med(results[mode], 'rate'):,.0f} records/s")
+        return
 
     log(f"restore: changelog of {KEYS} distinct keys")
     keys_topic = f"bench-{RUN_ID}.keys.changelog"
@@ -306,8 +315,9 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         "",
         "Where the wasm pipeline's time goes (median-rate run; per-batch step timings from the host's debug log): "
         + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s ({100 * v / wasm_mid['seconds']:.0f}%)" for k, v in wasm_mid["steps"].items())
-        + f" of {wasm_mid['seconds']:.2f} s, {wasm_mid['batches']} batches. The guest step includes building the overlay "
-        "(state reads, map updates).",
+        + f" of {wasm_mid['seconds']:.2f} s, {wasm_mid['batches']} batches. guest: the guest call (copying records "
+        "in, results out); send: adding deltas to state's values and queueing the changelog; changelog: what is left "
+        "of the wait for acknowledgements once the next batch's guest step has overlapped it.",
         "",
         f"Latency at {LATENCY_RATE:,} orders/s offered for {LATENCY_SECONDS} s (record timestamp, set when the load "
         f"generator produces it with linger.ms=5, to changelog acknowledged; wasm): p50 {lat['latency_p50_ms']} ms, p99 {lat['latency_p99_ms']} ms, max {lat['latency_max_ms']} ms "

@@ -49,7 +49,7 @@ use crate::changelog;
 use crate::cli::RunArgs;
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
-use crate::guest::{Counter, Guest, Limits};
+use crate::guest::{Counter, Guest, Limits, Outcome};
 use crate::log_limit::LogLimit;
 use crate::producer::AckedProducer;
 use crate::shutdown::Shutdown;
@@ -60,17 +60,18 @@ use crate::stats::RunStats;
 /// request or a due board is noticed when the input is idle.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
-/// Waits up to `POLL_WAIT` for a first record, then takes whatever else is already
+/// Waits up to `wait` for a first record, then takes whatever else is already
 /// fetched, up to `max` records. Partitions that reported their end (with `--stop-at-end`)
 /// are added to `at_end`; a partition that delivers a record leaves it.
 fn poll_batch<'c>(
     consumer: &'c HostConsumer,
     max: usize,
+    wait: Duration,
     errors: &mut LogLimit,
     at_end: &mut BTreeSet<i32>,
 ) -> Vec<BorrowedMessage<'c>> {
     let mut batch = Vec::new();
-    let mut timeout = POLL_WAIT;
+    let mut timeout = wait;
     while batch.len() < max {
         match consumer.poll(timeout) {
             None => break,
@@ -204,36 +205,70 @@ struct Pipeline {
     stats: RunStats,
 }
 
-/// A batch's effect before it is written anywhere.
-#[derive(Default)]
-struct BatchResult {
-    /// New absolute value of every key the batch changed (the in-memory overlay).
-    overlay: HashMap<String, u64>,
-    /// Next offset per partition after this batch (what gets committed).
+/// What the guest made of a polled batch. Computing it writes nothing, so it may overlap the
+/// previous batch's wait for acknowledgements.
+struct GuestVerdicts {
+    /// Indexes (into the batch) of the records not yet in state, each with its outcome.
+    fresh: Vec<(usize, Outcome)>,
+    /// Next offset per partition after the batch (what gets committed).
     next_offsets: BTreeMap<i32, i64>,
-    /// Records that reached the guest or were rejected (i.e. state changes).
-    changed: bool,
+    guest_ms: f64,
+}
+
+/// A batch whose changelog records are sent but not yet known to be acknowledged: steps
+/// 2 (the wait), 3 and 4 are still to come.
+struct InFlight {
+    /// State changes: new counter values, totals and input offsets; empty when every record
+    /// of the batch was already in state (then only the offsets are committed).
+    changes: Vec<Change>,
+    next_offsets: BTreeMap<i32, i64>,
+    /// Record timestamps (ms), for the latency histogram once acknowledged.
+    timestamps: Vec<i64>,
+    records: usize,
+    guest_ms: f64,
+    send_ms: f64,
 }
 
 impl Pipeline {
     fn run_until(&mut self, consumer: &HostConsumer, shutdown: &Shutdown) -> Result<()> {
         let mut last_board = Instant::now();
         let mut at_end = BTreeSet::new();
+        // At most one batch is in flight. While its changelog records travel to the broker,
+        // the next batch is polled and given to the guest: pure work that writes nothing.
+        // Every write still happens in the order of the module doc, one batch after another:
+        // the next batch's changelog is sent only once the previous one is in state.
+        let mut in_flight: Option<InFlight> = None;
         while !shutdown.requested() {
-            let batch = poll_batch(consumer, self.args.max_batch, &mut self.consumer_log, &mut at_end);
-            if !batch.is_empty() {
-                self.stats.batch_polled(batch.len());
-                self.process(consumer, &batch)?;
-            } else if self.args.stop_at_end && all_at_end(consumer, &at_end) {
+            // With a batch in flight, don't wait for input: finishing it is the better use of time.
+            let wait = if in_flight.is_some() { Duration::ZERO } else { POLL_WAIT };
+            let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
+            if batch.is_empty() && in_flight.is_none() && self.args.stop_at_end && all_at_end(consumer, &at_end) {
                 tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
                 break;
             }
+            if !batch.is_empty() {
+                self.stats.batch_polled(batch.len());
+            }
+            // 1. The guest turns records into deltas (overlapping the previous batch's acks).
+            let verdicts = self.run_guest(&batch)?;
+            // 2-4 of the previous batch: its acknowledgements, state write and offset commit.
+            if let Some(previous) = in_flight.take() {
+                self.finish(consumer, previous)?;
+            }
+            // 2. This batch's changelog, computed on state that now holds every earlier batch.
+            if !batch.is_empty() {
+                in_flight = Some(self.send_batch(&batch, verdicts)?);
+            }
             drop(batch);
             if last_board.elapsed() >= self.args.flush_interval {
+                // State holds whole batches only (the one in flight is not in it yet).
                 last_board = Instant::now();
                 self.flush_board();
             }
             self.producer.poll();
+        }
+        if let Some(previous) = in_flight.take() {
+            self.finish(consumer, previous)?;
         }
         // Every polled record is processed: the consumer's positions are safe to commit, and a
         // synchronous commit leaves the group exactly where state is.
@@ -252,74 +287,63 @@ impl Pipeline {
         Ok(())
     }
 
-    fn process(&mut self, consumer: &HostConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
+    /// Step 1: the guest's outcome for every record not yet in state. Writes nothing.
+    fn run_guest(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<GuestVerdicts> {
         let mut timer = StepTimer::start();
-        // 1. The guest turns records into deltas; the overlay accumulates new values.
-        let result = self.apply_guest(batch)?;
-        let guest_ms = timer.lap();
-
-        let (mut changelog_ms, mut state_ms) = (0.0, 0.0);
-        if result.changed {
-            // 2. Changelog: final value per key, and the metadata; wait for every ack.
-            let changes = self.changes(&result);
-            self.send_changelog(&changes)?;
-            self.producer.wait_acks().context("changelog write")?;
-            changelog_ms = timer.lap();
-            self.stats.changelog_records += changes.len() as u64;
-            self.stats.acknowledged(batch.iter().filter_map(|m| m.timestamp().to_millis()));
-            fault::point(Step::AfterChangelog);
-
-            // 3. State: one atomic, fsynced write batch.
-            self.store.apply(changes, true).context("state write")?;
-            state_ms = timer.lap();
-            fault::point(Step::AfterState);
-        }
-        for (partition, next) in &result.next_offsets {
-            let applied = self.applied.entry(*partition).or_insert(*next);
-            *applied = (*applied).max(*next);
-        }
-
-        // 4. Offsets: only now is the batch committed to the group.
-        self.commit(consumer, &result.next_offsets);
-        let commit_ms = timer.lap();
-        self.stats.committed();
-        tracing::debug!(records = batch.len(), guest_ms, changelog_ms, state_ms, commit_ms, "batch");
-        fault::point(Step::AfterCommit);
-        Ok(())
-    }
-
-    fn apply_guest(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<BatchResult> {
-        let mut result = BatchResult::default();
-        // Records not yet in state; the already-applied ones are left out (a crash came
-        // between the state write and the offset commit).
-        let mut fresh: Vec<&BorrowedMessage<'_>> = Vec::with_capacity(batch.len());
-        for message in batch {
-            result.next_offsets.insert(message.partition(), message.offset() + 1);
-            if !self.applied.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
-                fresh.push(message);
+        let mut next_offsets = BTreeMap::new();
+        // Records already in state are left out (a crash came between the state write and
+        // the offset commit); `send_batch` checks again once the previous batch is in state.
+        let mut fresh = Vec::with_capacity(batch.len());
+        for (index, message) in batch.iter().enumerate() {
+            next_offsets.insert(message.partition(), message.offset() + 1);
+            if !self.is_applied(message) {
+                fresh.push(index);
             }
         }
-        if fresh.is_empty() {
-            return Ok(result);
-        }
-        result.changed = true;
-        let values: Vec<Vec<u8>> = fresh.iter().filter_map(|m| m.payload().map(<[u8]>::to_vec)).collect();
-        let mut outcomes = self.guest.process_batch(&values)?.into_iter();
+        let values: Vec<Vec<u8>> = fresh.iter().filter_map(|i| batch[*i].payload().map(<[u8]>::to_vec)).collect();
+        let mut outcomes = if values.is_empty() { Vec::new() } else { self.guest.process_batch(&values)? }.into_iter();
+        let fresh = fresh
+            .into_iter()
+            .map(|index| {
+                let outcome = match batch[index].payload() {
+                    Some(_) => outcomes.next().expect("one outcome per value"),
+                    None => Err("record has no value".to_owned()),
+                };
+                let outcome = outcome.and_then(|deltas| match deltas.iter().find(|d| d.key.len() > MAX_KEY_BYTES) {
+                    Some(d) => Err(format!("key of {} bytes is longer than the limit of {MAX_KEY_BYTES}", d.key.len())),
+                    None => Ok(deltas),
+                });
+                (index, outcome)
+            })
+            .collect();
+        Ok(GuestVerdicts { fresh, next_offsets, guest_ms: timer.lap() })
+    }
+
+    /// True when state already reflects this record.
+    fn is_applied(&self, message: &BorrowedMessage<'_>) -> bool {
+        self.applied.get(&message.partition()).is_some_and(|next| message.offset() < *next)
+    }
+
+    /// Step 2, first half: adds the deltas to state's values (the overlay), dead-letters the
+    /// rejected records, and sends the changelog records. Needs state to hold every earlier batch.
+    fn send_batch(&mut self, batch: &[BorrowedMessage<'_>], verdicts: GuestVerdicts) -> Result<InFlight> {
+        let mut timer = StepTimer::start();
+        let mut overlay: HashMap<String, u64> = HashMap::new();
+        let mut changed = false;
         // In input order, so dead letters keep the order of their records.
-        for message in fresh {
-            let outcome = match message.payload() {
-                Some(_) => outcomes.next().expect("one outcome per value"),
-                None => Err("record has no value".to_owned()),
-            };
-            let outcome = outcome.and_then(|deltas| match deltas.iter().find(|d| d.key.len() > MAX_KEY_BYTES) {
-                Some(d) => Err(format!("key of {} bytes is longer than the limit of {MAX_KEY_BYTES}", d.key.len())),
-                None => Ok(deltas),
-            });
+        for (index, outcome) in verdicts.fresh {
+            let message = &batch[index];
+            if self.is_applied(message) {
+                // Re-delivered while the previous batch was in flight (a rebalance rewound the
+                // partition): that batch applied it already.
+                continue;
+            }
+            changed = true;
             match outcome {
                 Ok(deltas) => {
                     self.totals.records_processed += 1;
                     for delta in deltas {
-                        let current = match result.overlay.get(&delta.key) {
+                        let current = match overlay.get(&delta.key) {
                             Some(v) => *v,
                             None => self.store.count(delta.key.as_bytes())?,
                         };
@@ -327,13 +351,61 @@ impl Pipeline {
                             tracing::warn!(key = %delta.key, "counter saturated at u64::MAX");
                             u64::MAX
                         });
-                        result.overlay.insert(delta.key, updated);
+                        overlay.insert(delta.key, updated);
                     }
                 }
                 Err(reason) => self.reject(message, &reason)?,
             }
         }
-        Ok(result)
+        let changes = if changed { self.changes(&overlay, &verdicts.next_offsets) } else { Vec::new() };
+        self.send_changelog(&changes)?;
+        Ok(InFlight {
+            changes,
+            next_offsets: verdicts.next_offsets,
+            timestamps: batch.iter().filter_map(|m| m.timestamp().to_millis()).collect(),
+            records: batch.len(),
+            guest_ms: verdicts.guest_ms,
+            send_ms: timer.lap(),
+        })
+    }
+
+    /// Steps 2 (the wait), 3 and 4 of a batch whose changelog records are sent.
+    fn finish(&mut self, consumer: &HostConsumer, batch: InFlight) -> Result<()> {
+        let mut timer = StepTimer::start();
+        let (mut changelog_ms, mut state_ms) = (0.0, 0.0);
+        if !batch.changes.is_empty() {
+            // 2. Changelog: every record acknowledged.
+            self.producer.wait_acks().context("changelog write")?;
+            changelog_ms = timer.lap();
+            self.stats.changelog_records += batch.changes.len() as u64;
+            self.stats.acknowledged(batch.timestamps.into_iter());
+            fault::point(Step::AfterChangelog);
+
+            // 3. State: one atomic, fsynced write batch.
+            self.store.apply(batch.changes, true).context("state write")?;
+            state_ms = timer.lap();
+            fault::point(Step::AfterState);
+        }
+        for (partition, next) in &batch.next_offsets {
+            let applied = self.applied.entry(*partition).or_insert(*next);
+            *applied = (*applied).max(*next);
+        }
+
+        // 4. Offsets: only now is the batch committed to the group.
+        self.commit(consumer, &batch.next_offsets);
+        let commit_ms = timer.lap();
+        self.stats.committed();
+        tracing::debug!(
+            records = batch.records,
+            guest_ms = batch.guest_ms,
+            send_ms = batch.send_ms,
+            changelog_ms,
+            state_ms,
+            commit_ms,
+            "batch"
+        );
+        fault::point(Step::AfterCommit);
+        Ok(())
     }
 
     /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
@@ -365,9 +437,8 @@ impl Pipeline {
     }
 
     /// The batch as state changes: counters, totals, and the input offsets they reflect.
-    fn changes(&self, result: &BatchResult) -> Vec<Change> {
-        let mut changes: Vec<Change> = result
-            .overlay
+    fn changes(&self, overlay: &HashMap<String, u64>, next_offsets: &BTreeMap<i32, i64>) -> Vec<Change> {
+        let mut changes: Vec<Change> = overlay
             .iter()
             .map(|(key, value)| Change::Count { key: key.as_bytes().to_vec(), value: Some(*value) })
             .collect();
@@ -375,7 +446,7 @@ impl Pipeline {
             |name: &str, v: u64| Change::Meta { name: name.to_owned(), value: Some(v.to_be_bytes().to_vec()) };
         changes.push(u64_meta(meta::RECORDS_PROCESSED, self.totals.records_processed));
         changes.push(u64_meta(meta::RECORDS_SKIPPED, self.totals.records_skipped));
-        for (partition, next) in &result.next_offsets {
+        for (partition, next) in next_offsets {
             let next = (*next).max(self.applied.get(partition).copied().unwrap_or(0));
             changes.push(u64_meta(&meta::input_offset(&self.args.topics.input, *partition), next as u64));
         }

@@ -21,7 +21,10 @@ pub fn brokers() -> String {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+    // At run time, not compile time: the build cache is shared between clones, and cargo may
+    // reuse a test binary built from another clone of the same sources.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&manifest_dir).parent().expect("repo root").to_owned()
 }
 
 /// The host binary built by `make build` (cargo puts test binaries in target/debug/deps).

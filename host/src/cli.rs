@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (guest WIT streamhost:counter@0.1.0)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (guest WIT streamhost:counter@0.2.0)");
 
 #[derive(Parser, Debug)]
 #[command(

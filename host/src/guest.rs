@@ -5,8 +5,10 @@
 //! its linear memory is capped, and every call has a deadline (epoch interruption). A call
 //! that traps poisons its `Store`, so the instance is re-created from the pre-instantiated
 //! component; a batch that traps is retried one record at a time, so only the records that
-//! trap are rejected.
+//! trap are rejected. A batch result that breaks the contract (a rejection index out of
+//! range, a key over [`MAX_KEY_BYTES`]) is redone record by record the same way.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,21 +25,70 @@ mod bindings {
     });
 }
 
-pub use bindings::exports::streamhost::counter::counter::{Delta, Entry};
+pub use bindings::exports::streamhost::counter::counter::{BatchResult, Delta, Entry, Rejection};
 
 /// How often the deadline clock ticks; call deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Longest key a guest may count under (`wit/counter.wit`). Keys become changelog record
+/// keys, and one the broker refuses would stall the pipeline; a record with a longer key
+/// is rejected instead.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+
 /// What one record became: its deltas, or why it was rejected.
 pub type Outcome = Result<Vec<Delta>, String>;
+
+/// Records packed for `process-batch`: their bytes back to back and where each one ends,
+/// so a batch crosses into the guest as one copy.
+#[derive(Default)]
+pub struct Records {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Records {
+    pub fn push(&mut self, value: &[u8]) {
+        self.data.extend_from_slice(value);
+        self.ends.push(self.data.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> &[u8] {
+        &self.data[self.start(index)..self.ends[index]]
+    }
+
+    fn start(&self, index: usize) -> usize {
+        if index == 0 { 0 } else { self.ends[index - 1] }
+    }
+
+    /// The bytes and the ends (relative to those bytes) of the records in `range`: the
+    /// arguments of `process-batch`.
+    pub fn packed(&self, range: Range<usize>) -> (&[u8], Vec<u32>) {
+        if range.is_empty() {
+            return (&[], Vec::new());
+        }
+        let base = self.start(range.start);
+        let bytes = &self.data[base..self.ends[range.end - 1]];
+        (bytes, self.ends[range].iter().map(|end| (end - base) as u32).collect())
+    }
+}
 
 /// What the pipeline needs from business logic. [`Guest`] is the implementation; the
 /// benchmark also compiles the same logic natively against it, as a baseline.
 pub trait Counter {
     /// Names the logic in logs (the guest's path).
     fn describe(&self) -> String;
-    /// One outcome per value, in order. `Err` only when the logic cannot run at all.
-    fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>>;
+    /// The deltas of the accepted records, summed per key (a key may appear more than once
+    /// here: the caller sums again), and the rejected records by increasing index into
+    /// `records`. `Err` only when the logic cannot run at all.
+    fn process_batch(&mut self, records: &Records) -> Result<BatchResult>;
     /// Ranks entries for the board, best first; at most `n`.
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>>;
 }
@@ -47,8 +98,8 @@ impl Counter for Guest {
         self.path.display().to_string()
     }
 
-    fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
-        Guest::process_batch(self, values)
+    fn process_batch(&mut self, records: &Records) -> Result<BatchResult> {
+        Guest::process_batch(self, records)
     }
 
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
@@ -86,6 +137,10 @@ impl Guest {
 
         let mut config = Config::new();
         config.epoch_interruption(true);
+        if std::env::var("STREAMHOST_GUEST_PROFILER").is_ok_and(|v| v == "perfmap") {
+            // For `perf record`: names the guest's compiled functions in /tmp/perf-<pid>.map.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
         start_epoch_ticker(&engine);
 
@@ -109,51 +164,63 @@ impl Guest {
         Ok(Guest { path: path.to_owned(), engine, pre, limits, store, instance, traps: 0 })
     }
 
-    /// Runs `process-batch` over `values`, in calls of at most an eighth of the guest's
+    /// Runs `process-batch` over `records`, in calls of at most an eighth of the guest's
     /// memory cap in record bytes (a batch of large records must not trap for lack of memory
-    /// that each record alone fits in). One outcome per value, in order. `Err` only when a
-    /// new instance cannot be made.
-    pub fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
+    /// that each record alone fits in). `Err` only when a new instance cannot be made.
+    pub fn process_batch(&mut self, records: &Records) -> Result<BatchResult> {
         let max_bytes = self.limits.memory_bytes / 8;
-        let mut outcomes = Vec::with_capacity(values.len());
-        let mut rest = values;
-        while !rest.is_empty() {
-            let mut bytes = 0;
-            let take = rest
-                .iter()
-                .position(|v| {
-                    bytes += v.len();
-                    bytes > max_bytes
-                })
-                .unwrap_or(rest.len())
-                .max(1);
-            let (chunk, tail) = rest.split_at(take);
-            outcomes.extend(self.process_chunk(chunk)?);
-            rest = tail;
+        let mut total = BatchResult { deltas: Vec::new(), rejected: Vec::new() };
+        let mut start = 0;
+        while start < records.len() {
+            let (mut end, mut bytes) = (start, 0);
+            while end < records.len() && (end == start || bytes + records.get(end).len() <= max_bytes) {
+                bytes += records.get(end).len();
+                end += 1;
+            }
+            let part = self.process_chunk(records, start..end)?;
+            if start == 0 && end == records.len() {
+                return Ok(part);
+            }
+            total.deltas.extend(part.deltas);
+            total.rejected.extend(part.rejected.into_iter().map(|r| Rejection { index: r.index + start as u32, ..r }));
+            start = end;
         }
-        Ok(outcomes)
+        Ok(total)
     }
 
-    /// One `process-batch` call; if it traps, the chunk is re-run record by record so that
-    /// only the records that trap are rejected.
-    fn process_chunk(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
+    /// One `process-batch` call (indexes relative to `range`); if it traps or breaks the
+    /// contract, the records are re-run one by one so that only the bad ones are rejected.
+    fn process_chunk(&mut self, records: &Records, range: Range<usize>) -> Result<BatchResult> {
+        let (data, ends) = records.packed(range.clone());
         self.arm_deadline();
-        let result = self.instance.streamhost_counter_counter().call_process_batch(&mut self.store, values);
-        match result {
-            Ok(outcomes) if outcomes.len() == values.len() => return Ok(outcomes),
-            Ok(outcomes) => {
-                tracing::warn!(
-                    records = values.len(),
-                    results = outcomes.len(),
-                    "guest returned the wrong number of results for a batch; retrying record by record"
-                );
-            }
+        match self.instance.streamhost_counter_counter().call_process_batch(&mut self.store, data, &ends) {
+            Ok(result) => match contract_breach(&result, ends.len()) {
+                None => return Ok(result),
+                Some(breach) => {
+                    tracing::warn!(
+                        records = ends.len(),
+                        breach,
+                        "guest's batch result breaks the contract; retrying record by record"
+                    )
+                }
+            },
             Err(trap) => {
                 self.recover(&trap)?;
-                tracing::warn!(records = values.len(), "guest trapped on a batch; retrying record by record");
+                tracing::warn!(records = ends.len(), "guest trapped on a batch; retrying record by record");
             }
         }
-        values.iter().map(|v| self.process(v)).collect()
+        let mut result = BatchResult { deltas: Vec::new(), rejected: Vec::new() };
+        for (index, record) in range.map(|i| records.get(i)).enumerate() {
+            let outcome = self.process(record)?.and_then(|deltas| match long_key(&deltas) {
+                Some(reason) => Err(reason),
+                None => Ok(deltas),
+            });
+            match outcome {
+                Ok(deltas) => result.deltas.extend(deltas),
+                Err(reason) => result.rejected.push(Rejection { index: index as u32, reason }),
+            }
+        }
+        Ok(result)
     }
 
     /// Runs `process` on one record; a trap rejects the record (and re-creates the instance).
@@ -234,6 +301,26 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawning the guest deadline thread");
 }
 
+/// Why a `process-batch` result over `records` records cannot be trusted, if it cannot.
+fn contract_breach(result: &BatchResult, records: usize) -> Option<String> {
+    let mut previous = None;
+    for r in &result.rejected {
+        if r.index as usize >= records || previous.is_some_and(|p| r.index <= p) {
+            return Some(format!("rejection index {} out of order or range (batch of {records})", r.index));
+        }
+        previous = Some(r.index);
+    }
+    long_key(&result.deltas)
+}
+
+/// Says so when a delta's key is longer than [`MAX_KEY_BYTES`].
+fn long_key(deltas: &[Delta]) -> Option<String> {
+    deltas
+        .iter()
+        .find(|d| d.key.len() > MAX_KEY_BYTES)
+        .map(|d| format!("key of {} bytes is longer than the limit of {MAX_KEY_BYTES}", d.key.len()))
+}
+
 fn expected_export() -> String {
     format!("{WIT_PACKAGE}/counter@{WIT_VERSION}")
 }
@@ -295,4 +382,39 @@ fn check_interface(path: &Path, engine: &Engine, component: &Component) -> Resul
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(values: &[&str]) -> Records {
+        let mut records = Records::default();
+        values.iter().for_each(|v| records.push(v.as_bytes()));
+        records
+    }
+
+    #[test]
+    fn packed_ranges_are_relative_to_their_first_record() {
+        let r = records(&["ab", "", "cde", "f"]);
+        assert_eq!(r.packed(0..4), (&b"abcdef"[..], vec![2, 2, 5, 6]));
+        assert_eq!(r.packed(2..4), (&b"cdef"[..], vec![3, 4]));
+        assert_eq!(r.packed(1..2), (&b""[..], vec![0]));
+        assert_eq!(r.packed(3..3), (&b""[..], vec![]));
+        assert_eq!(r.get(2), b"cde");
+    }
+
+    #[test]
+    fn batch_results_that_break_the_contract_are_caught() {
+        let rejection = |index| Rejection { index, reason: "bad".into() };
+        let delta = |key: String| Delta { key, amount: 1 };
+        let ok = BatchResult { deltas: vec![delta("a".into())], rejected: vec![rejection(0), rejection(2)] };
+        assert_eq!(contract_breach(&ok, 3), None);
+        let out_of_range = BatchResult { deltas: vec![], rejected: vec![rejection(3)] };
+        assert!(contract_breach(&out_of_range, 3).is_some());
+        let repeated = BatchResult { deltas: vec![], rejected: vec![rejection(1), rejection(1)] };
+        assert!(contract_breach(&repeated, 3).is_some());
+        let long = BatchResult { deltas: vec![delta("k".repeat(MAX_KEY_BYTES + 1))], rejected: vec![] };
+        assert!(contract_breach(&long, 3).unwrap().contains("longer than the limit"));
+    }
 }

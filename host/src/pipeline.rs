@@ -49,7 +49,7 @@ use crate::changelog;
 use crate::cli::RunArgs;
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
-use crate::guest::{Counter, Guest, Limits, Outcome};
+use crate::guest::{BatchResult, Counter, Delta, Guest, Limits, Records};
 use crate::log_limit::LogLimit;
 use crate::producer::AckedProducer;
 use crate::shutdown::Shutdown;
@@ -120,10 +120,6 @@ fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
         Err(_) => false,
     }
 }
-
-/// Longest key a guest may count under. Keys become changelog record keys, and one the
-/// broker refuses would stall the pipeline; a record with a longer key is rejected instead.
-pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
@@ -208,8 +204,12 @@ struct Pipeline {
 /// What the guest made of a polled batch. Computing it writes nothing, so it may overlap the
 /// previous batch's wait for acknowledgements.
 struct GuestVerdicts {
-    /// Indexes (into the batch) of the records not yet in state, each with its outcome.
-    fresh: Vec<(usize, Outcome)>,
+    /// Indexes (into the batch) of the records not yet in state.
+    fresh: Vec<usize>,
+    /// The deltas of the accepted fresh records (a key may repeat).
+    deltas: Vec<Delta>,
+    /// The rejected fresh records by increasing index, with why.
+    rejected: Vec<(usize, String)>,
     /// Next offset per partition after the batch (what gets committed).
     next_offsets: BTreeMap<i32, i64>,
     guest_ms: f64,
@@ -287,36 +287,42 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Step 1: the guest's outcome for every record not yet in state. Writes nothing.
+    /// Step 1: the guest's verdict on every record not yet in state. Writes nothing.
     fn run_guest(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<GuestVerdicts> {
         let mut timer = StepTimer::start();
         let mut next_offsets = BTreeMap::new();
-        // Records already in state are left out (a crash came between the state write and
-        // the offset commit); `send_batch` checks again once the previous batch is in state.
         let mut fresh = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        let mut records = Records::default();
+        // Batch index of each record handed to the guest.
+        let mut positions = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
-            if !self.is_applied(message) {
-                fresh.push(index);
+            // Records already in state are left out (a crash came between the state write
+            // and the offset commit); `send_batch` checks again once the previous batch is in state.
+            if self.is_applied(message) {
+                continue;
+            }
+            fresh.push(index);
+            match message.payload() {
+                Some(value) => {
+                    records.push(value);
+                    positions.push(index);
+                }
+                None => rejected.push((index, "record has no value".to_owned())),
             }
         }
-        let values: Vec<Vec<u8>> = fresh.iter().filter_map(|i| batch[*i].payload().map(<[u8]>::to_vec)).collect();
-        let mut outcomes = if values.is_empty() { Vec::new() } else { self.guest.process_batch(&values)? }.into_iter();
-        let fresh = fresh
-            .into_iter()
-            .map(|index| {
-                let outcome = match batch[index].payload() {
-                    Some(_) => outcomes.next().expect("one outcome per value"),
-                    None => Err("record has no value".to_owned()),
-                };
-                let outcome = outcome.and_then(|deltas| match deltas.iter().find(|d| d.key.len() > MAX_KEY_BYTES) {
-                    Some(d) => Err(format!("key of {} bytes is longer than the limit of {MAX_KEY_BYTES}", d.key.len())),
-                    None => Ok(deltas),
-                });
-                (index, outcome)
-            })
-            .collect();
-        Ok(GuestVerdicts { fresh, next_offsets, guest_ms: timer.lap() })
+        let result = match records.is_empty() {
+            true => BatchResult { deltas: Vec::new(), rejected: Vec::new() },
+            false => self.guest.process_batch(&records)?,
+        };
+        for r in result.rejected {
+            let index = *positions.get(r.index as usize).context("guest rejected a record index out of range")?;
+            rejected.push((index, r.reason));
+        }
+        // In input order, so dead letters keep the order of their records.
+        rejected.sort_by_key(|(index, _)| *index);
+        Ok(GuestVerdicts { fresh, deltas: result.deltas, rejected, next_offsets, guest_ms: timer.lap() })
     }
 
     /// True when state already reflects this record.
@@ -326,36 +332,29 @@ impl Pipeline {
 
     /// Step 2, first half: adds the deltas to state's values (the overlay), dead-letters the
     /// rejected records, and sends the changelog records. Needs state to hold every earlier batch.
-    fn send_batch(&mut self, batch: &[BorrowedMessage<'_>], verdicts: GuestVerdicts) -> Result<InFlight> {
+    fn send_batch(&mut self, batch: &[BorrowedMessage<'_>], mut verdicts: GuestVerdicts) -> Result<InFlight> {
         let mut timer = StepTimer::start();
+        if verdicts.fresh.iter().any(|index| self.is_applied(&batch[*index])) {
+            // Re-delivered while the previous batch was in flight (a rebalance rewound the
+            // partition), and that batch applied it: ask the guest again about the rest.
+            verdicts = self.run_guest(batch)?;
+        }
+        let changed = !verdicts.fresh.is_empty();
+        self.totals.records_processed += (verdicts.fresh.len() - verdicts.rejected.len()) as u64;
+        for (index, reason) in &verdicts.rejected {
+            self.reject(&batch[*index], reason)?;
+        }
         let mut overlay: HashMap<String, u64> = HashMap::new();
-        let mut changed = false;
-        // In input order, so dead letters keep the order of their records.
-        for (index, outcome) in verdicts.fresh {
-            let message = &batch[index];
-            if self.is_applied(message) {
-                // Re-delivered while the previous batch was in flight (a rebalance rewound the
-                // partition): that batch applied it already.
-                continue;
+        for delta in verdicts.deltas {
+            let current = match overlay.get(&delta.key) {
+                Some(v) => *v,
+                None => self.store.count(delta.key.as_bytes())?,
+            };
+            let updated = current.saturating_add(delta.amount);
+            if updated == u64::MAX && current != u64::MAX {
+                tracing::warn!(key = %delta.key, "counter saturated at u64::MAX");
             }
-            changed = true;
-            match outcome {
-                Ok(deltas) => {
-                    self.totals.records_processed += 1;
-                    for delta in deltas {
-                        let current = match overlay.get(&delta.key) {
-                            Some(v) => *v,
-                            None => self.store.count(delta.key.as_bytes())?,
-                        };
-                        let updated = current.checked_add(delta.amount).unwrap_or_else(|| {
-                            tracing::warn!(key = %delta.key, "counter saturated at u64::MAX");
-                            u64::MAX
-                        });
-                        overlay.insert(delta.key, updated);
-                    }
-                }
-                Err(reason) => self.reject(message, &reason)?,
-            }
+            overlay.insert(delta.key, updated);
         }
         let changes = if changed { self.changes(&overlay, &verdicts.next_offsets) } else { Vec::new() };
         self.send_changelog(&changes)?;

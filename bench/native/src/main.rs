@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use host::cli::{LogFormat, RunArgs};
-use host::guest::{Counter, Delta, Entry, Outcome};
+use host::guest::{BatchResult, Counter, Delta, Entry, Records, Rejection};
 
 #[derive(Parser)]
 #[command(
@@ -29,14 +29,15 @@ impl Counter for NativeDrinkCount {
         "drink_count compiled natively (benchmark baseline)".into()
     }
 
-    fn process_batch(&mut self, values: &[Vec<u8>]) -> Result<Vec<Outcome>> {
-        Ok(values
-            .iter()
-            .map(|v| {
-                drink_count::count_drinks(v)
-                    .map(|deltas| deltas.into_iter().map(|d| Delta { key: d.key, amount: d.amount }).collect())
-            })
-            .collect())
+    /// The guest's own batch path (the SDK's `sum_batch` over `count_drinks`), on the same
+    /// packed records the guest receives; only the boundary is missing.
+    fn process_batch(&mut self, records: &Records) -> Result<BatchResult> {
+        let (data, ends) = records.packed(0..records.len());
+        let result = streamhost_guest_sdk::sum_batch(data, &ends, drink_count::count_drinks);
+        Ok(BatchResult {
+            deltas: result.deltas.into_iter().map(|d| Delta { key: d.key, amount: d.amount }).collect(),
+            rejected: result.rejected.into_iter().map(|r| Rejection { index: r.index, reason: r.reason }).collect(),
+        })
     }
 
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use streamhost_guest_sdk::{Delta, Entry, Guest, add_delta, process_each, rank_by_count};
+use streamhost_guest_sdk::{BatchResult, Delta, Deltas, Entry, Guest, process_one, rank_by_count, sum_batch};
 
 /// The largest quantity one item may carry.
 pub const MAX_QUANTITY: u64 = 1_000_000;
@@ -23,19 +23,18 @@ struct Item<'a> {
     quantity: serde_json::Number,
 }
 
-/// One order's drink deltas, or why the order is malformed.
-pub fn count_drinks(record: &[u8]) -> Result<Vec<Delta>, String> {
+/// Adds one order's drinks to `deltas`, or says why the order is malformed.
+pub fn count_drinks<'r>(record: &'r [u8], deltas: &mut Deltas<'r>) -> Result<(), String> {
     // serde would also accept a JSON array for a struct; the contract says object.
     match record.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         _ => return Err("order is not a JSON object".into()),
     }
-    let order: Order = serde_json::from_slice(record).map_err(|e| format!("order is not valid: {e}"))?;
+    let order: Order<'r> = serde_json::from_slice(record).map_err(|e| format!("order is not valid: {e}"))?;
     if order.items.is_empty() {
         return Err("order has no items".into());
     }
-    let mut deltas = Vec::with_capacity(order.items.len());
-    for (i, item) in order.items.iter().enumerate() {
+    for (i, item) in order.items.into_iter().enumerate() {
         if item.drink.is_empty() {
             return Err(format!("item {i}: drink is empty"));
         }
@@ -43,9 +42,9 @@ pub fn count_drinks(record: &[u8]) -> Result<Vec<Delta>, String> {
             item.quantity.as_u64().filter(|q| (1..=MAX_QUANTITY).contains(q)).ok_or_else(|| {
                 format!("item {i}: quantity {} is not an integer in 1..={MAX_QUANTITY}", item.quantity)
             })?;
-        add_delta(&mut deltas, &item.drink, quantity);
+        deltas.add(item.drink, quantity);
     }
-    Ok(deltas)
+    Ok(())
 }
 
 // Constructed only by the export glue, which exists on wasm targets alone.
@@ -54,11 +53,11 @@ struct DrinkCount;
 
 impl Guest for DrinkCount {
     fn process(record: Vec<u8>) -> Result<Vec<Delta>, String> {
-        count_drinks(&record)
+        process_one(&record, count_drinks)
     }
 
-    fn process_batch(records: Vec<Vec<u8>>) -> Vec<Result<Vec<Delta>, String>> {
-        process_each(records, |r| count_drinks(&r))
+    fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
+        sum_batch(&data, &ends, count_drinks)
     }
 
     fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
@@ -73,7 +72,7 @@ mod tests {
     use super::*;
 
     fn ok(json: &str) -> Vec<(String, u64)> {
-        count_drinks(json.as_bytes())
+        process_one(json.as_bytes(), count_drinks)
             .unwrap_or_else(|e| panic!("{json} rejected: {e}"))
             .into_iter()
             .map(|d| (d.key, d.amount))
@@ -81,7 +80,7 @@ mod tests {
     }
 
     fn err(json: &str) -> String {
-        match count_drinks(json.as_bytes()) {
+        match process_one(json.as_bytes(), count_drinks) {
             Ok(d) => panic!("{json} accepted with {} deltas", d.len()),
             Err(e) => e,
         }
@@ -157,7 +156,7 @@ mod tests {
         err("not json");
         err(r#"{"items":[{"drink":"a","quantity":1}]"#);
         err(r#"{"items":[{"drink":"a","quantity":1}]} trailing"#);
-        assert!(count_drinks(b"{\"items\":[{\"drink\":\"\xff\",\"quantity\":1}]}").is_err());
+        assert!(process_one(b"{\"items\":[{\"drink\":\"\xff\",\"quantity\":1}]}", count_drinks).is_err());
     }
 
     #[test]
@@ -166,5 +165,27 @@ mod tests {
         let top = DrinkCount::top_n(vec![e("mocha", 3), e("latte", 3), e("tea", 5), e("chai", 1)], 3);
         let got: Vec<_> = top.iter().map(|x| (x.key.as_str(), x.count)).collect();
         assert_eq!(got, [("tea", 5), ("latte", 3), ("mocha", 3)]);
+    }
+
+    #[test]
+    fn a_batch_sums_the_accepted_orders_and_lists_the_refused() {
+        let orders = [
+            r#"{"items":[{"drink":"latte","quantity":2}]}"#,
+            r#"{"items":[{"drink":"latte","quantity":0}]}"#,
+            r#"{"items":[{"drink":"mocha","quantity":1},{"drink":"latte","quantity":1}]}"#,
+            "not json",
+        ];
+        let (mut data, mut ends) = (Vec::new(), Vec::new());
+        for o in orders {
+            data.extend_from_slice(o.as_bytes());
+            ends.push(data.len() as u32);
+        }
+        let result = DrinkCount::process_batch(data, ends);
+        let mut deltas: Vec<_> = result.deltas.iter().map(|d| (d.key.as_str(), d.amount)).collect();
+        deltas.sort();
+        assert_eq!(deltas, [("latte", 3), ("mocha", 1)]);
+        let refused: Vec<_> = result.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(refused, [1, 3]);
+        assert!(result.rejected[0].reason.contains("quantity 0"), "{}", result.rejected[0].reason);
     }
 }

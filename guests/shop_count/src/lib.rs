@@ -2,7 +2,7 @@
 //! on the same host binary as drink_count, to show guests are swapped without a rebuild.
 
 use serde::Deserialize;
-use streamhost_guest_sdk::{Delta, Entry, Guest, process_each, rank_by_count};
+use streamhost_guest_sdk::{BatchResult, Delta, Deltas, Entry, Guest, process_one, rank_by_count, sum_batch};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -16,15 +16,16 @@ struct Order {
     shop_id: ShopId,
 }
 
-/// The order's shop as a key, or why the order is malformed.
-pub fn count_shop(record: &[u8]) -> Result<Vec<Delta>, String> {
+/// Counts the order under its shop, or says why the order is malformed.
+pub fn count_shop(record: &[u8], deltas: &mut Deltas<'_>) -> Result<(), String> {
     let order: Order = serde_json::from_slice(record).map_err(|e| format!("order is not valid: {e}"))?;
     let key = match order.shop_id {
         ShopId::Number(n) => n.to_string(),
         ShopId::Text(s) if !s.is_empty() => s,
         ShopId::Text(_) => return Err("shop_id is empty".into()),
     };
-    Ok(vec![Delta { key, amount: 1 }])
+    deltas.add(key, 1);
+    Ok(())
 }
 
 // Constructed only by the export glue, which exists on wasm targets alone.
@@ -33,11 +34,11 @@ struct ShopCount;
 
 impl Guest for ShopCount {
     fn process(record: Vec<u8>) -> Result<Vec<Delta>, String> {
-        count_shop(&record)
+        process_one(&record, count_shop)
     }
 
-    fn process_batch(records: Vec<Vec<u8>>) -> Vec<Result<Vec<Delta>, String>> {
-        process_each(records, |r| count_shop(&r))
+    fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
+        sum_batch(&data, &ends, count_shop)
     }
 
     fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
@@ -51,11 +52,15 @@ streamhost_guest_sdk::export_guest!(ShopCount);
 mod tests {
     use super::*;
 
+    fn shop(json: &[u8]) -> Result<Vec<Delta>, String> {
+        process_one(json, count_shop)
+    }
+
     #[test]
     fn numeric_and_text_shop_ids() {
-        assert_eq!(count_shop(br#"{"shop_id":7,"items":[]}"#).unwrap()[0].key, "7");
-        assert_eq!(count_shop(br#"{"shop_id":"north"}"#).unwrap()[0].key, "north");
-        assert!(count_shop(br#"{"shop_id":""}"#).is_err());
-        assert!(count_shop(br#"{"order_id":1}"#).is_err());
+        assert_eq!(shop(br#"{"shop_id":7,"items":[]}"#).unwrap()[0].key, "7");
+        assert_eq!(shop(br#"{"shop_id":"north"}"#).unwrap()[0].key, "north");
+        assert!(shop(br#"{"shop_id":""}"#).is_err());
+        assert!(shop(br#"{"order_id":1}"#).is_err());
     }
 }

@@ -2,11 +2,13 @@
 //! allocates without bound, `big` adds 2^63 to key `big` (overflows on the 2nd), anything
 //! else counts 1 under its own text. For the host's broken-guest tests.
 
-use streamhost_guest_sdk::{Delta, Entry, Guest, process_each, rank_by_count};
+use streamhost_guest_sdk::{BatchResult, Delta, Deltas, Entry, Guest, process_one, rank_by_count, sum_batch};
 
-fn process(value: Vec<u8>) -> Result<Vec<Delta>, String> {
-    let text = String::from_utf8(value).map_err(|_| "not UTF-8".to_string())?;
-    match text.as_str() {
+// Called only by the export glue, which exists on wasm targets alone.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+fn count<'r>(value: &'r [u8], deltas: &mut Deltas<'r>) -> Result<(), String> {
+    let text = std::str::from_utf8(value).map_err(|_| "not UTF-8".to_string())?;
+    match text {
         "panic" => panic!("this record makes the guest panic"),
         "loop" => {
             let mut n: u64 = 0;
@@ -21,9 +23,10 @@ fn process(value: Vec<u8>) -> Result<Vec<Delta>, String> {
                 std::hint::black_box(&hoard);
             }
         }
-        "big" => Ok(vec![Delta { key: "big".into(), amount: 1 << 63 }]),
-        _ => Ok(vec![Delta { key: text, amount: 1 }]),
+        "big" => deltas.add("big", 1 << 63),
+        _ => deltas.add(text, 1),
     }
+    Ok(())
 }
 
 // Constructed only by the export glue, which exists on wasm targets alone.
@@ -32,11 +35,11 @@ struct Faulty;
 
 impl Guest for Faulty {
     fn process(value: Vec<u8>) -> Result<Vec<Delta>, String> {
-        process(value)
+        process_one(&value, count)
     }
 
-    fn process_batch(values: Vec<Vec<u8>>) -> Vec<Result<Vec<Delta>, String>> {
-        process_each(values, process)
+    fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
+        sum_batch(&data, &ends, count)
     }
 
     fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {

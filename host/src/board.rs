@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::guest::{Counter, Entry};
+use crate::guest::Entry;
 use crate::producer::AckedProducer;
 use crate::state::{Store, Totals};
 
@@ -26,10 +26,13 @@ pub struct BoardEntry {
     pub count: u64,
 }
 
+/// The guest's `top-n`.
+pub type TopN<'a> = dyn FnMut(&[Entry], u32) -> Result<Vec<Entry>> + 'a;
+
 /// Ranks the store's counters with the guest, prints the board and produces it to `topic`.
-pub fn flush(store: &Store, guest: &mut dyn Counter, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
+pub fn flush(store: &Store, top_n: &mut TopN<'_>, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
     let started = std::time::Instant::now();
-    let (top, keys) = rank(store, guest, n)?;
+    let (top, keys) = rank(store, top_n, n)?;
     let totals = store.totals()?;
     let now = SystemTime::now();
     let snapshot = Snapshot {
@@ -52,7 +55,7 @@ const RANK_CHUNK: usize = 10_000;
 /// The top `n` of the whole state, ranked in chunks: each call ranks the winners so far plus
 /// the next chunk of keys. This equals one call over everything whenever `top-n` selects by a
 /// total order of entries, which the WIT contract asks of guests. Returns (top, keys seen).
-fn rank(store: &Store, guest: &mut dyn Counter, n: u32) -> Result<(Vec<Entry>, usize)> {
+fn rank(store: &Store, top_n: &mut TopN<'_>, n: u32) -> Result<(Vec<Entry>, usize)> {
     let mut winners: Vec<Entry> = Vec::new();
     let mut chunk: Vec<Entry> = Vec::with_capacity(RANK_CHUNK);
     let mut keys = 0;
@@ -67,7 +70,7 @@ fn rank(store: &Store, guest: &mut dyn Counter, n: u32) -> Result<(Vec<Entry>, u
             chunk.push(Entry { key: String::from_utf8_lossy(&key).into_owned(), count });
             keys += 1;
         }
-        winners = guest.top_n(&chunk, n)?;
+        winners = top_n(&chunk, n)?;
     }
     Ok((winners, keys))
 }

@@ -10,6 +10,7 @@
 //! - [`config`]: builds the librdkafka client configurations, one comment per non-default.
 //! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
 //! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
+//! - [`guest_thread`]: runs the guest on its own thread, beside the pipeline's I/O.
 //! - [`state`]: the RocksDB store (counts plus the metadata they reflect); nothing about Kafka.
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.
 //! - [`producer`]: a producer whose sends are awaited as one batch of acknowledgements.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod fault;
 pub mod guest;
+pub mod guest_thread;
 pub mod log_limit;
 pub mod pipeline;
 pub mod producer;

@@ -49,7 +49,8 @@ use crate::changelog;
 use crate::cli::RunArgs;
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
-use crate::guest::{BatchResult, Counter, Delta, Guest, Limits, Records};
+use crate::guest::{Counter, Guest, Limits, Records};
+use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
 use crate::producer::AckedProducer;
 use crate::shutdown::Shutdown;
@@ -133,7 +134,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 /// `host run` with any [`Counter`] (the benchmark's native baseline uses this).
-pub fn run_with(args: RunArgs, guest: Box<dyn Counter>) -> Result<()> {
+pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let mut store = Store::open(&args.state.state_dir)?;
     crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
@@ -163,13 +164,15 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter>) -> Result<()> {
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     let producer = AckedProducer::new(&args.topics.kafka, args.ack_timeout)?;
 
+    let applied = store.input_offsets(&args.topics.input)?;
     let mut pipeline = Pipeline {
-        applied: store.input_offsets(&args.topics.input)?,
+        submitted: applied.clone(),
+        applied,
         totals: store.totals()?,
         args,
         producer,
         store,
-        guest,
+        guest: GuestThread::spawn(guest)?,
         rejected_log: LogLimit::new(Duration::from_secs(1)),
         consumer_log: LogLimit::new(Duration::from_secs(5)),
         stats: RunStats::default(),
@@ -192,27 +195,31 @@ struct Pipeline {
     args: RunArgs,
     producer: AckedProducer,
     store: Store,
-    guest: Box<dyn Counter>,
+    guest: GuestThread,
     /// Next input offset per partition that state already reflects (see the module doc).
     applied: BTreeMap<i32, i64>,
+    /// Next input offset per partition given to the guest: `applied`, plus the batches on
+    /// their way to state. A record below it is skipped as already counted (or about to be:
+    /// batches are applied in order, and a failed one stops the host).
+    submitted: BTreeMap<i32, i64>,
     totals: Totals,
     rejected_log: LogLimit,
     consumer_log: LogLimit,
     stats: RunStats,
 }
 
-/// What the guest made of a polled batch. Computing it writes nothing, so it may overlap the
-/// previous batch's wait for acknowledgements.
-struct GuestVerdicts {
-    /// Indexes (into the batch) of the records not yet in state.
+/// A polled batch handed to the guest thread, before its result is back. Preparing it
+/// writes nothing.
+struct Submitted<'c> {
+    messages: Vec<BorrowedMessage<'c>>,
+    /// Indexes (into `messages`) of the records not yet counted.
     fresh: Vec<usize>,
-    /// The deltas of the accepted fresh records (a key may repeat).
-    deltas: Vec<Delta>,
-    /// The rejected fresh records by increasing index, with why.
+    /// Index in `messages` of each record given to the guest, in order.
+    positions: Vec<usize>,
+    /// Fresh records rejected without asking the guest (no value).
     rejected: Vec<(usize, String)>,
     /// Next offset per partition after the batch (what gets committed).
     next_offsets: BTreeMap<i32, i64>,
-    guest_ms: f64,
 }
 
 /// A batch whose changelog records are sent but not yet known to be acknowledged: steps
@@ -225,50 +232,61 @@ struct InFlight {
     /// Record timestamps (ms), for the latency histogram once acknowledged.
     timestamps: Vec<i64>,
     records: usize,
+    /// Time the guest thread spent on the batch, and the part of it the pipeline waited for.
     guest_ms: f64,
+    guest_wait_ms: f64,
     send_ms: f64,
 }
 
 impl Pipeline {
-    fn run_until(&mut self, consumer: &HostConsumer, shutdown: &Shutdown) -> Result<()> {
+    /// The loop keeps three batches moving, each at a different step:
+    /// - the newest is polled and handed to the guest thread (step 1, which writes nothing);
+    /// - the one before has its changelog records on the way to the broker (step 2);
+    /// - between them, the pipeline thread finishes one batch (the rest of 2, then 3 and 4)
+    ///   before it turns the guest's result of the next into changelog records.
+    ///
+    /// So every durable write happens in the order of the module doc, one batch after
+    /// another: a batch's changelog values are computed on state that holds every earlier
+    /// batch, and sent only then.
+    fn run_until<'c>(&mut self, consumer: &'c HostConsumer, shutdown: &Shutdown) -> Result<()> {
         let mut last_board = Instant::now();
         let mut at_end = BTreeSet::new();
-        // At most one batch is in flight. While its changelog records travel to the broker,
-        // the next batch is polled and given to the guest: pure work that writes nothing.
-        // Every write still happens in the order of the module doc, one batch after another:
-        // the next batch's changelog is sent only once the previous one is in state.
+        let mut with_guest: Option<Submitted<'c>> = None;
         let mut in_flight: Option<InFlight> = None;
         while !shutdown.requested() {
-            // With a batch in flight, don't wait for input: finishing it is the better use of time.
-            let wait = if in_flight.is_some() { Duration::ZERO } else { POLL_WAIT };
+            // With a batch under way, don't wait for input: moving it on is the better use of time.
+            let idle = with_guest.is_none() && in_flight.is_none();
+            let wait = if idle { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
-            if batch.is_empty() && in_flight.is_none() && self.args.stop_at_end && all_at_end(consumer, &at_end) {
+            if batch.is_empty() && idle && self.args.stop_at_end && all_at_end(consumer, &at_end) {
                 tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
                 break;
             }
-            if !batch.is_empty() {
-                self.stats.batch_polled(batch.len());
+            // 1. The newest batch goes to the guest thread.
+            let newest = if batch.is_empty() { None } else { Some(self.submit(batch)?) };
+            // 2-4 of the oldest batch: its acknowledgements, state write and offset commit.
+            if let Some(oldest) = in_flight.take() {
+                self.finish(consumer, oldest)?;
             }
-            // 1. The guest turns records into deltas (overlapping the previous batch's acks).
-            let verdicts = self.run_guest(&batch)?;
-            // 2-4 of the previous batch: its acknowledgements, state write and offset commit.
-            if let Some(previous) = in_flight.take() {
-                self.finish(consumer, previous)?;
+            // 2. The guest's result of the batch before the newest, as changelog records.
+            if let Some(submitted) = with_guest.take() {
+                in_flight = Some(self.send_batch(submitted)?);
             }
-            // 2. This batch's changelog, computed on state that now holds every earlier batch.
-            if !batch.is_empty() {
-                in_flight = Some(self.send_batch(&batch, verdicts)?);
-            }
-            drop(batch);
+            with_guest = newest;
             if last_board.elapsed() >= self.args.flush_interval {
-                // State holds whole batches only (the one in flight is not in it yet).
+                // State holds whole batches only (the ones under way are not in it yet).
                 last_board = Instant::now();
                 self.flush_board();
             }
             self.producer.poll();
         }
-        if let Some(previous) = in_flight.take() {
-            self.finish(consumer, previous)?;
+        // Finish what is under way, in order.
+        if let Some(oldest) = in_flight.take() {
+            self.finish(consumer, oldest)?;
+        }
+        if let Some(submitted) = with_guest.take() {
+            let last = self.send_batch(submitted)?;
+            self.finish(consumer, last)?;
         }
         // Every polled record is processed: the consumer's positions are safe to commit, and a
         // synchronous commit leaves the group exactly where state is.
@@ -287,20 +305,19 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Step 1: the guest's verdict on every record not yet in state. Writes nothing.
-    fn run_guest(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<GuestVerdicts> {
-        let mut timer = StepTimer::start();
+    /// Step 1: hands every record not yet counted to the guest thread. Writes nothing.
+    fn submit<'c>(&mut self, messages: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
+        self.stats.batch_polled(messages.len());
         let mut next_offsets = BTreeMap::new();
-        let mut fresh = Vec::with_capacity(batch.len());
+        let mut fresh = Vec::with_capacity(messages.len());
+        let mut positions = Vec::with_capacity(messages.len());
         let mut rejected = Vec::new();
         let mut records = Records::default();
-        // Batch index of each record handed to the guest.
-        let mut positions = Vec::with_capacity(batch.len());
-        for (index, message) in batch.iter().enumerate() {
+        for (index, message) in messages.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
-            // Records already in state are left out (a crash came between the state write
-            // and the offset commit); `send_batch` checks again once the previous batch is in state.
-            if self.is_applied(message) {
+            // Already counted: a crash came between the state write and the offset commit, or
+            // a rebalance re-delivered records of a batch under way.
+            if self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
                 continue;
             }
             fresh.push(index);
@@ -312,40 +329,35 @@ impl Pipeline {
                 None => rejected.push((index, "record has no value".to_owned())),
             }
         }
-        let result = match records.is_empty() {
-            true => BatchResult { deltas: Vec::new(), rejected: Vec::new() },
-            false => self.guest.process_batch(&records)?,
-        };
+        for (partition, next) in &next_offsets {
+            let submitted = self.submitted.entry(*partition).or_insert(*next);
+            *submitted = (*submitted).max(*next);
+        }
+        self.guest.submit(records)?;
+        Ok(Submitted { messages, fresh, positions, rejected, next_offsets })
+    }
+
+    /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
+    /// the deltas to state's values (the overlay), and sends the changelog records. Needs
+    /// state to hold every earlier batch.
+    fn send_batch(&mut self, batch: Submitted<'_>) -> Result<InFlight> {
+        let mut timer = StepTimer::start();
+        let (result, guest_ms) = self.guest.receive()?;
+        let result = result?;
+        let guest_wait_ms = timer.lap();
+        let mut rejected = batch.rejected;
         for r in result.rejected {
-            let index = *positions.get(r.index as usize).context("guest rejected a record index out of range")?;
+            let index = *batch.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
             rejected.push((index, r.reason));
         }
         // In input order, so dead letters keep the order of their records.
         rejected.sort_by_key(|(index, _)| *index);
-        Ok(GuestVerdicts { fresh, deltas: result.deltas, rejected, next_offsets, guest_ms: timer.lap() })
-    }
-
-    /// True when state already reflects this record.
-    fn is_applied(&self, message: &BorrowedMessage<'_>) -> bool {
-        self.applied.get(&message.partition()).is_some_and(|next| message.offset() < *next)
-    }
-
-    /// Step 2, first half: adds the deltas to state's values (the overlay), dead-letters the
-    /// rejected records, and sends the changelog records. Needs state to hold every earlier batch.
-    fn send_batch(&mut self, batch: &[BorrowedMessage<'_>], mut verdicts: GuestVerdicts) -> Result<InFlight> {
-        let mut timer = StepTimer::start();
-        if verdicts.fresh.iter().any(|index| self.is_applied(&batch[*index])) {
-            // Re-delivered while the previous batch was in flight (a rebalance rewound the
-            // partition), and that batch applied it: ask the guest again about the rest.
-            verdicts = self.run_guest(batch)?;
-        }
-        let changed = !verdicts.fresh.is_empty();
-        self.totals.records_processed += (verdicts.fresh.len() - verdicts.rejected.len()) as u64;
-        for (index, reason) in &verdicts.rejected {
-            self.reject(&batch[*index], reason)?;
+        self.totals.records_processed += (batch.fresh.len() - rejected.len()) as u64;
+        for (index, reason) in &rejected {
+            self.reject(&batch.messages[*index], reason)?;
         }
         let mut overlay: HashMap<String, u64> = HashMap::new();
-        for delta in verdicts.deltas {
+        for delta in result.deltas {
             let current = match overlay.get(&delta.key) {
                 Some(v) => *v,
                 None => self.store.count(delta.key.as_bytes())?,
@@ -356,14 +368,16 @@ impl Pipeline {
             }
             overlay.insert(delta.key, updated);
         }
-        let changes = if changed { self.changes(&overlay, &verdicts.next_offsets) } else { Vec::new() };
+        let changed = !batch.fresh.is_empty();
+        let changes = if changed { self.changes(&overlay, &batch.next_offsets) } else { Vec::new() };
         self.send_changelog(&changes)?;
         Ok(InFlight {
             changes,
-            next_offsets: verdicts.next_offsets,
-            timestamps: batch.iter().filter_map(|m| m.timestamp().to_millis()).collect(),
-            records: batch.len(),
-            guest_ms: verdicts.guest_ms,
+            next_offsets: batch.next_offsets,
+            timestamps: batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect(),
+            records: batch.messages.len(),
+            guest_ms,
+            guest_wait_ms,
             send_ms: timer.lap(),
         })
     }
@@ -397,6 +411,7 @@ impl Pipeline {
         tracing::debug!(
             records = batch.records,
             guest_ms = batch.guest_ms,
+            guest_wait_ms = batch.guest_wait_ms,
             send_ms = batch.send_ms,
             changelog_ms,
             state_ms,
@@ -490,7 +505,8 @@ impl Pipeline {
 
     fn flush_board(&mut self) {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
-        match crate::board::flush(&self.store, self.guest.as_mut(), &self.producer, &topic, n) {
+        let guest = &mut self.guest;
+        match crate::board::flush(&self.store, &mut |counts, n| guest.top_n(counts, n), &self.producer, &topic, n) {
             Ok(()) => fault::point(Step::AfterBoard),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }

@@ -1,0 +1,98 @@
+//! The guest on a thread of its own, so that its work (most of a batch's CPU time) runs
+//! while the pipeline thread polls the next batch and writes the previous one.
+//!
+//! Requests are served in the order they are submitted. `process-batch` results come back
+//! on their own channel, so a board ranked between batches (`top-n`, answered at once after
+//! whatever is queued before it) never mixes with them. The guest thread writes nothing:
+//! every durable write stays on the pipeline thread, in the order `pipeline.rs` documents.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::guest::{BatchResult, Counter, Entry, Records};
+
+enum Request {
+    Process(Records),
+    TopN(Vec<Entry>, u32),
+}
+
+/// A `process-batch` result with the milliseconds the guest spent on it.
+pub type Processed = (Result<BatchResult>, f64);
+
+pub struct GuestThread {
+    describe: String,
+    requests: Option<Sender<Request>>,
+    processed: Receiver<Processed>,
+    ranked: Receiver<Result<Vec<Entry>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl GuestThread {
+    pub fn spawn(mut counter: Box<dyn Counter + Send>) -> Result<GuestThread> {
+        let describe = counter.describe();
+        let (requests, inbox) = channel::<Request>();
+        let (processed_tx, processed) = channel();
+        let (ranked_tx, ranked) = channel();
+        let handle = std::thread::Builder::new()
+            .name("guest".into())
+            .spawn(move || {
+                for request in inbox {
+                    // A send fails only when the pipeline is gone; then so is the point.
+                    match request {
+                        Request::Process(records) => {
+                            let started = Instant::now();
+                            let result = counter.process_batch(&records);
+                            let _ = processed_tx.send((result, started.elapsed().as_secs_f64() * 1000.0));
+                        }
+                        Request::TopN(entries, n) => {
+                            let _ = ranked_tx.send(counter.top_n(&entries, n));
+                        }
+                    }
+                }
+            })
+            .context("spawning the guest thread")?;
+        Ok(GuestThread { describe, requests: Some(requests), processed, ranked, handle: Some(handle) })
+    }
+
+    fn send(&self, request: Request) -> Result<()> {
+        self.requests.as_ref().and_then(|r| r.send(request).ok()).ok_or_else(stopped)
+    }
+
+    /// Queues a batch; its result comes from [`GuestThread::receive`], in submission order.
+    pub fn submit(&mut self, records: Records) -> Result<()> {
+        self.send(Request::Process(records))
+    }
+
+    /// The result of the oldest submitted batch, waiting for it if need be.
+    pub fn receive(&mut self) -> Result<Processed> {
+        self.processed.recv().map_err(|_| stopped())
+    }
+
+    /// `top-n`, answered after the batches queued before it.
+    pub fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
+        self.send(Request::TopN(counts.to_vec(), n))?;
+        self.ranked.recv().map_err(|_| stopped())?
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+}
+
+fn stopped() -> anyhow::Error {
+    anyhow!("the guest thread has stopped (did it panic? see above)")
+}
+
+impl Drop for GuestThread {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread after its current call (bounded by
+        // the guest's deadline).
+        self.requests.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}

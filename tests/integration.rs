@@ -3,6 +3,7 @@
 
 mod broken_guests;
 mod crash;
+mod exactly_once;
 mod faults;
 mod guest_swap;
 mod pipeline;

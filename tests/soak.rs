@@ -12,6 +12,16 @@ use integration_tests::{TestEnv, orders};
 /// and `host restore` into a fresh dir equals `host dump`.
 #[test]
 fn random_kill_9_soak_counts_exactly() {
+    soak("soak", &[]);
+}
+
+/// The same soak under `--guarantee exactly-once` (a transaction every 50 ms).
+#[test]
+fn random_kill_9_soak_counts_exactly_under_exactly_once() {
+    soak("soak-eos", &["--guarantee", "exactly-once", "--commit-interval", "50ms"]);
+}
+
+fn soak(name: &str, mode: &[&str]) {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("soak seed {seed} (random kill moments and batch sizes)");
     let mut rng = seed | 1;
@@ -22,7 +32,7 @@ fn random_kill_9_soak_counts_exactly() {
         rng % bound
     };
 
-    let env = TestEnv::new("soak");
+    let env = TestEnv::new(name);
     env.create_topics(3);
     let expected = orders::generate(90, 100_000, 97);
     let chunks: Vec<Vec<String>> = expected.values.chunks(4_000).map(<[String]>::to_vec).collect();
@@ -41,7 +51,8 @@ fn random_kill_9_soak_counts_exactly() {
     while kills < 10 || !producer.is_finished() {
         assert!(started.elapsed() < Duration::from_secs(240), "soak took too long");
         let batch = ["50", "500", "5000"][random(3) as usize];
-        let host = env.spawn_host("drink_count", &["--max-batch", batch]);
+        let args: Vec<&str> = ["--max-batch", batch].iter().chain(mode).copied().collect();
+        let host = env.spawn_host("drink_count", &args);
         std::thread::sleep(Duration::from_millis(500 + random(2_500)));
         host.kill9();
         kills += 1;
@@ -51,7 +62,7 @@ fn random_kill_9_soak_counts_exactly() {
     let partial = env.dump();
     assert!(partial.records_processed > 0, "the host made progress between kills");
 
-    env.run_until_drained("drink_count", &[], Duration::from_secs(180));
+    env.run_until_drained("drink_count", mode, Duration::from_secs(180));
 
     let dump = env.dump();
     let mut inflation = 0;

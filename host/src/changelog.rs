@@ -10,7 +10,9 @@
 //! - an empty value is a tombstone: the key is deleted.
 //!
 //! Restore reads every partition from the beginning to the end offset it had when restore
-//! started, without a consumer group, and writes what it reads into the state store.
+//! started, without a consumer group, and writes what it reads into the state store. A tail
+//! replay (exactly-once start-up) reads the same way from the positions state already holds.
+//! Both read with read_committed: records of aborted transactions never reach state.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -114,18 +116,81 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
     store.clear()?;
     let marker = |value: Option<Vec<u8>>| Change::Meta { name: meta::RESTORE_INCOMPLETE.into(), value };
     store.apply([marker(Some(b"1".to_vec()))], true)?;
+    tracing::info!(topic, "restoring state from the changelog");
+    // No WAL: the final flush makes the whole restore durable, and until the marker is
+    // removed a crash means starting over.
+    let (mut report, positions) =
+        read_into(kafka, topic, &BTreeMap::new(), shutdown, |changes| store.apply_unlogged(changes))?;
+    // Flushed to SST files first, so the marker goes only once the data is on disk.
+    store.flush()?;
+    store.apply(position_changes(topic, &positions).chain([marker(None)]), true)?;
+    report.keys = store.counts().count() as u64;
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        keys = report.keys,
+        records_read = report.records_read,
+        records_unreadable = report.records_unreadable,
+        seconds = report.elapsed.as_secs_f64(),
+        "restore finished"
+    );
+    Ok(report)
+}
+
+/// Brings `store` up to the end of `topic` by reading only what lies past the positions it
+/// already holds (all of it where it holds none).
+pub fn replay_tail(kafka: &KafkaArgs, topic: &str, store: &Store, shutdown: &Shutdown) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let from = store.changelog_positions(topic)?;
+    let (mut report, positions) = read_into(kafka, topic, &from, shutdown, |changes| store.apply(changes, false))?;
+    store.apply(position_changes(topic, &positions), true)?;
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        records_read = report.records_read,
+        from = ?from,
+        to = ?positions,
+        seconds = report.elapsed.as_secs_f64(),
+        "replayed the changelog's tail into state"
+    );
+    Ok(report)
+}
+
+/// State changes recording changelog `positions` (next offset per partition).
+pub fn position_changes<'a>(topic: &'a str, positions: &'a BTreeMap<i32, i64>) -> impl Iterator<Item = Change> + 'a {
+    positions.iter().map(move |(partition, next)| Change::Meta {
+        name: meta::changelog_position(topic, *partition),
+        value: Some((*next as u64).to_be_bytes().to_vec()),
+    })
+}
+
+/// Reads every partition of `topic` from `from` (the beginning where absent) to the end
+/// offsets it has now, handing decoded changes to `write` in chunks. Returns what it read
+/// and, per partition, the offset it read up to.
+fn read_into(
+    kafka: &KafkaArgs,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    shutdown: &Shutdown,
+    mut write: impl FnMut(Vec<Change>) -> Result<()>,
+) -> Result<(RestoreReport, BTreeMap<i32, i64>)> {
     let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
         .create_with_context(crate::config::HostContext)
-        .context("creating the restore consumer")?;
+        .context("creating the changelog reader")?;
     let ends = end_offsets(&consumer, topic)?;
-    let to_read: i64 = ends.values().map(|(low, high)| high - low).sum();
+    let start = |partition: &i32, low: i64| from.get(partition).copied().unwrap_or(low).max(low);
+    let to_read: i64 = ends.iter().map(|(p, (low, high))| (high - start(p, *low)).max(0)).sum();
+    // Where each partition's reading ends: its end offset, or where it already is.
+    let mut positions: BTreeMap<i32, i64> = ends.iter().map(|(p, (low, _))| (*p, start(p, *low))).collect();
     let mut pending: BTreeMap<i32, i64> =
-        ends.iter().filter(|(_, (low, high))| high > low).map(|(p, (_, h))| (*p, *h)).collect();
-    tracing::info!(topic, partitions = ends.len(), records_to_read = to_read, "restoring state from the changelog");
+        ends.iter().filter(|(p, (low, high))| *high > start(p, *low)).map(|(p, (_, h))| (*p, *h)).collect();
+    tracing::info!(topic, partitions = ends.len(), records_to_read = to_read, "reading the changelog");
 
     let mut assignment = TopicPartitionList::new();
     for partition in pending.keys() {
-        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+        let offset = match from.get(partition) {
+            Some(next) => Offset::Offset(start(partition, *next)),
+            None => Offset::Beginning,
+        };
+        assignment.add_partition_offset(topic, *partition, offset)?;
     }
     consumer.assign(&assignment).context("assigning changelog partitions")?;
 
@@ -134,12 +199,15 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
     let mut last_progress = Instant::now();
     while !pending.is_empty() {
         if shutdown.requested() {
-            bail!("restore interrupted; the state dir is marked incomplete and the next start restores it again");
+            bail!("reading the changelog interrupted; the next start does it again");
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                pending.remove(&partition);
+                // The end, as read_committed sees it (the last offsets may be transaction markers).
+                if let Some(end) = pending.remove(&partition) {
+                    positions.insert(partition, end);
+                }
             }
             Some(Err(e)) => bail!("reading changelog {topic}: {e}"),
             Some(Ok(message)) => {
@@ -156,34 +224,29 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
                     }
                 }
                 let partition = message.partition();
+                positions.insert(partition, message.offset() + 1);
                 if pending.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
                     pending.remove(&partition);
                 }
             }
         }
         if batch.len() >= 10_000 || (pending.is_empty() && !batch.is_empty()) {
-            // No WAL: the final flush makes the whole restore durable, and until the marker is
-            // removed a crash means starting over.
-            store.apply_unlogged(std::mem::take(&mut batch))?;
+            write(std::mem::take(&mut batch))?;
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
             last_progress = Instant::now();
-            tracing::info!(records_read = report.records_read, records_to_read = to_read, "restore progress");
+            tracing::info!(records_read = report.records_read, records_to_read = to_read, "changelog progress");
         }
     }
-    // Flushed to SST files first, so the marker goes only once the data is on disk.
-    store.flush()?;
-    store.apply([marker(None)], true)?;
-    report.keys = store.counts().count() as u64;
-    report.elapsed = started.elapsed();
-    tracing::info!(
-        keys = report.keys,
-        records_read = report.records_read,
-        records_unreadable = report.records_unreadable,
-        seconds = report.elapsed.as_secs_f64(),
-        "restore finished"
-    );
-    Ok(report)
+    Ok((report, positions))
+}
+
+/// The end offset of every partition of `topic`, as changelog positions.
+pub fn end_positions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
+        .create_with_context(crate::config::HostContext)
+        .context("creating the changelog reader")?;
+    Ok(end_offsets(&consumer, topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
 }
 
 /// (low, high) watermarks of every partition of `topic`.

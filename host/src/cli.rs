@@ -26,6 +26,26 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// What a crash may cost in counts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Guarantee {
+    /// Exact after any crash with the state dir intact; with the state dir lost as well, a
+    /// counter may exceed the truth by one batch's deltas (README, "What survives what").
+    AtLeastOnce,
+    /// Exact after any crash, state dir lost or not: Kafka transactions carry each batch's
+    /// changelog, board and input offsets together; a restart replays only the changelog's tail.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    pub fn name(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -123,6 +143,23 @@ pub struct RunArgs {
     /// state dir is one host). `none` turns static membership off.
     #[arg(long, env = "STREAMHOST_INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// at-least-once: each batch is written to the changelog, then state, then its offsets
+    /// are committed. exactly-once: batches go into Kafka transactions (changelog, board and
+    /// input offsets committed together, every --commit-interval), state follows each commit.
+    #[arg(long, env = "STREAMHOST_GUARANTEE", value_enum, default_value_t = Guarantee::AtLeastOnce)]
+    pub guarantee: Guarantee,
+
+    /// exactly-once only: how long a transaction collects batches before it is committed
+    /// (sooner when the input is idle). Longer: fewer commits, more to redo after a crash.
+    #[arg(long, env = "STREAMHOST_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
+    /// exactly-once only: Kafka's transactional.id. A second host with the same id fences
+    /// (stops) the first. Default: `streamhost-` plus the instance id (one state dir is one
+    /// host; with --instance-id none, the id that would have been derived).
+    #[arg(long, env = "STREAMHOST_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
 
     /// How often the board is printed and produced (e.g. 5s, 500ms, 1m).
     #[arg(long, env = "STREAMHOST_FLUSH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]

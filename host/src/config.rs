@@ -55,9 +55,14 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>, stop_
     config
 }
 
-/// The producer of changelog, board and dead-letter records.
-pub fn producer(kafka: &KafkaArgs) -> ClientConfig {
+/// The producer of changelog, board and dead-letter records; transactional when given an id.
+pub fn producer(kafka: &KafkaArgs, transactional_id: Option<&str>) -> ClientConfig {
     let mut config = base(kafka);
+    if let Some(id) = transactional_id {
+        // Kafka's default transaction.timeout.ms (60 s) bounds how long a crashed host's open
+        // transaction can hold back read_committed readers; the restarted host aborts it at once.
+        config.set("transactional.id", id);
+    }
     config
         // Retries must not reorder or duplicate: the changelog's last value per key must be the newest.
         .set("enable.idempotence", "true")
@@ -65,10 +70,8 @@ pub fn producer(kafka: &KafkaArgs) -> ClientConfig {
         // The pipeline flushes every batch and waits for it; lingering only adds latency.
         .set("linger.ms", "1")
         // Changelog values are 8 bytes: keys dominate, and they compress well.
-        .set("compression.type", "lz4")
-        // Let the broker's limit decide what is too large (dead letters can be big records);
-        // librdkafka's own default would refuse them locally at ~1 MB.
-        .set("message.max.bytes", "16777216");
+        .set("compression.type", "lz4");
+    // message.max.bytes is set by AckedProducer::new to the topics' own limit.
     apply_overrides(&mut config, kafka);
     config
 }
@@ -83,6 +86,8 @@ pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
         // Tells us when a partition has been read to its current end, even when the last
         // offset is a transaction marker that is never delivered as a message.
         .set("enable.partition.eof", "true")
+        // Records of aborted transactions never reach state (librdkafka's default, made explicit).
+        .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
     apply_overrides(&mut config, kafka);
     config

@@ -1,6 +1,10 @@
 //! Fault injection for crash tests: `STREAMHOST_FAULT=<step>:<n>` aborts the process (no
 //! cleanup, like `kill -9`) right after the n-th time (1-based) the pipeline completes
-//! `<step>`. Steps: `after-changelog`, `after-state`, `after-commit`, `after-board`.
+//! `<step>`. Steps: `after-changelog`, `after-state`, `after-commit`, `after-board`, and
+//! under exactly-once `mid-transaction` (a batch sent into the open transaction). Under
+//! exactly-once, `after-changelog` is after the transaction's commit, before state.
+//! `abort-transaction:<n>` does not abort the process: the n-th transaction commit fails as
+//! an abortable error would, to exercise the abort-and-rewind path.
 //! Read once at start-up; unset, it costs one branch per step.
 
 use std::sync::OnceLock;
@@ -11,6 +15,8 @@ pub enum Step {
     AfterState,
     AfterCommit,
     AfterBoard,
+    MidTransaction,
+    AbortTransaction,
 }
 
 impl Step {
@@ -20,6 +26,8 @@ impl Step {
             "after-state" => Step::AfterState,
             "after-commit" => Step::AfterCommit,
             "after-board" => Step::AfterBoard,
+            "mid-transaction" => Step::MidTransaction,
+            "abort-transaction" => Step::AbortTransaction,
             _ => return None,
         })
     }
@@ -52,13 +60,17 @@ fn plan() -> Option<&'static Plan> {
 
 /// Called by the pipeline after each step; aborts when the armed fault is due.
 pub fn point(step: Step) {
-    if let Some(plan) = plan()
-        && plan.step == step
-        && plan.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == plan.at
-    {
-        eprintln!("fault injection: aborting {step:?} #{}", plan.at);
+    if due(step) {
+        eprintln!("fault injection: aborting {step:?}");
         std::process::abort();
     }
+}
+
+/// True when the armed fault is `step` and this is its n-th time.
+pub fn due(step: Step) -> bool {
+    plan().is_some_and(|plan| {
+        plan.step == step && plan.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == plan.at
+    })
 }
 
 #[cfg(test)]

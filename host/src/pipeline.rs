@@ -35,24 +35,40 @@
 //! same batch and before its commit, so none is lost.
 //!
 //! The board is read from committed state between batches, so it never shows half a batch.
+//!
+//! # Exactly-once (`--guarantee exactly-once`)
+//!
+//! Batches go into a Kafka transaction instead: their changelog records, dead letters and
+//! any board, then (every `--commit-interval`, or at once when the input is idle) the input
+//! offsets with `send_offsets_to_transaction`, and the commit. Values of keys changed by the
+//! open transaction live in its overlay; only after the commit does one atomic RocksDB write
+//! apply the transaction, together with the changelog positions it reaches.
+//! - *crash before the commit*: the restarted producer (same transactional id) aborts the
+//!   open transaction; neither state nor the group's offsets moved. Exact.
+//! - *crash after the commit, before state*: the group's offsets are past the transaction,
+//!   state is not: at start-up state replays the changelog from its stored positions to the
+//!   end (read_committed), which is that transaction and nothing more. Exact.
+//! - *state dir lost*: a full restore reads only committed transactions. Exact.
+//! - *abortable error*: the transaction is aborted, its overlay dropped, the input rewound to
+//!   what state reflects. A fenced or fatal error stops the host (state stays valid).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
-use crate::cli::RunArgs;
+use crate::cli::{Guarantee, RunArgs};
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
 use crate::guest::{Counter, Guest, Limits, Records};
 use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
-use crate::producer::AckedProducer;
+use crate::producer::{AckedProducer, TxnError};
 use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, Totals, meta};
 use crate::stats::RunStats;
@@ -93,6 +109,15 @@ fn poll_batch<'c>(
         timeout = Duration::ZERO;
     }
     batch
+}
+
+fn u64_meta(name: &str, value: u64) -> Change {
+    Change::Meta { name: name.to_owned(), value: Some(value.to_be_bytes().to_vec()) }
+}
+
+/// Local only (not sent to the changelog): the guarantee state was last written under.
+fn written_under(guarantee: Guarantee) -> Change {
+    Change::Meta { name: meta::WRITTEN_UNDER.to_owned(), value: Some(guarantee.name().as_bytes().to_vec()) }
 }
 
 /// Milliseconds between laps, for the per-batch debug line.
@@ -137,7 +162,25 @@ pub fn run(args: RunArgs) -> Result<()> {
 pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let mut store = Store::open(&args.state.state_dir)?;
-    crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
+    let transactional_id = exactly_once.then(|| {
+        args.transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("streamhost-{}", crate::config::default_instance_id(&args.group, store.dir())))
+    });
+    let producer = AckedProducer::new(
+        &args.topics.kafka,
+        &args.topics.changelog,
+        transactional_id.as_deref(),
+        checked.max_message_bytes,
+        args.ack_timeout,
+    )?;
+    if exactly_once {
+        // Before reading the changelog: this fences an older host with the same id and aborts
+        // the transaction a crashed one left open, so read_committed readers see its end.
+        producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
+    }
 
     if store.needs_restore()? {
         // A new or lost state dir (or an interrupted restore): rebuild it from the changelog
@@ -150,6 +193,8 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
                 "state was empty: restored it from the changelog"
             );
         }
+    } else if exactly_once {
+        catch_up_with_changelog(&args, &store, &shutdown)?;
     }
 
     let instance_id = match args.instance_id.as_deref() {
@@ -162,7 +207,6 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
             .create_with_context(crate::config::HostContext)
             .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
-    let producer = AckedProducer::new(&args.topics.kafka, args.ack_timeout)?;
 
     let applied = store.input_offsets(&args.topics.input)?;
     let mut pipeline = Pipeline {
@@ -176,9 +220,12 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
         rejected_log: LogLimit::new(Duration::from_secs(1)),
         consumer_log: LogLimit::new(Duration::from_secs(5)),
         stats: RunStats::default(),
+        txn: None,
     };
     tracing::info!(
         guest = %pipeline.guest.describe(),
+        guarantee = pipeline.args.guarantee.name(),
+        transactional_id = transactional_id.as_deref().unwrap_or("(none)"),
         input = %pipeline.args.topics.input,
         group = %pipeline.args.group,
         instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
@@ -187,6 +234,27 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
         "host running"
     );
     pipeline.run_until(&consumer, &shutdown)
+}
+
+/// exactly-once start-up with state present: state may be behind the changelog (a crash
+/// between a transaction's commit and the state write), so it replays the changelog's tail.
+/// State last written under at-least-once is not: its changelog tail may hold part of a
+/// batch that will be consumed again, so it only records where the changelog ends now.
+fn catch_up_with_changelog(args: &RunArgs, store: &Store, shutdown: &Shutdown) -> Result<()> {
+    let (kafka, topic) = (&args.topics.kafka, &args.topics.changelog);
+    if store.written_under()?.as_deref() == Some(Guarantee::AtLeastOnce.name()) {
+        tracing::info!("state was last written under at-least-once: starting from the changelog's current end");
+        let ends = changelog::end_positions(kafka, topic)?;
+        return store.apply(changelog::position_changes(topic, &ends), true);
+    }
+    let report = changelog::replay_tail(kafka, topic, store, shutdown)?;
+    if report.records_read > 0 {
+        tracing::info!(
+            records = report.records_read,
+            "state caught up with the changelog (a crash came after a commit)"
+        );
+    }
+    Ok(())
 }
 
 /// Everything the loop owns except the consumer, whose polled messages borrow it while
@@ -206,6 +274,20 @@ struct Pipeline {
     rejected_log: LogLimit,
     consumer_log: LogLimit,
     stats: RunStats,
+    /// exactly-once: the open transaction.
+    txn: Option<OpenTxn>,
+}
+
+/// exactly-once: a transaction with batches in it, not yet committed.
+struct OpenTxn {
+    opened: Instant,
+    /// New values of the keys its batches changed: not in state until it commits.
+    overlay: HashMap<String, u64>,
+    /// Next input offset per partition after its batches.
+    next_offsets: BTreeMap<i32, i64>,
+    /// Record timestamps (ms), for the latency histogram once committed.
+    timestamps: Vec<i64>,
+    changelog_records: u64,
 }
 
 /// A polled batch handed to the guest thread, before its result is back. Preparing it
@@ -255,7 +337,7 @@ impl Pipeline {
         let mut in_flight: Option<InFlight> = None;
         while !shutdown.requested() {
             // With a batch under way, don't wait for input: moving it on is the better use of time.
-            let idle = with_guest.is_none() && in_flight.is_none();
+            let idle = with_guest.is_none() && in_flight.is_none() && self.txn.is_none();
             let wait = if idle { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
             if batch.is_empty() && idle && self.args.stop_at_end && all_at_end(consumer, &at_end) {
@@ -268,11 +350,24 @@ impl Pipeline {
             if let Some(oldest) = in_flight.take() {
                 self.finish(consumer, oldest)?;
             }
-            // 2. The guest's result of the batch before the newest, as changelog records.
+            // 2. The guest's result of the batch before the newest, as changelog records (into
+            // the open transaction under exactly-once).
             if let Some(submitted) = with_guest.take() {
-                in_flight = Some(self.send_batch(submitted)?);
+                in_flight = self.send_batch(submitted)?;
             }
             with_guest = newest;
+            // exactly-once: commit when the interval is up, or at once when nothing else came.
+            if self
+                .txn
+                .as_ref()
+                .is_some_and(|t| with_guest.is_none() || t.opened.elapsed() >= self.args.commit_interval)
+                && !self.commit_txn(consumer)?
+                && let Some(dropped) = with_guest.take()
+            {
+                // Aborted and rewound: the batch polled since is read again; drop its result.
+                let (_result, _) = self.guest.receive()?;
+                drop(dropped);
+            }
             if last_board.elapsed() >= self.args.flush_interval {
                 // State holds whole batches only (the ones under way are not in it yet).
                 last_board = Instant::now();
@@ -284,17 +379,21 @@ impl Pipeline {
         if let Some(oldest) = in_flight.take() {
             self.finish(consumer, oldest)?;
         }
-        if let Some(submitted) = with_guest.take() {
-            let last = self.send_batch(submitted)?;
+        if let Some(submitted) = with_guest.take()
+            && let Some(last) = self.send_batch(submitted)?
+        {
             self.finish(consumer, last)?;
         }
-        // Every polled record is processed: the consumer's positions are safe to commit, and a
-        // synchronous commit leaves the group exactly where state is.
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if self.args.guarantee == Guarantee::ExactlyOnce {
+            self.commit_txn(consumer)?;
+        } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            // Every polled record is processed: the consumer's positions are safe to commit,
+            // and a synchronous commit leaves the group exactly where state is.
             tracing::debug!(error = %e, "final offset commit (nothing consumed?)");
         }
         tracing::info!("shutting down: batch committed, publishing a last board");
         self.flush_board();
+        self.commit_txn(consumer)?;
         self.producer.wait_acks()?;
         self.stats.log();
         tracing::info!(
@@ -340,11 +439,15 @@ impl Pipeline {
     /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
     /// the deltas to state's values (the overlay), and sends the changelog records. Needs
     /// state to hold every earlier batch.
-    fn send_batch(&mut self, batch: Submitted<'_>) -> Result<InFlight> {
+    fn send_batch(&mut self, batch: Submitted<'_>) -> Result<Option<InFlight>> {
         let mut timer = StepTimer::start();
         let (result, guest_ms) = self.guest.receive()?;
         let result = result?;
         let guest_wait_ms = timer.lap();
+        if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
+            // Everything this batch produces (dead letters included) goes into the transaction.
+            self.begin_txn()?;
+        }
         let mut rejected = batch.rejected;
         for r in result.rejected {
             let index = *batch.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
@@ -358,7 +461,8 @@ impl Pipeline {
         }
         let mut overlay: HashMap<String, u64> = HashMap::new();
         for delta in result.deltas {
-            let current = match overlay.get(&delta.key) {
+            // The newest value: this batch's, else the open transaction's, else state's.
+            let current = match overlay.get(&delta.key).or_else(|| self.txn.as_ref()?.overlay.get(&delta.key)) {
                 Some(v) => *v,
                 None => self.store.count(delta.key.as_bytes())?,
             };
@@ -371,15 +475,122 @@ impl Pipeline {
         let changed = !batch.fresh.is_empty();
         let changes = if changed { self.changes(&overlay, &batch.next_offsets) } else { Vec::new() };
         self.send_changelog(&changes)?;
-        Ok(InFlight {
+        let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+        if let Some(txn) = &mut self.txn {
+            // exactly-once: the batch joins the open transaction; state waits for its commit.
+            txn.overlay.extend(overlay);
+            for (partition, next) in batch.next_offsets {
+                let at = txn.next_offsets.entry(partition).or_insert(next);
+                *at = (*at).max(next);
+            }
+            txn.timestamps.extend_from_slice(&timestamps);
+            txn.changelog_records += changes.len() as u64;
+            tracing::debug!(records = batch.messages.len(), guest_ms, guest_wait_ms, send_ms = timer.lap(), "batch");
+            fault::point(Step::MidTransaction);
+            return Ok(None);
+        }
+        Ok(Some(InFlight {
             changes,
             next_offsets: batch.next_offsets,
-            timestamps: batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect(),
+            timestamps,
             records: batch.messages.len(),
             guest_ms,
             guest_wait_ms,
             send_ms: timer.lap(),
-        })
+        }))
+    }
+
+    /// exactly-once: opens a transaction for the next batches (and boards).
+    fn begin_txn(&mut self) -> Result<()> {
+        self.producer.begin().map_err(|e| anyhow!("{e}"))?;
+        self.txn = Some(OpenTxn {
+            opened: Instant::now(),
+            overlay: HashMap::new(),
+            next_offsets: BTreeMap::new(),
+            timestamps: Vec::new(),
+            changelog_records: 0,
+        });
+        Ok(())
+    }
+
+    /// exactly-once: commits the open transaction with its input offsets, then applies it to
+    /// state in one atomic write, with the changelog positions it reaches. Returns false when
+    /// the transaction had to be aborted (the input is rewound; the caller drops what it
+    /// polled since).
+    fn commit_txn(&mut self, consumer: &HostConsumer) -> Result<bool> {
+        let Some(txn) = self.txn.take() else { return Ok(true) };
+        let mut timer = StepTimer::start();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in &txn.next_offsets {
+            offsets.add_partition_offset(&self.args.topics.input, *partition, Offset::Offset(*next))?;
+        }
+        let group = consumer.group_metadata().context("the consumer has no group metadata")?;
+        let committed = if !txn.next_offsets.is_empty() && fault::due(Step::AbortTransaction) {
+            Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
+        } else {
+            self.producer.commit(&offsets, &group)
+        };
+        match committed {
+            Ok(()) => {}
+            Err(TxnError::Abortable(reason)) => {
+                self.abort_txn(consumer, &reason)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(anyhow!("{e}; stopping (state is intact: a restart resumes exactly)")),
+        }
+        let commit_ms = timer.lap();
+        self.stats.changelog_records += txn.changelog_records;
+        self.stats.acknowledged(txn.timestamps.into_iter());
+        // Fault points count transactions that carry batches, not board-only ones.
+        let carries_batches = !txn.next_offsets.is_empty();
+        if carries_batches {
+            fault::point(Step::AfterChangelog);
+        }
+
+        let mut changes: Vec<Change> = txn
+            .overlay
+            .into_iter()
+            .map(|(key, value)| Change::Count { key: key.into_bytes(), value: Some(value) })
+            .collect();
+        changes.extend(self.totals_changes());
+        let mut next_offsets = self.applied.clone();
+        for (partition, next) in &txn.next_offsets {
+            let at = next_offsets.entry(*partition).or_insert(*next);
+            *at = (*at).max(*next);
+        }
+        changes.extend(next_offsets.iter().map(|(p, next)| self.input_offset_change(*p, *next)));
+        let positions = self.producer.changelog_positions();
+        changes.extend(changelog::position_changes(&self.args.topics.changelog, &positions));
+        changes.push(written_under(Guarantee::ExactlyOnce));
+        self.store.apply(changes, true).context("state write")?;
+        self.applied = next_offsets;
+        let state_ms = timer.lap();
+        self.stats.committed();
+        tracing::debug!(commit_ms, state_ms, "transaction committed and applied");
+        if carries_batches {
+            fault::point(Step::AfterState);
+            fault::point(Step::AfterCommit);
+        }
+        Ok(true)
+    }
+
+    /// exactly-once: aborts the open transaction and rewinds the input to what state
+    /// reflects; counts restart from state's.
+    fn abort_txn(&mut self, consumer: &HostConsumer, reason: &str) -> Result<()> {
+        tracing::warn!(reason, "aborting the transaction; the input is rewound to the last commit");
+        self.producer.abort().map_err(|e| anyhow!("{e}; stopping (state is intact: a restart resumes exactly)"))?;
+        self.txn = None;
+        self.totals = self.store.totals()?;
+        self.submitted = self.applied.clone();
+        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
+        for element in assignment.elements() {
+            let partition = element.partition();
+            let offset = self.applied.get(&partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            consumer
+                .seek(element.topic(), partition, offset, Duration::from_secs(10))
+                .with_context(|| format!("rewinding input partition {partition}"))?;
+        }
+        Ok(())
     }
 
     /// Steps 2 (the wait), 3 and 4 of a batch whose changelog records are sent.
@@ -395,7 +606,8 @@ impl Pipeline {
             fault::point(Step::AfterChangelog);
 
             // 3. State: one atomic, fsynced write batch.
-            self.store.apply(batch.changes, true).context("state write")?;
+            let local = written_under(Guarantee::AtLeastOnce);
+            self.store.apply(batch.changes.into_iter().chain([local]), true).context("state write")?;
             state_ms = timer.lap();
             fault::point(Step::AfterState);
         }
@@ -456,15 +668,25 @@ impl Pipeline {
             .iter()
             .map(|(key, value)| Change::Count { key: key.as_bytes().to_vec(), value: Some(*value) })
             .collect();
-        let u64_meta =
-            |name: &str, v: u64| Change::Meta { name: name.to_owned(), value: Some(v.to_be_bytes().to_vec()) };
-        changes.push(u64_meta(meta::RECORDS_PROCESSED, self.totals.records_processed));
-        changes.push(u64_meta(meta::RECORDS_SKIPPED, self.totals.records_skipped));
+        changes.extend(self.totals_changes());
         for (partition, next) in next_offsets {
-            let next = (*next).max(self.applied.get(partition).copied().unwrap_or(0));
-            changes.push(u64_meta(&meta::input_offset(&self.args.topics.input, *partition), next as u64));
+            // Never backwards: neither below state's nor below the open transaction's.
+            let txn_next = self.txn.as_ref().and_then(|t| t.next_offsets.get(partition)).copied();
+            let next = (*next).max(self.applied.get(partition).copied().unwrap_or(0)).max(txn_next.unwrap_or(0));
+            changes.push(self.input_offset_change(*partition, next));
         }
         changes
+    }
+
+    fn totals_changes(&self) -> [Change; 2] {
+        [
+            u64_meta(meta::RECORDS_PROCESSED, self.totals.records_processed),
+            u64_meta(meta::RECORDS_SKIPPED, self.totals.records_skipped),
+        ]
+    }
+
+    fn input_offset_change(&self, partition: i32, next: i64) -> Change {
+        u64_meta(&meta::input_offset(&self.args.topics.input, partition), next as u64)
     }
 
     fn send_changelog(&self, changes: &[Change]) -> Result<()> {
@@ -504,9 +726,24 @@ impl Pipeline {
     }
 
     fn flush_board(&mut self) {
+        if self.args.guarantee == Guarantee::ExactlyOnce
+            && self.txn.is_none()
+            && let Err(e) = self.begin_txn()
+        {
+            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
+            return;
+        }
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let guest = &mut self.guest;
-        match crate::board::flush(&self.store, &mut |counts, n| guest.top_n(counts, n), &self.producer, &topic, n) {
+        let flushed =
+            crate::board::flush(&self.store, &mut |counts, n| guest.top_n(counts, n), &self.producer, &topic, n)
+                // Under exactly-once the board is in the open transaction: "produced" means it
+                // reached the broker there (its fate is the transaction's).
+                .and_then(|()| match self.args.guarantee {
+                    Guarantee::ExactlyOnce => self.producer.wait_acks(),
+                    Guarantee::AtLeastOnce => Ok(()),
+                });
+        match flushed {
             Ok(()) => fault::point(Step::AfterBoard),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }

@@ -3,15 +3,21 @@
 //! delivery fails the whole wait, so the caller never writes state or commits offsets
 //! for records Kafka did not acknowledge.
 //!
+//! With a transactional id, the same sends go into Kafka transactions instead
+//! (`begin` / `commit` / `abort`), and failures are classified by what the caller must do.
+//!
 //! One exception: a record sent with `send_trimmable` (a dead letter) that the broker
 //! refuses as too large is re-sent without its value and with a `value.omitted` header,
 //! because a dead letter that can never be written must not stall the partition.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -29,6 +35,10 @@ pub struct Trimmable {
 /// Records delivery failures between waits; librdkafka calls it from `poll`/`flush`.
 #[derive(Default)]
 pub struct AckContext {
+    /// The changelog topic, whose delivered positions are tracked.
+    changelog: String,
+    /// Per changelog partition, the offset after the last record delivered to it.
+    changelog_positions: Mutex<BTreeMap<i32, i64>>,
     first_failure: Mutex<Option<String>>,
     /// Records sent with `send_trimmable` since the last wait; a record's delivery opaque
     /// is its index here plus one (0: not trimmable), so plain sends allocate nothing.
@@ -43,8 +53,15 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, trimmable: usize) {
+        use rdkafka::Message;
+        if let Ok(message) = result
+            && message.topic() == self.changelog
+        {
+            let mut positions = lock(&self.changelog_positions);
+            let next = positions.entry(message.partition()).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
+        }
         if let Err((error, message)) = result {
-            use rdkafka::Message;
             if trimmable > 0 && error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
                 lock(&self.too_large).push(trimmable - 1);
                 return;
@@ -67,12 +84,136 @@ pub struct AckedProducer {
     ack_timeout: Duration,
 }
 
+/// A transaction failure, by what the caller must do about it.
+#[derive(Debug)]
+pub enum TxnError {
+    /// Abort the transaction, rewind the input to the last commit, go on.
+    Abortable(String),
+    /// Stop: another producer with the same transactional id took over.
+    Fenced(String),
+    /// Stop: the producer cannot go on.
+    Fatal(String),
+}
+
+impl std::fmt::Display for TxnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxnError::Abortable(e) => write!(f, "transaction must be aborted: {e}"),
+            TxnError::Fenced(e) => write!(f, "fenced by another host with the same transactional id: {e}"),
+            TxnError::Fatal(e) => write!(f, "fatal producer error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TxnError {}
+
+/// Retries a transactional call while librdkafka says it is retriable; classifies the rest.
+fn retrying(what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), TxnError> {
+    let mut attempts = 0;
+    loop {
+        let error = match call() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        attempts += 1;
+        let retriable = matches!(&error, KafkaError::Transaction(rd) if rd.is_retriable() && !rd.txn_requires_abort());
+        if !retriable || attempts >= 10 {
+            return Err(classify(what, &error));
+        }
+        tracing::warn!(attempt = attempts, error = %format!("{what}: {error}"), "retrying");
+        std::thread::sleep(Duration::from_millis(100 * attempts));
+    }
+}
+
+/// What a failed transactional call means for the caller.
+fn classify(what: &str, error: &KafkaError) -> TxnError {
+    let detail = format!("{what}: {error}");
+    let KafkaError::Transaction(rd) = error else {
+        return TxnError::Abortable(detail);
+    };
+    if matches!(
+        rd.code(),
+        RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+    ) {
+        TxnError::Fenced(detail)
+    } else if rd.is_fatal() {
+        TxnError::Fatal(detail)
+    } else {
+        TxnError::Abortable(detail)
+    }
+}
+
 impl AckedProducer {
-    pub fn new(kafka: &KafkaArgs, ack_timeout: Duration) -> Result<Self> {
-        let inner = crate::config::producer(kafka)
-            .create_with_context(AckContext::default())
-            .context("creating the Kafka producer")?;
+    /// A producer for the pipeline; `transactional_id` makes it transactional (then call
+    /// [`AckedProducer::init_transactions`] before anything else).
+    /// Batches stay within `max_message_bytes` (the smallest limit of the topics written), so
+    /// a record too large for its topic is refused locally at once (see `send_trimmable`).
+    pub fn new(
+        kafka: &KafkaArgs,
+        changelog: &str,
+        transactional_id: Option<&str>,
+        max_message_bytes: usize,
+        ack_timeout: Duration,
+    ) -> Result<Self> {
+        let context = AckContext { changelog: changelog.to_owned(), ..AckContext::default() };
+        let mut config = crate::config::producer(kafka, transactional_id);
+        if !kafka.kafka_config.iter().any(|(k, _)| k == "message.max.bytes") {
+            // librdkafka's floor is 1000 bytes.
+            config.set("message.max.bytes", max_message_bytes.clamp(1000, 1 << 30).to_string());
+        }
+        let inner = config.create_with_context(context).context("creating the Kafka producer")?;
         Ok(AckedProducer { inner, ack_timeout })
+    }
+
+    /// Per changelog partition, the offset after the last record Kafka acknowledged.
+    pub fn changelog_positions(&self) -> BTreeMap<i32, i64> {
+        lock(&self.inner.context().changelog_positions).clone()
+    }
+
+    /// Registers the transactional id with the broker: fences any older producer with the
+    /// same id and aborts the transaction it left open (a crashed host's).
+    pub fn init_transactions(&self) -> Result<(), TxnError> {
+        retrying("initialising transactions", || self.inner.init_transactions(self.ack_timeout))
+    }
+
+    pub fn begin(&self) -> Result<(), TxnError> {
+        retrying("beginning a transaction", || self.inner.begin_transaction())
+    }
+
+    /// Commits the open transaction with the input offsets of everything in it: waits for
+    /// every record's acknowledgement first (see `drain`), then adds the offsets, then commits.
+    pub fn commit(&self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+        self.wait_acks().map_err(|e| TxnError::Abortable(format!("{e:#}")))?;
+        if offsets.count() > 0 {
+            retrying("adding input offsets to the transaction", || {
+                self.inner.send_offsets_to_transaction(offsets, group, self.ack_timeout)
+            })?;
+        }
+        retrying("committing the transaction", || self.inner.commit_transaction(self.ack_timeout))
+    }
+
+    /// Aborts the open transaction; its records are never seen by read_committed readers.
+    pub fn abort(&self) -> Result<(), TxnError> {
+        // librdkafka purges the outstanding records itself, but the abort completes only once
+        // their delivery reports are served, and this producer has no background poller: so
+        // abort in short attempts (a timed-out attempt is retriable by design) and serve the
+        // reports between them.
+        let deadline = std::time::Instant::now() + self.ack_timeout;
+        loop {
+            match self.inner.abort_transaction(Duration::from_millis(100)) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(rd)) if rd.is_retriable() && std::time::Instant::now() < deadline => {
+                    self.inner.poll(Duration::from_millis(10));
+                }
+                Err(e) => return Err(classify("aborting the transaction", &e)),
+            }
+        }
+        self.inner.poll(Duration::ZERO);
+        // The aborted records' delivery failures are expected: forget them.
+        lock(&self.inner.context().first_failure).take();
+        lock(&self.inner.context().too_large).clear();
+        lock(&self.inner.context().trimmable).clear();
+        Ok(())
     }
 
     /// Queues one record; waits for queue space if librdkafka's buffer is full.

@@ -28,10 +28,24 @@ pub mod meta {
         format!("offset/{topic}/{partition}")
     }
     pub fn parse_input_offset(name: &str) -> Option<(&str, i32)> {
-        let rest = name.strip_prefix("offset/")?;
+        parse_position("offset/", name)
+    }
+    /// `changelog/<topic>/<partition>`: the changelog offset up to which state holds what the
+    /// changelog holds (local only: never written to the changelog itself).
+    pub fn changelog_position(topic: &str, partition: i32) -> String {
+        format!("changelog/{topic}/{partition}")
+    }
+    pub fn parse_changelog_position(name: &str) -> Option<(&str, i32)> {
+        parse_position("changelog/", name)
+    }
+    fn parse_position<'n>(prefix: &str, name: &'n str) -> Option<(&'n str, i32)> {
+        let rest = name.strip_prefix(prefix)?;
         let (topic, partition) = rest.rsplit_once('/')?;
         Some((topic, partition.parse().ok()?))
     }
+    /// The guarantee (`at-least-once` / `exactly-once`) of the host that last wrote state
+    /// (local only). Decides whether the changelog's tail may be replayed at start-up.
+    pub const WRITTEN_UNDER: &str = "written_under";
 }
 
 /// One change to the store; `None` deletes (a changelog tombstone).
@@ -118,18 +132,33 @@ impl Store {
 
     /// Next input offset per partition of `topic` that the state already reflects.
     pub fn input_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
+        self.positions(topic, meta::parse_input_offset)
+    }
+
+    /// Per partition of changelog `topic`, the offset up to which state holds its records.
+    pub fn changelog_positions(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
+        self.positions(topic, meta::parse_changelog_position)
+    }
+
+    fn positions(&self, topic: &str, parse: fn(&str) -> Option<(&str, i32)>) -> Result<BTreeMap<i32, i64>> {
         let cf = self.db.cf_handle(META).expect("meta column family");
         let mut out = BTreeMap::new();
         for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key);
-            if let Some((t, partition)) = meta::parse_input_offset(&name)
+            if let Some((t, partition)) = parse(&name)
                 && t == topic
             {
                 out.insert(partition, decode_u64(&value) as i64);
             }
         }
         Ok(out)
+    }
+
+    /// The guarantee the last writer ran under, if recorded.
+    pub fn written_under(&self) -> Result<Option<String>> {
+        let cf = self.db.cf_handle(META).expect("meta column family");
+        Ok(self.db.get_pinned_cf(&cf, meta::WRITTEN_UNDER)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Applies changes in one atomic write batch; `durable` fsyncs the WAL before returning.
@@ -284,5 +313,9 @@ mod tests {
     fn offset_names_round_trip_with_slashes_in_topics() {
         let name = meta::input_offset("a/b.c", 11);
         assert_eq!(meta::parse_input_offset(&name), Some(("a/b.c", 11)));
+        assert_eq!(meta::parse_changelog_position(&name), None);
+        let name = meta::changelog_position("x/y", 3);
+        assert_eq!(meta::parse_changelog_position(&name), Some(("x/y", 3)));
+        assert_eq!(meta::parse_input_offset(&name), None);
     }
 }

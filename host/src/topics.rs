@@ -55,8 +55,16 @@ fn options() -> AdminOptions {
     AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)))
 }
 
+/// What the start-up check learnt about the topics the host writes.
+pub struct Checked {
+    /// The smallest `max.message.bytes` of the topics the host produces to: the producer
+    /// keeps its batches within it, so a record too large for its topic fails at once,
+    /// locally, instead of failing a whole batch (or transaction) at the broker.
+    pub max_message_bytes: usize,
+}
+
 /// Refuses to start on a missing topic (unless `create`) or a changelog that is not compacted.
-pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<()> {
+pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked> {
     let admin = admin(&args.kafka)?;
     let mut missing = Vec::new();
     for (role, topic) in roles(args) {
@@ -76,7 +84,15 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<()> {
         }
         create_topics(&admin, &missing, partitions)?;
     }
-    check_compacted(&admin, &args.changelog, &args.kafka.brokers)
+    check_compacted(&admin, &args.changelog, &args.kafka.brokers)?;
+    let mut max_message_bytes = usize::MAX;
+    for (role, topic) in roles(args) {
+        if role != Role::Input {
+            let limit = config_value(&admin, topic, "max.message.bytes", &args.kafka.brokers)?;
+            max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(usize::MAX));
+        }
+    }
+    Ok(Checked { max_message_bytes })
 }
 
 fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
@@ -91,10 +107,11 @@ fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str)
     }
 }
 
-fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<()> {
-    // A topic created a moment ago may be described before its configs are known (no
-    // cleanup.policy at all): ask again for a while rather than refuse a good topic.
-    let mut policy = String::new();
+/// One config value of a topic ("" if it has none).
+fn config_value(admin: &AdminClient<DefaultClientContext>, topic: &str, name: &str, brokers: &str) -> Result<String> {
+    // A topic created a moment ago may be described before its configs are known (the
+    // value missing altogether): ask again for a while rather than misjudge a good topic.
+    let mut value = String::new();
     for _ in 0..40 {
         let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options()))
             .with_context(|| format!("asking {brokers} for the configs of `{topic}`"))?;
@@ -102,13 +119,18 @@ fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, broke
             .into_iter()
             .next()
             .ok_or_else(|| anyhow!("no config returned for `{topic}`"))?
-            .map_err(|code| anyhow!("describing changelog topic `{topic}`: {code}"))?;
-        policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
-        if !policy.is_empty() {
+            .map_err(|code| anyhow!("describing topic `{topic}`: {code}"))?;
+        value = config.get(name).and_then(|e| e.value.clone()).unwrap_or_default();
+        if !value.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    Ok(value)
+}
+
+fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<()> {
+    let policy = config_value(admin, topic, "cleanup.policy", brokers)?;
     if policy != "compact" {
         bail!(
             "changelog topic `{topic}` has cleanup.policy={policy}, but it must be `compact`: \

@@ -278,6 +278,14 @@ impl TestEnv {
     pub fn read(&self, topic: &str) -> Vec<Record> {
         read_topic(&self.brokers, topic)
     }
+
+    /// Every board on the output topic, aborted transactions' included.
+    pub fn boards_uncommitted(&self) -> Vec<serde_json::Value> {
+        read_topic_with(&self.brokers, &self.output, "read_uncommitted")
+            .into_iter()
+            .map(|r| serde_json::from_slice(&r.value).expect("board is JSON"))
+            .collect()
+    }
 }
 
 impl Drop for TestEnv {
@@ -383,11 +391,16 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 fn reader(brokers: &str, group: &str) -> BaseConsumer {
+    reader_with(brokers, group, "read_committed")
+}
+
+fn reader_with(brokers: &str, group: &str, isolation: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer")
 }
@@ -418,8 +431,15 @@ impl Record {
 }
 
 /// Every record of `topic` from the beginning to its current end.
+/// Every record of `topic` that read_committed readers see (records of aborted transactions
+/// left out).
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
-    let consumer = reader(brokers, &format!("reader-{}", uuid::Uuid::new_v4()));
+    read_topic_with(brokers, topic, "read_committed")
+}
+
+/// Every record of `topic` under `isolation` (`read_committed` or `read_uncommitted`).
+pub fn read_topic_with(brokers: &str, topic: &str, isolation: &str) -> Vec<Record> {
+    let consumer = reader_with(brokers, &format!("reader-{}", uuid::Uuid::new_v4()), isolation);
     let ends = end_offsets(&consumer, topic);
     let mut pending: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let mut tpl = TopicPartitionList::new();

@@ -6,7 +6,10 @@ Modes, each from its first consumed record until everything is committed:
           (first to last record; it has nothing to commit but its final position).
   native  the host pipeline with drink_count compiled in (bench/native): the WASM-free baseline.
   wasm    the host with drink_count.wasm.
+  eos     the same with --guarantee exactly-once (default --commit-interval).
   restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it).
+  restart exactly-once restart with those keys in state, after a crash between a transaction's
+          commit and its state write: time to ready (tail replayed) and to the first commit.
   latency wasm host at a fixed offered load; record timestamp -> changelog acknowledged
           (the run with the median p99 of BENCH_RUNS runs, each on fresh topics).
 With --peers (`make bench-peers`), on the same broker and data, one after another:
@@ -16,7 +19,7 @@ With --peers (`make bench-peers`), on the same broker and data, one after anothe
 A peer's time runs from the first record it reports consuming to the moment the driver sees
 its group's commits reach the end of the input (polled every 50 ms).
 
-Each of raw/native/wasm runs 3 times, interleaved; the table shows medians. CPU seconds and
+Each of raw/native/wasm/eos runs 3 times, interleaved; the table shows medians. CPU seconds and
 peak RSS come from the kernel's accounting of each child process (wait4). Results go to
 bench/RESULTS.md (git keeps the history).
 
@@ -107,12 +110,13 @@ def summary(stderr):
     raise SystemExit("bench: no run summary in the host's log:\n" + stderr[-3000:])
 
 
-def pipeline(binary, name):
+def pipeline(binary, name, extra=()):
     flags = topics(name)
     state = os.path.join(WORK, f"state-{name}")
     subcommand = ["run"] if binary == HOST else []  # host-native takes run's options directly
     m = run([binary] + subcommand + ["--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state, "--stop-at-end",
-             "--instance-id", "none", "--log-format", "json"] + flags, env={"RUST_LOG": "info,host::pipeline=debug"})
+             "--instance-id", "none", "--log-format", "json"] + flags + list(extra),
+            env={"RUST_LOG": "info,host::pipeline=debug"})
     shutil.rmtree(state, ignore_errors=True)
     s = summary(m.err)
     # Where the time goes: the per-batch step timings (debug log). The guest runs on its own
@@ -123,12 +127,57 @@ def pipeline(binary, name):
         if '"message":"batch"' in line:
             fields = json.loads(line)["fields"]
             for k in steps:
-                steps[k] += fields[k] / 1000
+                steps[k] += fields.get(k, 0) / 1000
             guest_busy += fields["guest_ms"] / 1000
+        elif '"message":"transaction committed and applied"' in line:
+            fields = json.loads(line)["fields"]
+            steps["txn_commit_ms"] = steps.get("txn_commit_ms", 0.0) + fields["commit_ms"] / 1000
+            steps["state_ms"] += fields["state_ms"] / 1000
     steps["poll and the rest"] = max(0.0, s["seconds"] - sum(steps.values()))
     return {"rate": s["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": s["records"],
             "changelog_per_record": s["changelog_records"] / max(1, s["records"]), "batches": s["batches"],
             "seconds": s["seconds"], "steps": steps, "guest_busy": guest_busy}
+
+
+def eos_restart(state, keys_topic):
+    """exactly-once restart after a crash, with the 1,000,000 restored keys in state: a host
+    counts orders into the keys changelog and crashes (fault injection) right after a
+    transaction commit, before its state write, so state is behind the changelog; then the
+    restarted host's time from spawn to ready (tail replayed) and to its first commit."""
+    input_topic = f"bench-{RUN_ID}.restart.orders"
+    flags = ["--brokers", BROKERS, "--input", input_topic, "--changelog", keys_topic,
+             "--output", f"bench-{RUN_ID}.restart.board"]
+    run([HOST, "create-topics", "--partitions", "6"] + flags)
+    run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", "200000"] + ORDER_FLAGS)
+    args = [HOST, "run", "--guest", GUEST, "--group", f"bench-{RUN_ID}-restart", "--state-dir", state,
+            "--guarantee", "exactly-once", "--max-batch", "1000", "--log-format", "json"] + flags
+    # A transaction per batch, so the 20th commit comes early in the input.
+    crash = subprocess.run(args + ["--commit-interval", "1ms"], env={**os.environ, "STREAMHOST_FAULT": "after-changelog:20"},
+                           capture_output=True, text=True, timeout=300)
+    if "fault injection: aborting" not in crash.stderr:
+        raise SystemExit("bench: the restart benchmark's host did not crash as planned:\n" + crash.stderr[-3000:])
+    err_path = os.path.join(WORK, "restart.err")
+    with open(err_path, "w") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(args + ["--stop-at-end"], stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "RUST_LOG": "info,host::pipeline=debug"})
+        ready = first_commit = None
+        while proc.poll() is None and first_commit is None:
+            text = open(err_path).read()
+            if ready is None and "host running" in text:
+                ready = time.monotonic() - started
+            if "transaction committed and applied" in text:
+                first_commit = time.monotonic() - started
+            time.sleep(0.01)
+        proc.wait()
+    text = open(err_path).read()
+    tail = [json.loads(line)["fields"]["records_read"] for line in text.splitlines()
+            if "replayed the changelog's tail" in line]
+    if ready is None or first_commit is None or not tail:
+        raise SystemExit("bench: the restarted host did not get going:\n" + text[-3000:])
+    log(f"exactly-once restart with {KEYS} keys: ready in {ready:.2f} s, first commit at {first_commit:.2f} s, "
+        f"tail of {tail[0]} changelog records")
+    return {"ready": ready, "first_commit": first_commit, "tail": tail[0]}
 
 
 def raw(topic, name):
@@ -202,7 +251,7 @@ def main():
     log(f"producing {ORDERS} orders to {input_topic} (6 partitions, lz4, 50 drinks, Zipf 1.0, 1% malformed)")
     run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", str(ORDERS)] + ORDER_FLAGS)
 
-    results = {"raw": [], "native": [], "wasm": []}
+    results = {"raw": [], "native": [], "wasm": [], "eos": []}
     if PEERS:
         results.update({"kstreams": [], "go-seed": []})
         for path in (GO_SEED, KSTREAMS_CP.split(":")[0]):
@@ -213,14 +262,16 @@ def main():
             for mode, r in run_peers(input_topic, i).items():
                 results[mode].append(r)
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
-        for mode in PROBE or ("raw", "native", "wasm"):
+        for mode in PROBE or ("raw", "native", "wasm", "eos"):
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
+            elif mode == "eos":
+                r = pipeline(HOST, f"{mode}{i}", ["--guarantee", "exactly-once"])
             else:
                 r = pipeline(NATIVE if mode == "native" else HOST, f"{mode}{i}")
             assert r["records"] == ORDERS, f"{mode} saw {r['records']} of {ORDERS} records"
             results[mode].append(r)
-            log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s, {r['cpu']:.1f} CPU s"
+            log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s, {r['cpu']:.1f} CPU s, {r['rss']:.0f} MiB"
                 + (f", guest thread busy {r['guest_busy']:.2f} s; pipeline thread: "
                    + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s" for k, v in r["steps"].items())
                    if "steps" in r else ""))
@@ -237,12 +288,13 @@ def main():
     keys_raw = raw(keys_topic, "keysraw")
     state = os.path.join(WORK, "state-restore")
     m = run([HOST, "restore", "--brokers", BROKERS, "--changelog", keys_topic, "--state-dir", state])
-    found = re.search(r"restored (\d+) keys from (\d+) changelog records .* in ([\d.]+)s", m.out)
+    found = re.search(r"restored (?:about )?(\d+) keys from (\d+) changelog records .* in ([\d.]+)s", m.out)
     restore = {"keys": int(found.group(1)), "records": int(found.group(2)), "seconds": float(found.group(3)),
                "cpu": m.cpu, "rss": m.rss_mib}
     restore["rate"] = restore["records"] / restore["seconds"]
-    shutil.rmtree(state, ignore_errors=True)
     log(f"restore: {restore['rate']:,.0f} records/s ({restore['keys']} keys)")
+    restart = eos_restart(state, keys_topic)
+    shutil.rmtree(state, ignore_errors=True)
 
     log(f"latency: {LATENCY_RATE} orders/s for {LATENCY_SECONDS}s, {RUNS} runs")
     state = os.path.join(WORK, "state-latency")
@@ -277,10 +329,10 @@ def main():
     lat, m = runs[len(runs) // 2]
     lat["p99s"] = [r[0]["latency_p99_ms"] for r in runs]
 
-    write_results(results, restore, keys_raw, lat, m)
+    write_results(results, restore, keys_raw, lat, m, restart)
 
 
-def write_results(results, restore, keys_raw, lat, lat_m):
+def write_results(results, restore, keys_raw, lat, lat_m, restart):
     cpu, cores, mem, rustc, host, kafka = machine()
     raw_rate, native_rate, wasm_rate = (med(results[k], "rate") for k in ("raw", "native", "wasm"))
     wasm_mid = sorted(results["wasm"], key=lambda r: r["rate"])[len(results["wasm"]) // 2]
@@ -306,6 +358,8 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         row("raw", results["raw"], "rdkafka consume-and-drop: the ceiling"),
         row("native", results["native"], "host pipeline, drink_count compiled in"),
         row("wasm", results["wasm"], "host pipeline, drink_count.wasm"),
+        row("eos", results["eos"], "wasm with --guarantee exactly-once (a Kafka transaction every 100 ms, the default "
+            "--commit-interval)"),
     ] + ([
         row("kstreams", results["kstreams"], "Kafka Streams 4.1.1: flatMap, groupByKey().aggregate, RocksDB store + "
             "changelog, top-N punctuator; defaults (at-least-once, commit.interval.ms=30000, caching on), "
@@ -316,6 +370,12 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         f"| restore | {restore['rate']:,.0f} records/s | {restore['cpu']:.1f} | {restore['rss']:.0f} | – | "
         f"`host restore` of {restore['keys']:,} keys in {restore['seconds']:.2f} s (raw drain of that changelog: "
         f"{keys_raw['rate']:,.0f} records/s) |",
+        "",
+        f"Restart under exactly-once after a crash between a transaction's commit and its state write, with "
+        f"{restore['keys']:,} keys in state: ready (the changelog's tail replayed: {restart['tail']} records) "
+        f"{restart['ready']:.2f} s after spawn, first transaction committed at {restart['first_commit']:.2f} s; a full "
+        f"restore of the same state takes {restore['seconds']:.2f} s (Kafka Streams under exactly-once wipes its store "
+        "after an unclean stop and restores it in full).",
         "",
         "Where the wasm pipeline's time goes (median-rate run; per-batch step timings from the host's debug log): "
         f"the guest thread was busy {wasm_mid['guest_busy']:.2f} s ({100 * wasm_mid['guest_busy'] / wasm_mid['seconds']:.0f}%); "
@@ -337,6 +397,10 @@ def write_results(results, restore, keys_raw, lat, lat_m):
         "|---|---|",
         target(wasm_rate >= 0.85 * native_rate, f"wasm >= 0.85 x native: {wasm_rate / native_rate:.2f} x"),
         target(wasm_rate >= 0.6 * raw_rate, f"wasm >= 0.6 x raw: {wasm_rate / raw_rate:.2f} x"),
+        target(med(results["eos"], "rate") >= 0.8 * wasm_rate,
+               f"exactly-once >= 0.8 x at-least-once: {med(results['eos'], 'rate') / wasm_rate:.2f} x"),
+        target(restart["first_commit"] <= 2, f"exactly-once restart to processing with {restore['keys']:,} keys in "
+               f"state <= 2 s: {restart['first_commit']:.2f} s"),
         target(restore["rate"] >= 0.5 * keys_raw["rate"], f"restore >= 0.5 x raw consume of the changelog: "
                f"{restore['rate'] / keys_raw['rate']:.2f} x"),
         target(lat["latency_p99_ms"] <= 50, f"p99 latency at {LATENCY_RATE:,}/s <= 50 ms: {lat['latency_p99_ms']} ms"),

@@ -63,12 +63,18 @@ pub fn has_meta_header(message: &impl Message) -> bool {
     message.headers().is_some_and(|h| h.iter().any(|header| header.key == META_HEADER))
 }
 
+/// Up to this many keys (estimated), a restore counts them exactly.
+const EXACT_KEY_COUNT_UP_TO: u64 = 100_000;
+
 /// What a restore did.
 #[derive(Debug, Default)]
 pub struct RestoreReport {
     pub records_read: u64,
     pub records_unreadable: u64,
+    /// Keys in state afterwards: counted when few, else RocksDB's estimate (which counts a
+    /// key more than once when the changelog held several values of it not yet compacted).
     pub keys: u64,
+    pub keys_exact: bool,
     pub elapsed: Duration,
 }
 
@@ -91,7 +97,8 @@ pub fn restore_command(args: RestoreArgs) -> Result<()> {
     let mut store = Store::open(dir)?;
     let report = restore(&args.kafka, &args.changelog, &mut store, &shutdown)?;
     println!(
-        "restored {} keys from {} changelog records into {} in {:.2}s",
+        "restored {}{} keys from {} changelog records into {} in {:.2}s",
+        if report.keys_exact { "" } else { "about " },
         report.keys,
         report.records_read,
         dir.display(),
@@ -117,14 +124,15 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
     let marker = |value: Option<Vec<u8>>| Change::Meta { name: meta::RESTORE_INCOMPLETE.into(), value };
     store.apply([marker(Some(b"1".to_vec()))], true)?;
     tracing::info!(topic, "restoring state from the changelog");
-    // No WAL: the final flush makes the whole restore durable, and until the marker is
-    // removed a crash means starting over.
+    // Written to the WAL without syncing; the final write (which removes the marker) syncs
+    // the WAL, and with it every write before it. Until then a crash means starting over.
     let (mut report, positions) =
-        read_into(kafka, topic, &BTreeMap::new(), shutdown, |changes| store.apply_unlogged(changes))?;
-    // Flushed to SST files first, so the marker goes only once the data is on disk.
-    store.flush()?;
+        read_into(kafka, topic, &BTreeMap::new(), shutdown, |changes| store.apply(changes, false))?;
     store.apply(position_changes(topic, &positions).chain([marker(None)]), true)?;
-    report.keys = store.counts().count() as u64;
+    // Counting keys means reading them all: exact for small state, RocksDB's estimate beyond.
+    let estimate = store.estimated_keys()?;
+    report.keys_exact = estimate <= EXACT_KEY_COUNT_UP_TO;
+    report.keys = if report.keys_exact { store.counts().count() as u64 } else { estimate };
     report.elapsed = started.elapsed();
     tracing::info!(
         keys = report.keys,
@@ -170,7 +178,7 @@ fn read_into(
     topic: &str,
     from: &BTreeMap<i32, i64>,
     shutdown: &Shutdown,
-    mut write: impl FnMut(Vec<Change>) -> Result<()>,
+    mut write: impl FnMut(Vec<Change>) -> Result<()> + Send,
 ) -> Result<(RestoreReport, BTreeMap<i32, i64>)> {
     let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
         .create_with_context(crate::config::HostContext)
@@ -194,6 +202,35 @@ fn read_into(
     }
     consumer.assign(&assignment).context("assigning changelog partitions")?;
 
+    // State writes run on their own thread, so decoding the next records overlaps them.
+    std::thread::scope(|scope| {
+        let (chunks, inbox) = std::sync::mpsc::sync_channel::<Vec<Change>>(2);
+        let writer = scope.spawn(move || -> Result<()> {
+            for chunk in inbox {
+                write(chunk)?;
+            }
+            Ok(())
+        });
+        let read = read_loop(&consumer, topic, shutdown, &mut pending, &mut positions, to_read, &chunks);
+        drop(chunks);
+        let written = writer.join().map_err(|_| anyhow::anyhow!("the state writer thread panicked"))?;
+        // A write error explains a read loop that stopped for want of a writer.
+        written.and(read)
+    })
+    .map(|report| (report, positions))
+}
+
+/// The reading half of `read_into`: polls until every pending partition is read to its end,
+/// sending decoded changes to the writer in chunks.
+fn read_loop(
+    consumer: &HostConsumer,
+    topic: &str,
+    shutdown: &Shutdown,
+    pending: &mut BTreeMap<i32, i64>,
+    positions: &mut BTreeMap<i32, i64>,
+    to_read: i64,
+    chunks: &std::sync::mpsc::SyncSender<Vec<Change>>,
+) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
     let mut batch = Vec::new();
     let mut last_progress = Instant::now();
@@ -231,14 +268,16 @@ fn read_into(
             }
         }
         if batch.len() >= 10_000 || (pending.is_empty() && !batch.is_empty()) {
-            write(std::mem::take(&mut batch))?;
+            if chunks.send(std::mem::take(&mut batch)).is_err() {
+                bail!("the state writer stopped");
+            }
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
             last_progress = Instant::now();
             tracing::info!(records_read = report.records_read, records_to_read = to_read, "changelog progress");
         }
     }
-    Ok((report, positions))
+    Ok(report)
 }
 
 /// The end offset of every partition of `topic`, as changelog positions.

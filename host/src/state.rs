@@ -155,6 +155,12 @@ impl Store {
         Ok(out)
     }
 
+    /// RocksDB's estimate of the number of counters.
+    pub fn estimated_keys(&self) -> Result<u64> {
+        let cf = self.db.cf_handle(COUNTS).expect("counts column family");
+        Ok(self.db.property_int_value_cf(&cf, "rocksdb.estimate-num-keys")?.unwrap_or(0))
+    }
+
     /// The guarantee the last writer ran under, if recorded.
     pub fn written_under(&self) -> Result<Option<String>> {
         let cf = self.db.cf_handle(META).expect("meta column family");
@@ -165,15 +171,6 @@ impl Store {
     pub fn apply(&self, changes: impl IntoIterator<Item = Change>, durable: bool) -> Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(durable);
-        self.write(changes, &options)
-    }
-
-    /// Applies changes without the write-ahead log: faster, and lost on a crash unless
-    /// `flush` runs first. For restore, whose completion marker (written with the WAL) makes
-    /// a crashed restore start over anyway.
-    pub fn apply_unlogged(&self, changes: impl IntoIterator<Item = Change>) -> Result<()> {
-        let mut options = WriteOptions::default();
-        options.disable_wal(true);
         self.write(changes, &options)
     }
 
@@ -225,15 +222,6 @@ impl Store {
             }
         }
         Ok(true)
-    }
-
-    /// Flushes memtables to SST files (after a restore that wrote without the WAL's fsync).
-    pub fn flush(&self) -> Result<()> {
-        for cf in [COUNTS, META] {
-            let handle = self.db.cf_handle(cf).expect("column family");
-            self.db.flush_cf(&handle).context("flushing state")?;
-        }
-        Ok(())
     }
 }
 

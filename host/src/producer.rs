@@ -194,20 +194,27 @@ impl AckedProducer {
 
     /// Aborts the open transaction; its records are never seen by read_committed readers.
     pub fn abort(&self) -> Result<(), TxnError> {
+        // Let what is in flight land first (or fail): aborting while records are still on their
+        // way can leave the coordinator and librdkafka disagreeing about the transaction
+        // (seen here as a fatal INVALID_TXN_STATE under Kafka 4.1).
+        if let Err(e) = self.drain() {
+            tracing::debug!(error = %format!("{e:#}"), "records still in flight before the abort");
+        }
         // librdkafka purges the outstanding records itself, but the abort completes only once
-        // their delivery reports are served, and this producer has no background poller: so
-        // abort in short attempts (a timed-out attempt is retriable by design) and serve the
-        // reports between them.
-        let deadline = std::time::Instant::now() + self.ack_timeout;
-        loop {
-            match self.inner.abort_transaction(Duration::from_millis(100)) {
-                Ok(()) => break,
-                Err(KafkaError::Transaction(rd)) if rd.is_retriable() && std::time::Instant::now() < deadline => {
+        // their delivery reports are served, and this producer has no background poller:
+        // serve them from a helper thread for the duration of the abort.
+        let aborting = std::sync::atomic::AtomicBool::new(true);
+        let aborted = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while aborting.load(std::sync::atomic::Ordering::Relaxed) {
                     self.inner.poll(Duration::from_millis(10));
                 }
-                Err(e) => return Err(classify("aborting the transaction", &e)),
-            }
-        }
+            });
+            let result = self.inner.abort_transaction(self.ack_timeout);
+            aborting.store(false, std::sync::atomic::Ordering::Relaxed);
+            result
+        });
+        aborted.map_err(|e| classify("aborting the transaction", &e))?;
         self.inner.poll(Duration::ZERO);
         // The aborted records' delivery failures are expected: forget them.
         lock(&self.inner.context().first_failure).take();

@@ -2,7 +2,9 @@
 //! - `seed`: a steady stream of orders at a fixed rate (the demo's trickle, the latency benchmark's load);
 //! - `fill`: a fixed, reproducible set of orders as fast as the broker takes them;
 //! - `drain`: consume a topic to its end and drop everything (the benchmark's "raw" ceiling);
-//! - `keys`: a changelog with N distinct counter keys (the restore benchmark).
+//! - `keys`: a changelog with N distinct counter keys (the restore benchmark);
+//! - `distinct-orders`: N orders of one item each, every one a different drink (a store of
+//!   N keys for the peers' restart benchmark).
 //!
 //! Orders are JSON: `{"order_id": "...", "shop_id": N, "items": [{"drink": "latte", "quantity": 2}, ...]}`.
 //! With a seed, the same orders come out every time.
@@ -150,6 +152,11 @@ enum Command {
         #[arg(long)]
         count: u64,
     },
+    /// `count` orders, order i being one `key-<i>` drink: `count` distinct keys once counted.
+    DistinctOrders {
+        #[arg(long)]
+        count: u64,
+    },
 }
 
 struct OrderGen {
@@ -252,6 +259,15 @@ fn main() -> Result<()> {
             }
             producer.flush(Duration::from_secs(120)).context("flushing keys")?;
             eprintln!("loadgen: produced {count} distinct keys to {}", cli.topic);
+        }
+        Command::DistinctOrders { count } => {
+            let producer = producer(&cli.brokers, "lz4", 20)?;
+            for i in 0..count {
+                let order = format!(r#"{{"order_id":"d-{i}","items":[{{"drink":"key-{i:08}","quantity":1}}]}}"#);
+                send(&producer, &cli.topic, format!("d-{i}").as_bytes(), order.as_bytes());
+            }
+            producer.flush(Duration::from_secs(120)).context("flushing orders")?;
+            eprintln!("loadgen: produced {count} orders of distinct drinks to {}", cli.topic);
         }
         Command::Drain { group } => drain(&cli.brokers, &cli.topic, &group)?,
         Command::WaitCommitted { group, timeout } => wait_committed(&cli.brokers, &cli.topic, &group, timeout)?,

@@ -16,15 +16,7 @@ fn crash_at(step: &str, lose_state: bool) {
 
     let fault = format!("{step}:3");
     // Small batches and a board after every batch, so the 3rd step is mid-stream.
-    let mut host = env.spawn_host_with_env(
-        "drink_count",
-        &["--max-batch", "100", "--flush-interval", "1ms"],
-        &[("STREAMHOST_FAULT", &fault)],
-    );
-    let status = host.wait_exit(Duration::from_secs(60));
-    assert!(!status.success(), "the fault must abort the host");
-    assert!(host.stderr_text().contains("fault injection: aborting"), "{}", host.stderr_text());
-    drop(host);
+    env.crash_with_fault("drink_count", &["--max-batch", "100", "--flush-interval", "1ms"], &fault);
     let crashed = env.dump();
     assert!(crashed.records_processed < expected.valid, "crash came after the input was drained");
 

@@ -41,11 +41,7 @@ fn crash_at_nth(step: &str, nth: u32, lose_state: bool) -> Crashed {
     let fault = format!("{step}:{nth}");
     // Small batches, a transaction per batch or two, a board every batch: the 3rd step is mid-stream.
     let args = exactly_once(&["--max-batch", "100", "--commit-interval", "1ms", "--flush-interval", "1ms"]);
-    let mut host = env.spawn_host_with_env("drink_count", &args, &[("STREAMHOST_FAULT", &fault)]);
-    let status = host.wait_exit(Duration::from_secs(60));
-    assert!(!status.success(), "the fault must abort the host");
-    assert!(host.stderr_text().contains("fault injection: aborting"), "{}", host.stderr_text());
-    drop(host);
+    env.crash_with_fault("drink_count", &args, &fault);
     let crashed = env.dump();
     assert!(crashed.records_processed < expected.valid, "crash came after the input was drained");
     let changelog_at_crash = env.read(&env.changelog).len() as u64;

@@ -163,6 +163,7 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let mut store = Store::open(&args.state.state_dir)?;
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    tracing::debug!("topics checked");
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     let transactional_id = exactly_once.then(|| {
         args.transactional_id
@@ -180,9 +181,11 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
         // Before reading the changelog: this fences an older host with the same id and aborts
         // the transaction a crashed one left open, so read_committed readers see its end.
         producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
+        tracing::debug!("transactions initialised");
     }
 
-    if store.needs_restore()? {
+    let restored = store.needs_restore()?;
+    if restored {
         // A new or lost state dir (or an interrupted restore): rebuild it from the changelog
         // before counting on top of it.
         let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &mut store, &shutdown)?;
@@ -193,8 +196,6 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
                 "state was empty: restored it from the changelog"
             );
         }
-    } else if exactly_once {
-        catch_up_with_changelog(&args, &store, &shutdown)?;
     }
 
     let instance_id = match args.instance_id.as_deref() {
@@ -202,11 +203,16 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
         Some(id) => Some(id.to_owned()),
         None => Some(crate::config::default_instance_id(&args.group, store.dir())),
     };
+    // Subscribed before the (short) changelog catch-up, so that joining the group overlaps it;
+    // nothing is consumed before the loop starts.
     let consumer: HostConsumer =
         crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)
             .create_with_context(crate::config::HostContext)
             .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
+    if exactly_once && !restored {
+        catch_up_with_changelog(&args, &store, &shutdown)?;
+    }
 
     let applied = store.input_offsets(&args.topics.input)?;
     let mut pipeline = Pipeline {

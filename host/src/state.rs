@@ -71,6 +71,7 @@ impl Store {
     /// writer on the same directory fail here, with a message saying so.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+        let started = std::time::Instant::now();
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -86,6 +87,7 @@ impl Store {
                 anyhow::anyhow!("opening state dir {}: {message}", dir.display())
             }
         })?;
+        tracing::debug!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "state opened");
         Ok(Store { db, dir: dir.to_owned() })
     }
 

@@ -4,7 +4,8 @@
 //! - `drain`: consume a topic to its end and drop everything (the benchmark's "raw" ceiling);
 //! - `keys`: a changelog with N distinct counter keys (the restore benchmark);
 //! - `distinct-orders`: N orders of one item each, every one a different drink (a store of
-//!   N keys for the peers' restart benchmark).
+//!   N keys for the peers' restart benchmark);
+//! - `delete-topics`: every topic whose name starts with `--topic` (a benchmark's leftovers).
 //!
 //! Orders are JSON: `{"order_id": "...", "shop_id": N, "items": [{"drink": "latte", "quantity": 2}, ...]}`.
 //! With a seed, the same orders come out every time.
@@ -157,6 +158,8 @@ enum Command {
         #[arg(long)]
         count: u64,
     },
+    /// Deletes every topic whose name starts with `--topic` (used as a prefix here).
+    DeleteTopics,
 }
 
 struct OrderGen {
@@ -269,9 +272,31 @@ fn main() -> Result<()> {
             producer.flush(Duration::from_secs(120)).context("flushing orders")?;
             eprintln!("loadgen: produced {count} orders of distinct drinks to {}", cli.topic);
         }
+        Command::DeleteTopics => delete_topics(&cli.brokers, &cli.topic)?,
         Command::Drain { group } => drain(&cli.brokers, &cli.topic, &group)?,
         Command::WaitCommitted { group, timeout } => wait_committed(&cli.brokers, &cli.topic, &group, timeout)?,
     }
+    Ok(())
+}
+
+fn delete_topics(brokers: &str, prefix: &str) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    anyhow::ensure!(!prefix.is_empty(), "refusing to delete every topic: give a prefix");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().context("admin client")?;
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(30)).context("listing topics")?;
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).filter(|n| n.starts_with(prefix)).collect();
+    for chunk in names.chunks(100) {
+        let results =
+            futures::executor::block_on(admin.delete_topics(chunk, &AdminOptions::new())).context("deleting topics")?;
+        for result in results {
+            if let Err((name, code)) = result {
+                eprintln!("loadgen: could not delete {name}: {code}");
+            }
+        }
+    }
+    eprintln!("loadgen: deleted {} topics starting with {prefix}", names.len());
     Ok(())
 }
 

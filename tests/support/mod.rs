@@ -155,6 +155,15 @@ impl TestEnv {
         HostProcess::spawn(&self.dir.path().join("logs"), &args, env)
     }
 
+    /// Runs the host with fault injection `fault` (`<step>:<n>`) until the fault aborts it,
+    /// and checks that it did.
+    pub fn crash_with_fault(&self, guest_name: &str, extra: &[&str], fault: &str) {
+        let mut host = self.spawn_host_with_env(guest_name, extra, &[("STREAMHOST_FAULT", fault)]);
+        let status = host.wait_exit(Duration::from_secs(60));
+        assert!(!status.success(), "the fault must abort the host");
+        assert!(host.stderr_text().contains("fault injection: aborting"), "{}", host.stderr_text());
+    }
+
     /// Runs the host until the group has committed the whole input, then stops it cleanly
     /// (SIGTERM, exit 0).
     pub fn run_until_drained(&self, guest_name: &str, extra: &[&str], timeout: Duration) {
@@ -294,6 +303,12 @@ impl Drop for TestEnv {
             // Keep the state and logs of a failed test for a look.
             let path = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
             eprintln!("test dir kept at {}", path.display());
+        } else if self.brokers == brokers() {
+            // A passed test's topics go, so that the shared broker stays lean run after run
+            // (a test's own broker is gone by now).
+            let mut args = vec!["delete-topics".to_string()];
+            args.extend(self.topic_args());
+            let _ = self.host(&args);
         }
     }
 }

@@ -6,6 +6,7 @@ mod crash;
 mod exactly_once;
 mod faults;
 mod guest_swap;
+mod guest_tools;
 mod pipeline;
 mod poison;
 mod restart;

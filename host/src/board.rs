@@ -32,7 +32,9 @@ pub type TopN<'a> = dyn FnMut(&[Entry], u32) -> Result<Vec<Entry>> + 'a;
 /// Ranks the store's counters with the guest, prints the board and produces it to `topic`.
 pub fn flush(store: &Store, top_n: &mut TopN<'_>, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
     let started = std::time::Instant::now();
-    let (top, keys) = rank(store, top_n, n)?;
+    let counts =
+        store.counts().map(|item| item.map(|(key, count)| (String::from_utf8_lossy(&key).into_owned(), count)));
+    let (top, keys) = rank(counts, top_n, n)?;
     let totals = store.totals()?;
     let now = SystemTime::now();
     let snapshot = Snapshot {
@@ -55,11 +57,15 @@ const RANK_CHUNK: usize = 10_000;
 /// The top `n` of the whole state, ranked in chunks: each call ranks the winners so far plus
 /// the next chunk of keys. This equals one call over everything whenever `top-n` selects by a
 /// total order of entries, which the WIT contract asks of guests. Returns (top, keys seen).
-fn rank(store: &Store, top_n: &mut TopN<'_>, n: u32) -> Result<(Vec<Entry>, usize)> {
+pub fn rank(
+    counts: impl Iterator<Item = Result<(String, u64)>>,
+    top_n: &mut TopN<'_>,
+    n: u32,
+) -> Result<(Vec<Entry>, usize)> {
     let mut winners: Vec<Entry> = Vec::new();
     let mut chunk: Vec<Entry> = Vec::with_capacity(RANK_CHUNK);
     let mut keys = 0;
-    let mut counts = store.counts().peekable();
+    let mut counts = counts.peekable();
     while counts.peek().is_some() {
         chunk.clear();
         chunk.append(&mut winners);
@@ -67,7 +73,7 @@ fn rank(store: &Store, top_n: &mut TopN<'_>, n: u32) -> Result<(Vec<Entry>, usiz
             && let Some(item) = counts.next()
         {
             let (key, count) = item?;
-            chunk.push(Entry { key: String::from_utf8_lossy(&key).into_owned(), count });
+            chunk.push(Entry { key, count });
             keys += 1;
         }
         winners = top_n(&chunk, n)?;

@@ -66,6 +66,12 @@ pub enum Command {
     CreateTopics(CreateTopicsArgs),
     /// Delete the input, changelog and output topics.
     DeleteTopics(TopicArgs),
+    /// Check that a guest fits this host (WIT version, exports, no imports); print what it
+    /// exports, its size and its load time, cold and cached.
+    Check(CheckArgs),
+    /// Run a guest over records from a file, offline (no Kafka, no state): per-record deltas,
+    /// the final counts and the board; compare with --expect. A guest author's test driver.
+    Test(TestArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,9 +129,8 @@ pub struct CreateTopicsArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The guest component (.wasm) exporting streamhost:counter/counter.
-    #[arg(long, env = "STREAMHOST_GUEST")]
-    pub guest: PathBuf,
+    #[command(flatten)]
+    pub guest: GuestArgs,
 
     #[command(flatten)]
     pub topics: TopicArgs,
@@ -191,14 +196,76 @@ pub struct RunArgs {
     /// Most records in one batch (one guest call, one changelog flush, one state write, one commit).
     #[arg(long, env = "STREAMHOST_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,
+}
+
+/// The guest and its limits (run, check, test).
+#[derive(Args, Debug, Clone)]
+pub struct GuestArgs {
+    /// The guest component (.wasm) exporting streamhost:counter/counter.
+    #[arg(long = "guest", env = "STREAMHOST_GUEST")]
+    pub path: PathBuf,
 
     /// Linear memory a guest may grow to, in MiB; beyond it the call traps.
-    #[arg(long, env = "STREAMHOST_GUEST_MEMORY_MB", default_value_t = 64)]
-    pub guest_memory_mb: u64,
+    #[arg(long = "guest-memory-mb", env = "STREAMHOST_GUEST_MEMORY_MB", default_value_t = 64)]
+    pub memory_mb: u64,
 
     /// Longest one guest call may run before it is interrupted (a trap).
-    #[arg(long, env = "STREAMHOST_GUEST_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub guest_timeout: Duration,
+    #[arg(long = "guest-timeout", env = "STREAMHOST_GUEST_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Where compiled guests are kept (named by content and engine settings), so that a
+    /// restart loads in a millisecond instead of compiling again. `none`: compile every time.
+    #[arg(long = "guest-cache", env = "STREAMHOST_GUEST_CACHE", default_value_os_t = default_guest_cache())]
+    pub cache: PathBuf,
+}
+
+impl GuestArgs {
+    pub fn limits(&self) -> crate::guest::Limits {
+        crate::guest::Limits { memory_bytes: (self.memory_mb * 1024 * 1024) as usize, call_timeout: self.timeout }
+    }
+
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        (self.cache.as_os_str() != "none").then_some(self.cache.as_path())
+    }
+}
+
+/// `$XDG_CACHE_HOME/streamhost/guests`, else `~/.cache/streamhost/guests`.
+fn default_guest_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("streamhost").join("guests")
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+
+    /// Records to count, one per line (each line is one record's value, as the input topic
+    /// would carry it; an empty line is an empty record).
+    #[arg(long)]
+    pub input: PathBuf,
+
+    /// Expected outcome (JSON: any of "counts", "records_processed", "records_skipped",
+    /// "top"); a difference is shown and the exit code is 1. `--json` prints this format.
+    #[arg(long)]
+    pub expect: Option<PathBuf>,
+
+    /// Entries on the board.
+    #[arg(long, default_value_t = 10)]
+    pub top_n: u32,
+
+    /// Print the outcome as JSON (the `--expect` format) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

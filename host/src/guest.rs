@@ -113,6 +113,17 @@ pub struct Limits {
     pub call_timeout: Duration,
 }
 
+/// How a guest was loaded, for `host check` and the logs.
+#[derive(Debug, Clone)]
+pub struct LoadInfo {
+    pub bytes: usize,
+    /// Milliseconds to compile the component, or to load it from the cache.
+    pub load_ms: f64,
+    pub from_cache: bool,
+    /// Exported interfaces, each with its functions: `name (f, g, ...)`.
+    pub exports: Vec<String>,
+}
+
 struct GuestState {
     limits: StoreLimits,
 }
@@ -126,12 +137,14 @@ pub struct Guest {
     instance: bindings::CountingGuest,
     /// Traps since load (each one re-created the instance).
     pub traps: u64,
+    pub info: LoadInfo,
 }
 
 impl Guest {
     /// Loads and validates `path`: it must be a component exporting the host's interface at
-    /// the host's WIT version, and import nothing.
-    pub fn load(path: &Path, limits: Limits) -> Result<Guest> {
+    /// the host's WIT version, and import nothing. With a `cache` dir, the compiled component
+    /// is kept there (keyed by the file's SHA-256 and the engine's settings) and reused.
+    pub fn load(path: &Path, limits: Limits, cache: Option<&Path>) -> Result<Guest> {
         let bytes = std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
         check_is_component(path, &bytes)?;
 
@@ -145,10 +158,11 @@ impl Guest {
         start_epoch_ticker(&engine);
 
         let started = Instant::now();
-        let component = Component::new(&engine, &bytes)
-            .map_err(|e| anyhow!("guest {} is not a valid component: {e:#}", path.display()))?;
-        tracing::info!(guest = %path.display(), bytes = bytes.len(), compile_ms = started.elapsed().as_millis() as u64, "guest compiled");
+        let (component, from_cache) = compile_or_reuse(path, &engine, &bytes, cache)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(guest = %path.display(), bytes = bytes.len(), load_ms = load_ms as u64, from_cache, "guest loaded");
         check_interface(path, &engine, &component)?;
+        let info = LoadInfo { bytes: bytes.len(), load_ms, from_cache, exports: describe_exports(&engine, &component) };
 
         let linker = Linker::new(&engine);
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| anyhow!("{e:#}"))?;
@@ -161,7 +175,7 @@ impl Guest {
             )
         })?;
         let (store, instance) = instantiate(&engine, &pre, &limits)?;
-        Ok(Guest { path: path.to_owned(), engine, pre, limits, store, instance, traps: 0 })
+        Ok(Guest { path: path.to_owned(), engine, pre, limits, store, instance, traps: 0, info })
     }
 
     /// Runs `process-batch` over `records`, in calls of at most an eighth of the guest's
@@ -299,6 +313,80 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the guest deadline thread");
+}
+
+/// The component compiled from `bytes`, or its compiled form from `cache` when the same
+/// bytes were compiled there before by an engine with the same settings. Returns whether it
+/// came from the cache.
+fn compile_or_reuse(path: &Path, engine: &Engine, bytes: &[u8], cache: Option<&Path>) -> Result<(Component, bool)> {
+    let compile = || {
+        Component::new(engine, bytes).map_err(|e| anyhow!("guest {} is not a valid component: {e:#}", path.display()))
+    };
+    let Some(dir) = cache else { return Ok((compile()?, false)) };
+    let file = dir.join(format!("{}.cwasm", cache_key(engine, bytes)));
+    if file.exists() {
+        // SAFETY: the file is one this host wrote (below) from these very bytes, for an engine
+        // with these settings (both are in its name); wasmtime checks the settings again.
+        match unsafe { Component::deserialize_file(engine, &file) } {
+            Ok(component) => return Ok((component, true)),
+            Err(e) => tracing::warn!(file = %file.display(), error = %e, "ignoring an unusable cached component"),
+        }
+    }
+    let component = compile()?;
+    // A cache that cannot be written costs the next start a compile, nothing more.
+    let written = component.serialize().map_err(|e| anyhow!("{e}")).and_then(|compiled| {
+        std::fs::create_dir_all(dir)?;
+        // Written whole under a unique name, then renamed: readers never see a partial file.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let partial = dir.join(format!(".{}-{nanos}.partial", std::process::id()));
+        std::fs::write(&partial, compiled)?;
+        std::fs::rename(&partial, &file)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "could not cache the compiled guest");
+    }
+    Ok((component, false))
+}
+
+/// Hex SHA-256 of the component's bytes, the engine's compatibility settings and this host's
+/// version.
+fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::hash::Hash;
+    struct Feed(sha2::Sha256);
+    impl std::hash::Hasher for Feed {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut feed = Feed(sha2::Sha256::new());
+    feed.0.update(bytes);
+    engine.precompile_compatibility_hash().hash(&mut feed);
+    feed.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+    feed.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `interface (function, ...)` for every export of the component.
+fn describe_exports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, item)| match item.ty {
+            ComponentItem::ComponentInstance(instance) => {
+                let functions: Vec<&str> = instance
+                    .exports(engine)
+                    .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+                    .map(|(f, _)| f)
+                    .collect();
+                format!("{name} ({})", functions.join(", "))
+            }
+            _ => name.to_owned(),
+        })
+        .collect()
 }
 
 /// Why a `process-batch` result over `records` records cannot be trusted, if it cannot.

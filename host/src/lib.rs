@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
 //! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
 //! - [`guest_thread`]: runs the guest on its own thread, beside the pipeline's I/O.
+//! - [`offline`]: `host check` and `host test`, a guest author's tools (no Kafka, no state).
 //! - [`state`]: the RocksDB store (counts plus the metadata they reflect); nothing about Kafka.
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.
 //! - [`producer`]: a producer whose sends are awaited as one batch of acknowledgements.
@@ -29,6 +30,7 @@ pub mod fault;
 pub mod guest;
 pub mod guest_thread;
 pub mod log_limit;
+pub mod offline;
 pub mod pipeline;
 pub mod producer;
 pub mod shutdown;

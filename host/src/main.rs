@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         Command::Dump(args) => host::state::dump_command(args),
         Command::CreateTopics(args) => host::topics::create_command(args),
         Command::DeleteTopics(args) => host::topics::delete_command(args),
+        Command::Check(args) => host::offline::check_command(args),
+        Command::Test(args) => {
+            host::offline::test_command(args).and_then(|passed| if passed { Ok(()) } else { std::process::exit(1) })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

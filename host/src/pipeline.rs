@@ -65,7 +65,7 @@ use crate::changelog;
 use crate::cli::{Guarantee, RunArgs};
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
-use crate::guest::{Counter, Guest, Limits, Records};
+use crate::guest::{Counter, Guest, Records};
 use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
 use crate::producer::{AckedProducer, TxnError};
@@ -151,10 +151,8 @@ fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
 pub fn run(args: RunArgs) -> Result<()> {
     // First, so a signal during start-up (a long restore) is handled too.
     Shutdown::install().context("installing signal handlers")?;
-    let limits =
-        Limits { memory_bytes: (args.guest_memory_mb * 1024 * 1024) as usize, call_timeout: args.guest_timeout };
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
-    let guest = Guest::load(&args.guest, limits)?;
+    let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
     run_with(args, Box::new(guest))
 }
 

@@ -20,7 +20,7 @@ pub fn brokers() -> String {
     std::env::var("STREAMHOST_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     // At run time, not compile time: the build cache is shared between clones, and cargo may
     // reuse a test binary built from another clone of the same sources.
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());

@@ -1,0 +1,246 @@
+//! A guest author's tools, without Kafka or state: `host check` (does the component fit
+//! this host?) and `host test` (what does it make of these records?), the counterpart of
+//! Kafka Streams' TopologyTestDriver.
+//!
+//! `host test` also holds a guest to its contract: `process-batch` over the whole file must
+//! refuse exactly the records `process` refuses and sum to what `process` returns.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{CheckArgs, GuestArgs, TestArgs};
+use crate::guest::{Guest, Records};
+use crate::{WIT_PACKAGE, WIT_VERSION};
+
+/// `host check`: loads the guest twice (cold, then from the cache) and says what it is.
+pub fn check_command(args: CheckArgs) -> Result<()> {
+    let guest = load(&args.guest)?;
+    let info = &guest.info;
+    println!("guest    {}", args.guest.path.display());
+    println!("size     {} bytes", info.bytes);
+    println!("fits     this host (WIT {WIT_PACKAGE}@{WIT_VERSION}); imports nothing");
+    for export in &info.exports {
+        println!("exports  {export}");
+    }
+    let how = if info.from_cache { "from the cache" } else { "compiled" };
+    println!("load     {:.1} ms ({how})", info.load_ms);
+    if let Some(cache) = args.guest.cache_dir() {
+        let again = Guest::load(&args.guest.path, args.guest.limits(), Some(cache))?;
+        println!("cached   {:.1} ms (from {})", again.info.load_ms, cache.display());
+    }
+    Ok(())
+}
+
+fn load(args: &GuestArgs) -> Result<Guest> {
+    Guest::load(&args.path, args.limits(), args.cache_dir())
+}
+
+/// What a guest made of a file of records: the `--expect` format.
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
+pub struct Outcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_processed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_skipped: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<BoardRow>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BoardRow {
+    pub key: String,
+    pub count: u64,
+}
+
+/// `host test`. Returns whether the run passed (contract kept, expectation met).
+pub fn test_command(args: TestArgs) -> Result<bool> {
+    let text = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let records = split_records(&text);
+    let mut guest = load(&args.guest)?;
+    let mut passed = true;
+
+    // Record by record, with `process`: what the author wants to see.
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        match guest.process(record)? {
+            Ok(deltas) => {
+                if !args.json {
+                    let shown: Vec<String> = deltas.iter().map(|d| format!("{} +{}", d.key, d.amount)).collect();
+                    println!(
+                        "#{:<5} {}",
+                        index + 1,
+                        if shown.is_empty() { "(no deltas)".into() } else { shown.join(", ") }
+                    );
+                }
+                for d in deltas {
+                    let count = counts.entry(d.key).or_default();
+                    *count = count.saturating_add(d.amount);
+                }
+            }
+            Err(reason) => {
+                if !args.json {
+                    println!("#{:<5} refused: {reason}", index + 1);
+                }
+                refused.push(index);
+            }
+        }
+    }
+
+    // The same records through `process-batch`, as the host runs them: must agree.
+    let mut packed = Records::default();
+    records.iter().for_each(|r| packed.push(r));
+    let batch = guest.process_batch(&packed)?;
+    let mut batch_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for d in batch.deltas {
+        let count = batch_counts.entry(d.key).or_default();
+        *count = count.saturating_add(d.amount);
+    }
+    let batch_refused: Vec<usize> = batch.rejected.iter().map(|r| r.index as usize).collect();
+    if batch_counts != counts || batch_refused != refused {
+        passed = false;
+        eprintln!("CONTRACT: process-batch disagrees with process over {}:", args.input.display());
+        if batch_refused != refused {
+            let numbers = |v: &[usize]| v.iter().map(|i| format!("#{}", i + 1)).collect::<Vec<_>>().join(" ");
+            eprintln!("  process refuses {}; process-batch refuses {}", numbers(&refused), numbers(&batch_refused));
+        }
+        for line in diff_counts(&counts, &batch_counts) {
+            eprintln!("  {line} (process vs process-batch)");
+        }
+    }
+
+    let entries = counts.iter().map(|(k, v)| Ok((k.clone(), *v)));
+    let (top, _) = crate::board::rank(entries, &mut |c, n| guest.top_n(c, n), args.top_n)?;
+    let outcome = Outcome {
+        records_processed: Some((records.len() - refused.len()) as u64),
+        records_skipped: Some(refused.len() as u64),
+        counts: Some(counts),
+        top: Some(top.into_iter().map(|e| BoardRow { key: e.key, count: e.count }).collect()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print_outcome(&outcome);
+    }
+
+    if let Some(path) = &args.expect {
+        let expected = read_expected(path)?;
+        let differences = compare(&expected, &outcome);
+        if differences.is_empty() {
+            eprintln!("as expected ({})", path.display());
+        } else {
+            passed = false;
+            eprintln!("NOT as expected ({}):", path.display());
+            for line in differences {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    Ok(passed)
+}
+
+/// One record per line; a final newline does not start another record; `\r\n` is a newline.
+fn split_records(text: &[u8]) -> Vec<&[u8]> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    text.split(|b| *b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line)).collect()
+}
+
+fn read_expected(path: &Path) -> Result<Outcome> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let expected: Outcome =
+        serde_json::from_str(&text).with_context(|| format!("{} is not an expectation file", path.display()))?;
+    if expected == Outcome::default() {
+        bail!("{} expects nothing: give counts, records_processed, records_skipped or top", path.display());
+    }
+    Ok(expected)
+}
+
+/// What differs between an expectation and an outcome, one line each (only the fields the
+/// expectation gives are compared).
+pub fn compare(expected: &Outcome, got: &Outcome) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, want, have) in [
+        ("records_processed", expected.records_processed, got.records_processed),
+        ("records_skipped", expected.records_skipped, got.records_skipped),
+    ] {
+        if want.is_some() && want != have {
+            out.push(format!("{name}: expected {}, got {}", want.unwrap_or(0), have.unwrap_or(0)));
+        }
+    }
+    if let (Some(want), Some(have)) = (&expected.counts, &got.counts) {
+        out.extend(diff_counts(want, have));
+    }
+    if let (Some(want), Some(have)) = (&expected.top, &got.top)
+        && want != have
+    {
+        let show =
+            |rows: &[BoardRow]| rows.iter().map(|r| format!("{} {}", r.key, r.count)).collect::<Vec<_>>().join(", ");
+        out.push(format!("top: expected [{}], got [{}]", show(want), show(have)));
+    }
+    out
+}
+
+/// `key: expected X, got Y` for every key whose counts differ (0 where absent).
+fn diff_counts(want: &BTreeMap<String, u64>, have: &BTreeMap<String, u64>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = want.keys().chain(have.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (w, h) = (want.get(k).copied().unwrap_or(0), have.get(k).copied().unwrap_or(0));
+            (w != h).then(|| format!("count of {k:?}: expected {w}, got {h}"))
+        })
+        .collect()
+}
+
+fn print_outcome(outcome: &Outcome) {
+    println!();
+    println!(
+        "{} records counted, {} refused",
+        outcome.records_processed.unwrap_or(0),
+        outcome.records_skipped.unwrap_or(0)
+    );
+    println!("counts:");
+    for (key, count) in outcome.counts.iter().flatten() {
+        println!("  {key:<30} {count:>12}");
+    }
+    println!("board:");
+    for (rank, row) in outcome.top.iter().flatten().enumerate() {
+        println!("  {:>3}. {:<30} {:>12}", rank + 1, row.key, row.count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_lines() {
+        assert_eq!(split_records(b"a\nb\r\n\nc\n"), vec![&b"a"[..], b"b", b"", b"c"]);
+        assert!(split_records(b"").is_empty());
+        assert_eq!(split_records(b"\n"), vec![&b""[..]]);
+    }
+
+    #[test]
+    fn only_expected_fields_are_compared() {
+        let got = Outcome {
+            records_processed: Some(3),
+            records_skipped: Some(1),
+            counts: Some(BTreeMap::from([("latte".into(), 4), ("tea".into(), 1)])),
+            top: Some(vec![BoardRow { key: "latte".into(), count: 4 }]),
+        };
+        let partial = Outcome { records_skipped: Some(1), ..Outcome::default() };
+        assert!(compare(&partial, &got).is_empty());
+        let wrong = Outcome { counts: Some(BTreeMap::from([("latte".into(), 5)])), ..Outcome::default() };
+        let diff = compare(&wrong, &got);
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert!(diff[0].contains("\"latte\": expected 5, got 4"), "{diff:?}");
+        assert!(diff[1].contains("\"tea\": expected 0, got 1"), "{diff:?}");
+    }
+}

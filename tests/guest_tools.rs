@@ -1,0 +1,109 @@
+//! `host check` and `host test`: a guest author's tools, offline (no broker, no state).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration_tests::{guest, host_bin, repo_root};
+
+fn host(args: &[&str]) -> Output {
+    Command::new(host_bin()).args(args).env("RUST_LOG", "warn").output().expect("running host")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn conformance(case: &str) -> PathBuf {
+    repo_root().join("guests/conformance/drink_count").join(case)
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `check` says what a fitting guest exports, and loads it from its cache the second time.
+#[test]
+fn check_describes_a_guest_and_caches_its_compiled_form() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = host(&["check", "--guest", &path(&guest("drink_count")), "--guest-cache", &path(cache.path())]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("fits     this host (WIT streamhost:counter@0.2.0)"), "{stdout}");
+    assert!(stdout.contains("streamhost:counter/counter@0.2.0 (process, process-batch, top-n)"), "{stdout}");
+    assert!(stdout.contains("(compiled)"), "the first load compiles: {stdout}");
+    assert!(stdout.contains("cached   "), "{stdout}");
+    let cached = std::fs::read_dir(cache.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "cwasm"))
+        .count();
+    assert_eq!(cached, 1, "one compiled component in the cache");
+
+    let again = host(&["check", "--guest", &path(&guest("drink_count")), "--guest-cache", &path(cache.path())]);
+    assert!(text(&again.stdout).contains("(from the cache)"), "{}", text(&again.stdout));
+}
+
+/// `check` refuses a guest built against another WIT version, naming both.
+#[test]
+fn check_refuses_a_guest_that_does_not_fit() {
+    let out = host(&["check", "--guest", &path(&guest("test_wrong_version")), "--guest-cache", "none"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("WIT version 0.0.9") && err.contains("expects 0.2.0"), "{err}");
+}
+
+/// The drink-count conformance suite passes through `host test` with the Rust guest.
+#[test]
+fn drink_count_passes_the_conformance_suite() {
+    for case in ["orders", "malformed"] {
+        let out = host(&[
+            "test",
+            "--guest",
+            &path(&guest("drink_count")),
+            "--input",
+            &path(&conformance(&format!("{case}.jsonl"))),
+            "--expect",
+            &path(&conformance(&format!("{case}.expected.json"))),
+        ]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{case}:\n{stdout}{stderr}");
+        assert!(stderr.contains("as expected"), "{case}: {stderr}");
+    }
+}
+
+/// A wrong expectation fails with the difference shown; `--json` prints the expectation format.
+#[test]
+fn test_shows_what_differs_from_the_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let expect = dir.path().join("wrong.json");
+    std::fs::write(&expect, r#"{"counts": {"latte": 8, "tea": 1000001}, "records_skipped": 0}"#).unwrap();
+    let input = conformance("orders.jsonl");
+    let out =
+        host(&["test", "--guest", &path(&guest("drink_count")), "--input", &path(&input), "--expect", &path(&expect)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("NOT as expected"), "{stderr}");
+    assert!(stderr.contains(r#"count of "latte": expected 8, got 7"#), "{stderr}");
+    assert!(stderr.contains(r#"count of "chai": expected 0, got 6"#), "{stderr}");
+    assert!(!stderr.contains("tea"), "equal counts are not reported: {stderr}");
+
+    let json = host(&["test", "--guest", &path(&guest("drink_count")), "--input", &path(&input), "--json"]);
+    assert!(json.status.success());
+    let outcome: serde_json::Value = serde_json::from_slice(&json.stdout).expect("--json prints JSON");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conformance("orders.expected.json")).unwrap()).unwrap();
+    assert_eq!(outcome, expected);
+}
+
+/// A guest whose `process-batch` disagrees with its `process` fails `host test`, with why.
+#[test]
+fn test_catches_a_guest_that_breaks_the_batch_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("records.txt");
+    std::fs::write(&input, "a\nb\n\na\n").unwrap();
+    let out = host(&["test", "--guest", &path(&guest("test_split_brain")), "--input", &path(&input)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("CONTRACT: process-batch disagrees with process"), "{stderr}");
+    assert!(stderr.contains("process refuses #3; process-batch refuses "), "{stderr}");
+    assert!(stderr.contains(r#"count of "a": expected 2, got 4"#), "{stderr}");
+}

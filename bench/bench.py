@@ -459,6 +459,8 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
                f"wasm >= 2 x the Go design: {wasm_rate / med(results['go-seed'], 'rate'):.2f} x"),
     ] if PEERS else []) + [
         "",
+        "Where a target is missed, `bench/PROFILE.md` shows why, with a profile and the command that took it.",
+        "",
         "" if PEERS else "Peers (Kafka Streams, the seed's Go design) were not run: `make bench-peers` runs them too.",
         "",
     ]

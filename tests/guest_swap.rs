@@ -23,3 +23,48 @@ fn another_guest_runs_on_the_same_binary() {
     assert_eq!(dump.records_processed, orders.valid);
     assert_eq!(std::fs::metadata(&binary).unwrap().modified().unwrap(), built);
 }
+
+/// Copies `from` over `to` as a deployment would: written next to it, then renamed over it.
+fn deploy(from: &std::path::Path, to: &std::path::Path) {
+    let staging = to.with_extension("staging");
+    std::fs::copy(from, &staging).unwrap();
+    std::fs::rename(&staging, to).unwrap();
+}
+
+/// The guest file is replaced while the host runs: a version that does not fit is refused
+/// (the running guest stays), a version that fits is swapped in between batches. Drinks stay
+/// exact across the swap, and the new version's extra key counts exactly the orders that came
+/// after it: no record lost, none counted twice, state kept.
+#[test]
+fn hot_swap_mid_stream_loses_and_doubles_nothing() {
+    let env = TestEnv::new("hot-swap");
+    env.create_topics(3);
+    let live = env.dir.path().join("live-guest.wasm");
+    deploy(&integration_tests::guest("drink_count"), &live);
+    let live_arg = live.display().to_string();
+    let mut host = env.spawn_host("drink_count", &["--guest", &live_arg, "--max-batch", "100"]);
+    host.wait_for_log("host running", Duration::from_secs(60));
+
+    let before = orders::generate(70, 3_000, 50);
+    env.produce(&before.values);
+    env.wait_committed(Duration::from_secs(60));
+
+    deploy(&integration_tests::guest("test_wrong_version"), &live);
+    host.wait_for_log("new guest refused", Duration::from_secs(30));
+    assert!(host.is_running(), "a refused guest does not stop the host");
+
+    deploy(&integration_tests::guest("test_drinks_v2"), &live);
+    host.wait_for_log("guest swapped in", Duration::from_secs(30));
+    let after = orders::generate(71, 3_000, 50);
+    env.produce(&after.values);
+    env.wait_committed(Duration::from_secs(60));
+    assert!(host.terminate().success());
+
+    let mut dump = env.dump();
+    let orders_counted_by_v2 = dump.counts.remove("(orders)");
+    assert_eq!(orders_counted_by_v2, Some(after.valid), "v2 counted exactly the orders after the swap");
+    let mut expected = before;
+    expected.extend(after);
+    assert_eq!(dump.counts, expected.counts, "drinks exact across the swap");
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+}

@@ -17,6 +17,8 @@ use crate::guest::{BatchResult, Counter, Entry, Records};
 enum Request {
     Process(Records),
     TopN(Vec<Entry>, u32),
+    /// From here on, another guest: batches submitted before keep the old one.
+    Swap(Box<dyn Counter + Send>),
 }
 
 /// A `process-batch` result with the milliseconds the guest spent on it.
@@ -50,6 +52,7 @@ impl GuestThread {
                         Request::TopN(entries, n) => {
                             let _ = ranked_tx.send(counter.top_n(&entries, n));
                         }
+                        Request::Swap(next) => counter = next,
                     }
                 }
             })
@@ -69,6 +72,13 @@ impl GuestThread {
     /// The result of the oldest submitted batch, waiting for it if need be.
     pub fn receive(&mut self) -> Result<Processed> {
         self.processed.recv().map_err(|_| stopped())
+    }
+
+    /// Swaps the guest at this point of the request queue: every batch submitted before is
+    /// counted by the old guest, every one after by `next`.
+    pub fn swap(&mut self, next: Box<dyn Counter + Send>) -> Result<()> {
+        self.describe = next.describe();
+        self.send(Request::Swap(next))
     }
 
     /// `top-n`, answered after the batches queued before it.

@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
 //! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
 //! - [`guest_thread`]: runs the guest on its own thread, beside the pipeline's I/O.
+//! - [`reload`]: hot swap of the guest when its file changes or on SIGHUP.
 //! - [`offline`]: `host check` and `host test`, a guest author's tools (no Kafka, no state).
 //! - [`state`]: the RocksDB store (counts plus the metadata they reflect); nothing about Kafka.
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.
@@ -33,6 +34,7 @@ pub mod log_limit;
 pub mod offline;
 pub mod pipeline;
 pub mod producer;
+pub mod reload;
 pub mod shutdown;
 pub mod state;
 pub mod stats;

@@ -69,6 +69,7 @@ use crate::guest::{Counter, Guest, Records};
 use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
 use crate::producer::{AckedProducer, TxnError};
+use crate::reload::GuestReload;
 use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, Totals, meta};
 use crate::stats::RunStats;
@@ -153,11 +154,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     Shutdown::install().context("installing signal handlers")?;
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
-    run_with(args, Box::new(guest))
+    let reload = GuestReload::new(args.guest.clone());
+    run_pipeline(args, Box::new(guest), Some(reload))
 }
 
-/// `host run` with any [`Counter`] (the benchmark's native baseline uses this).
+/// `host run` with any [`Counter`] (the benchmark's native baseline uses this); no hot swap.
 pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
+    run_pipeline(args, guest, None)
+}
+
+fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestReload>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     let mut store = Store::open(&args.state.state_dir)?;
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
@@ -225,6 +231,7 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
         consumer_log: LogLimit::new(Duration::from_secs(5)),
         stats: RunStats::default(),
         txn: None,
+        reload,
     };
     tracing::info!(
         guest = %pipeline.guest.describe(),
@@ -280,6 +287,8 @@ struct Pipeline {
     stats: RunStats,
     /// exactly-once: the open transaction.
     txn: Option<OpenTxn>,
+    /// Hot swap of the guest (not for the benchmark's native baseline).
+    reload: Option<GuestReload>,
 }
 
 /// exactly-once: a transaction with batches in it, not yet committed.
@@ -376,6 +385,11 @@ impl Pipeline {
                 // State holds whole batches only (the ones under way are not in it yet).
                 last_board = Instant::now();
                 self.flush_board();
+            }
+            // A new guest takes over from the next batch submitted: each batch is counted by one.
+            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(shutdown.take_reload())) {
+                tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
+                self.guest.swap(Box::new(next))?;
             }
             self.producer.poll();
         }

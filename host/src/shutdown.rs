@@ -1,5 +1,6 @@
 //! Turns SIGINT/SIGTERM into a flag the pipeline reads between batches, so the batch in
-//! flight finishes and commits. A second signal exits at once (the user means it).
+//! flight finishes and commits. A second signal exits at once (the user means it). SIGHUP
+//! sets another flag: reload the guest.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Clone, Default)]
 pub struct Shutdown {
     requested: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
 }
 
 impl Shutdown {
@@ -24,11 +26,13 @@ impl Shutdown {
     fn spawn_handler() -> std::io::Result<Self> {
         let shutdown = Shutdown::default();
         let flag = shutdown.requested.clone();
+        let reload = shutdown.reload.clone();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
         std::thread::Builder::new().name("signals".into()).spawn(move || {
             runtime.block_on(async move {
                 use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+                let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
                 else {
                     tracing::error!("cannot install signal handlers");
                     return;
@@ -37,6 +41,11 @@ impl Shutdown {
                     tokio::select! {
                         _ = int.recv() => {}
                         _ = term.recv() => {}
+                        _ = hup.recv() => {
+                            tracing::info!("SIGHUP: reloading the guest");
+                            reload.store(true, Ordering::SeqCst);
+                            continue;
+                        }
                     }
                     if flag.swap(true, Ordering::SeqCst) {
                         eprintln!("second signal: exiting without finishing the batch");
@@ -51,5 +60,10 @@ impl Shutdown {
 
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
+    }
+
+    /// True once per SIGHUP received since the last call.
+    pub fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::SeqCst)
     }
 }

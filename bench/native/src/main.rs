@@ -33,7 +33,7 @@ impl Counter for NativeDrinkCount {
     /// packed records the guest receives; only the boundary is missing.
     fn process_batch(&mut self, records: &Records) -> Result<BatchResult> {
         let (data, ends) = records.packed(0..records.len());
-        let result = streamhost_guest_sdk::sum_batch(data, &ends, drink_count::count_drinks);
+        let result = streamhost_guest_sdk::sum_batch(data, &ends, drinks::count_drinks);
         Ok(BatchResult {
             deltas: result.deltas.into_iter().map(|d| Delta { key: d.key, amount: d.amount }).collect(),
             rejected: result.rejected.into_iter().map(|r| Rejection { index: r.index, reason: r.reason }).collect(),

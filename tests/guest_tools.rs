@@ -107,3 +107,45 @@ fn test_catches_a_guest_that_breaks_the_batch_contract() {
     assert!(stderr.contains("process refuses #3; process-batch refuses "), "{stderr}");
     assert!(stderr.contains(r#"count of "a": expected 2, got 4"#), "{stderr}");
 }
+
+/// `host new-guest` writes a crate that builds into a component which fits the host and
+/// passes its own example through `host test`.
+#[test]
+fn a_new_guest_builds_and_passes_its_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("my_events");
+    let out = host(&["new-guest", "my_events", "--dir", &path(&crate_dir)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        host(&["new-guest", "my_events", "--dir", &path(&crate_dir)]).status.code() == Some(1),
+        "refuses to overwrite"
+    );
+    assert!(!host(&["new-guest", "My-Events"]).status.success(), "refuses a name that is not a crate name");
+
+    // The guests' build cache, so the SDK's dependencies are not compiled again.
+    let target = std::env::var("GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/streamhost/target-guests"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("running cargo");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let wasm = target.join("wasm32-unknown-unknown/release/my_events.wasm");
+
+    let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let tested = host(&[
+        "test",
+        "--guest",
+        &path(&wasm),
+        "--input",
+        &path(&crate_dir.join("examples/input.jsonl")),
+        "--expect",
+        &path(&crate_dir.join("examples/expected.json")),
+    ]);
+    assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
+}

@@ -72,6 +72,24 @@ pub enum Command {
     /// Run a guest over records from a file, offline (no Kafka, no state): per-record deltas,
     /// the final counts and the board; compare with --expect. A guest author's test driver.
     Test(TestArgs),
+    /// Write a new Rust guest crate that builds into a working component with `cargo build
+    /// --release`, with an example input and its expected outcome for `host test`.
+    NewGuest(NewGuestArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NewGuestArgs {
+    /// The crate's name (lowercase letters, digits and `_`; also the .wasm file's name).
+    pub name: String,
+
+    /// Where to create it (must not exist yet). Default: ./NAME
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+
+    /// The guest SDK to depend on (a path). Default: the SDK of the source tree this host
+    /// was built from.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../guests/sdk"))]
+    pub sdk: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::CreateTopics(args) => host::topics::create_command(args),
         Command::DeleteTopics(args) => host::topics::delete_command(args),
         Command::Check(args) => host::offline::check_command(args),
+        Command::NewGuest(args) => host::offline::new_guest_command(args),
         Command::Test(args) => {
             host::offline::test_command(args).and_then(|passed| if passed { Ok(()) } else { std::process::exit(1) })
         }

@@ -1,6 +1,6 @@
-//! A guest author's tools, without Kafka or state: `host check` (does the component fit
-//! this host?) and `host test` (what does it make of these records?), the counterpart of
-//! Kafka Streams' TopologyTestDriver.
+//! A guest author's tools, without Kafka or state: `host new-guest` (a crate to start
+//! from), `host check` (does the component fit this host?) and `host test` (what does it
+//! make of these records?), the counterpart of Kafka Streams' TopologyTestDriver.
 //!
 //! `host test` also holds a guest to its contract: `process-batch` over the whole file must
 //! refuse exactly the records `process` refuses and sum to what `process` returns.
@@ -11,9 +11,47 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CheckArgs, GuestArgs, TestArgs};
+use crate::cli::{CheckArgs, GuestArgs, NewGuestArgs, TestArgs};
 use crate::guest::{Guest, Records};
 use crate::{WIT_PACKAGE, WIT_VERSION};
+
+/// `host new-guest`: writes a guest crate from the template in `host/templates/guest`.
+pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
+    let name = &args.name;
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        bail!("guest name `{name}`: use lowercase letters, digits and `_`, starting with a letter");
+    }
+    let dir = args.dir.clone().unwrap_or_else(|| name.into());
+    if dir.exists() {
+        bail!("{} already exists; choose another --dir", dir.display());
+    }
+    let sdk = std::fs::canonicalize(&args.sdk)
+        .with_context(|| format!("the guest SDK is not at {} (give its path with --sdk)", args.sdk.display()))?;
+    let fill = |template: &str| template.replace("{{name}}", name).replace("{{sdk}}", &sdk.display().to_string());
+    let files: [(&str, String); 6] = [
+        ("Cargo.toml", fill(include_str!("../templates/guest/Cargo.toml.in"))),
+        (".cargo/config.toml", fill(include_str!("../templates/guest/config.toml.in"))),
+        ("src/lib.rs", fill(include_str!("../templates/guest/lib.rs.in"))),
+        ("README.md", fill(include_str!("../templates/guest/README.md.in"))),
+        ("examples/input.jsonl", include_str!("../templates/guest/input.jsonl").to_owned()),
+        ("examples/expected.json", include_str!("../templates/guest/expected.json").to_owned()),
+    ];
+    for (file, text) in files {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("created guest `{name}` in {}", dir.display());
+    println!("next:  cd {} && cargo build --release", dir.display());
+    println!(
+        "then:  host test --guest target/wasm32-unknown-unknown/release/{name}.wasm --input examples/input.jsonl \\\n         --expect examples/expected.json"
+    );
+    Ok(())
+}
 
 /// `host check`: loads the guest twice (cold, then from the cache) and says what it is.
 pub fn check_command(args: CheckArgs) -> Result<()> {

@@ -7,6 +7,7 @@ mod exactly_once;
 mod faults;
 mod guest_swap;
 mod guest_tools;
+mod observability;
 mod pipeline;
 mod poison;
 mod restart;

@@ -63,9 +63,6 @@ pub fn has_meta_header(message: &impl Message) -> bool {
     message.headers().is_some_and(|h| h.iter().any(|header| header.key == META_HEADER))
 }
 
-/// Up to this many keys (estimated), a restore counts them exactly.
-const EXACT_KEY_COUNT_UP_TO: u64 = 100_000;
-
 /// What a restore did.
 #[derive(Debug, Default)]
 pub struct RestoreReport {
@@ -129,10 +126,7 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
     let (mut report, positions) =
         read_into(kafka, topic, &BTreeMap::new(), shutdown, |changes| store.apply(changes, false))?;
     store.apply(position_changes(topic, &positions).chain([marker(None)]), true)?;
-    // Counting keys means reading them all: exact for small state, RocksDB's estimate beyond.
-    let estimate = store.estimated_keys()?;
-    report.keys_exact = estimate <= EXACT_KEY_COUNT_UP_TO;
-    report.keys = if report.keys_exact { store.counts().count() as u64 } else { estimate };
+    (report.keys, report.keys_exact) = store.key_count()?;
     report.elapsed = started.elapsed();
     tracing::info!(
         keys = report.keys,

@@ -178,6 +178,11 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
 
+    /// Serve /healthz, /readyz, /metrics (Prometheus), /state/{key} and /top on this address
+    /// (e.g. 127.0.0.1:9464). Off by default.
+    #[arg(long, env = "STREAMHOST_HTTP")]
+    pub http: Option<String>,
+
     /// exactly-once only: Kafka's transactional.id. A second host with the same id fences
     /// (stops) the first. Default: `streamhost-` plus the instance id (one state dir is one
     /// host; with --instance-id none, the id that would have been derived).

@@ -19,6 +19,8 @@
 //! - [`board`]: the top-N snapshot, printed and produced every flush interval.
 //! - [`topics`]: start-up checks of the topics, and creating/deleting them.
 //! - [`fault`]: crash injection at exact pipeline steps, for the crash tests.
+//! - [`metrics`]: the Prometheus metrics the pipeline keeps.
+//! - [`http`]: `--http`: health, readiness, metrics and state queries.
 //! - [`stats`]: records, rate and latency of a run, logged at its end.
 //! - [`shutdown`]: SIGINT/SIGTERM to a flag the loop reads between batches.
 //! - [`log_limit`]: logs repeated events at a bounded rate.
@@ -30,7 +32,9 @@ pub mod config;
 pub mod fault;
 pub mod guest;
 pub mod guest_thread;
+pub mod http;
 pub mod log_limit;
+pub mod metrics;
 pub mod offline;
 pub mod pipeline;
 pub mod producer;

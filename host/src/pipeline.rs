@@ -53,6 +53,8 @@
 //!   what state reflects. A fenced or fatal error stops the host (state stays valid).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -68,6 +70,7 @@ use crate::fault::{self, Step};
 use crate::guest::{Counter, Guest, Records};
 use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
+use crate::metrics::Metrics;
 use crate::producer::{AckedProducer, TxnError};
 use crate::reload::GuestReload;
 use crate::shutdown::Shutdown;
@@ -165,6 +168,11 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
 
 fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestReload>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
+    // Up first, so /healthz answers (and /readyz says no) during a long restore.
+    let http = crate::http::Shared::default();
+    if let Some(addr) = &args.http {
+        crate::http::serve(addr, http.clone())?;
+    }
     let mut store = Store::open(&args.state.state_dir)?;
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
@@ -218,6 +226,8 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         catch_up_with_changelog(&args, &store, &shutdown)?;
     }
 
+    // Readers see state from now on (a restore, which rebuilds it, is over).
+    let _ = http.store.set(store.shared());
     let applied = store.input_offsets(&args.topics.input)?;
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
@@ -232,6 +242,8 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         stats: RunStats::default(),
         txn: None,
         reload,
+        metrics: http.metrics.clone(),
+        ready: http.ready.clone(),
     };
     tracing::info!(
         guest = %pipeline.guest.describe(),
@@ -289,6 +301,9 @@ struct Pipeline {
     txn: Option<OpenTxn>,
     /// Hot swap of the guest (not for the benchmark's native baseline).
     reload: Option<GuestReload>,
+    metrics: Arc<Metrics>,
+    /// For /readyz: set once the consumer has partitions.
+    ready: Arc<AtomicBool>,
 }
 
 /// exactly-once: a transaction with batches in it, not yet committed.
@@ -353,6 +368,10 @@ impl Pipeline {
             let idle = with_guest.is_none() && in_flight.is_none() && self.txn.is_none();
             let wait = if idle { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
+            if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                self.ready.store(true, Ordering::Relaxed);
+                tracing::info!("ready: partitions assigned");
+            }
             if batch.is_empty() && idle && self.args.stop_at_end && all_at_end(consumer, &at_end) {
                 tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
                 break;
@@ -425,6 +444,8 @@ impl Pipeline {
     /// Step 1: hands every record not yet counted to the guest thread. Writes nothing.
     fn submit<'c>(&mut self, messages: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
         self.stats.batch_polled(messages.len());
+        self.metrics.records_consumed.inc_by(messages.len() as u64);
+        self.metrics.batch_records.observe(messages.len() as f64);
         let mut next_offsets = BTreeMap::new();
         let mut fresh = Vec::with_capacity(messages.len());
         let mut positions = Vec::with_capacity(messages.len());
@@ -474,6 +495,8 @@ impl Pipeline {
         // In input order, so dead letters keep the order of their records.
         rejected.sort_by_key(|(index, _)| *index);
         self.totals.records_processed += (batch.fresh.len() - rejected.len()) as u64;
+        self.metrics.records_counted.inc_by((batch.fresh.len() - rejected.len()) as u64);
+        self.metrics.step("guest", guest_ms / 1000.0);
         for (index, reason) in &rejected {
             self.reject(&batch.messages[*index], reason)?;
         }
@@ -557,6 +580,8 @@ impl Pipeline {
             Err(e) => return Err(anyhow!("{e}; stopping (state is intact: a restart resumes exactly)")),
         }
         let commit_ms = timer.lap();
+        self.metrics.step("commit", commit_ms / 1000.0);
+        self.metrics.changelog_records.inc_by(txn.changelog_records);
         self.stats.changelog_records += txn.changelog_records;
         self.stats.acknowledged(txn.timestamps.into_iter());
         // Fault points count transactions that carry batches, not board-only ones.
@@ -583,6 +608,7 @@ impl Pipeline {
         self.store.apply(changes, true).context("state write")?;
         self.applied = next_offsets;
         let state_ms = timer.lap();
+        self.metrics.step("state", state_ms / 1000.0);
         self.stats.committed();
         tracing::debug!(commit_ms, state_ms, "transaction committed and applied");
         if carries_batches {
@@ -596,6 +622,7 @@ impl Pipeline {
     /// reflects; counts restart from state's.
     fn abort_txn(&mut self, consumer: &HostConsumer, reason: &str) -> Result<()> {
         tracing::warn!(reason, "aborting the transaction; the input is rewound to the last commit");
+        self.metrics.transactions_aborted.inc();
         self.producer.abort().map_err(|e| anyhow!("{e}; stopping (state is intact: a restart resumes exactly)"))?;
         self.txn = None;
         self.totals = self.store.totals()?;
@@ -620,6 +647,8 @@ impl Pipeline {
             self.producer.wait_acks().context("changelog write")?;
             changelog_ms = timer.lap();
             self.stats.changelog_records += batch.changes.len() as u64;
+            self.metrics.changelog_records.inc_by(batch.changes.len() as u64);
+            self.metrics.step("changelog", changelog_ms / 1000.0);
             self.stats.acknowledged(batch.timestamps.into_iter());
             fault::point(Step::AfterChangelog);
 
@@ -627,6 +656,7 @@ impl Pipeline {
             let local = written_under(Guarantee::AtLeastOnce);
             self.store.apply(batch.changes.into_iter().chain([local]), true).context("state write")?;
             state_ms = timer.lap();
+            self.metrics.step("state", state_ms / 1000.0);
             fault::point(Step::AfterState);
         }
         for (partition, next) in &batch.next_offsets {
@@ -637,6 +667,7 @@ impl Pipeline {
         // 4. Offsets: only now is the batch committed to the group.
         self.commit(consumer, &batch.next_offsets);
         let commit_ms = timer.lap();
+        self.metrics.step("commit", commit_ms / 1000.0);
         self.stats.committed();
         tracing::debug!(
             records = batch.records,
@@ -655,6 +686,10 @@ impl Pipeline {
     /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
     fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
         self.totals.records_skipped += 1;
+        self.metrics.records_skipped.inc();
+        if reason.starts_with("guest trapped") {
+            self.metrics.guest_traps.inc();
+        }
         if let Some(suppressed) = self.rejected_log.allow() {
             tracing::warn!(
                 partition = message.partition(),
@@ -676,6 +711,7 @@ impl Pipeline {
             // Too large for the dead-letter topic: sent without its value rather than stalling
             // the partition; the source coordinates in the headers still find the original.
             self.producer.send_trimmable(topic, key, value, headers)?;
+            self.metrics.records_dead_lettered.inc();
         }
         Ok(())
     }
@@ -752,6 +788,7 @@ impl Pipeline {
             return;
         }
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
+        let started = Instant::now();
         let guest = &mut self.guest;
         let flushed =
             crate::board::flush(&self.store, &mut |counts, n| guest.top_n(counts, n), &self.producer, &topic, n)
@@ -762,7 +799,10 @@ impl Pipeline {
                     Guarantee::AtLeastOnce => Ok(()),
                 });
         match flushed {
-            Ok(()) => fault::point(Step::AfterBoard),
+            Ok(()) => {
+                self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
+                fault::point(Step::AfterBoard)
+            }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }
     }

@@ -62,7 +62,7 @@ pub struct Totals {
 }
 
 pub struct Store {
-    db: DB,
+    db: std::sync::Arc<DB>,
     dir: PathBuf,
 }
 
@@ -88,7 +88,7 @@ impl Store {
             }
         })?;
         tracing::debug!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "state opened");
-        Ok(Store { db, dir: dir.to_owned() })
+        Ok(Store { db: std::sync::Arc::new(db), dir: dir.to_owned() })
     }
 
     /// Opens an existing store read-only, without taking its lock, so it can be read while
@@ -103,7 +103,7 @@ impl Store {
         }
         let db = DB::open_cf_for_read_only(&Options::default(), dir, [COUNTS, META], false)
             .with_context(|| format!("opening state dir {} read-only", dir.display()))?;
-        Ok(Store { db, dir: dir.to_owned() })
+        Ok(Store { db: std::sync::Arc::new(db), dir: dir.to_owned() })
     }
 
     fn families() -> Vec<ColumnFamilyDescriptor> {
@@ -157,7 +157,17 @@ impl Store {
         Ok(out)
     }
 
-    /// RocksDB's estimate of the number of counters.
+    /// The number of counters: counted when RocksDB's estimate is small, else the estimate
+    /// (counting means reading every key). Returns (count, exact).
+    pub fn key_count(&self) -> Result<(u64, bool)> {
+        /// Up to this many keys (estimated), they are counted exactly.
+        const EXACT_UP_TO: u64 = 100_000;
+        let estimate = self.estimated_keys()?;
+        if estimate <= EXACT_UP_TO { Ok((self.counts().count() as u64, true)) } else { Ok((estimate, false)) }
+    }
+
+    /// RocksDB's estimate of the number of counters (it counts overwritten values too until
+    /// they are compacted away).
     pub fn estimated_keys(&self) -> Result<u64> {
         let cf = self.db.cf_handle(COUNTS).expect("counts column family");
         Ok(self.db.property_int_value_cf(&cf, "rocksdb.estimate-num-keys")?.unwrap_or(0))
@@ -208,11 +218,29 @@ impl Store {
 
     /// Deletes every counter and every metadata entry.
     pub fn clear(&mut self) -> Result<()> {
+        let db = std::sync::Arc::get_mut(&mut self.db).context("state is shared with a reader; cannot clear it")?;
         for name in [COUNTS, META] {
-            self.db.drop_cf(name).with_context(|| format!("clearing {}", self.dir.display()))?;
-            self.db.create_cf(name, &Options::default()).with_context(|| format!("clearing {}", self.dir.display()))?;
+            db.drop_cf(name).with_context(|| format!("clearing {}", self.dir.display()))?;
+            db.create_cf(name, &Options::default()).with_context(|| format!("clearing {}", self.dir.display()))?;
         }
         Ok(())
+    }
+
+    /// Another handle on the same open store, for readers on other threads (`--http`).
+    pub fn shared(&self) -> Store {
+        Store { db: self.db.clone(), dir: self.dir.clone() }
+    }
+
+    /// Bytes of state: SST files plus memtables, both column families.
+    pub fn size_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for cf in [COUNTS, META] {
+            let handle = self.db.cf_handle(cf).expect("column family");
+            for property in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                total += self.db.property_int_value_cf(&handle, property)?.unwrap_or(0);
+            }
+        }
+        Ok(total)
     }
 
     /// True when nothing was ever written (a new or deleted state dir).

@@ -1,0 +1,149 @@
+//! `--http ADDR`: health, readiness, metrics and state queries, on a thread of its own.
+//!
+//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /readyz`: 200 once state is restored or caught up and the consumer has partitions.
+//! - `GET /metrics`: Prometheus text format (`host/src/metrics.rs`).
+//! - `GET /state/{key}`: `{"key": ..., "count": N}` as last committed (404 for a key never counted).
+//! - `GET /top?n=N`: the N largest counters as last committed, by count then key.
+//!
+//! Reads go straight to RocksDB, whose atomic write batches mean a reader never sees half a
+//! batch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result, anyhow};
+use tiny_http::{Header, Method, Response, Server};
+
+use crate::metrics::Metrics;
+use crate::state::Store;
+
+/// What the endpoints read; the pipeline fills it in as it starts.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// State, once restored (a restore rebuilds it from scratch, so readers come after).
+    pub store: Arc<OnceLock<Store>>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Starts serving on `addr` (e.g. 127.0.0.1:9464) in the background.
+pub fn serve(addr: &str, shared: Shared) -> Result<()> {
+    let server = Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr} (--http): {e}"))?;
+    tracing::info!(addr, "serving /healthz /readyz /metrics /state/{{key}} /top");
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, content_type, body) = respond(&shared, request.method(), request.url());
+                let header = Header::from_bytes("Content-Type", content_type).expect("a valid header");
+                let response = Response::from_string(body).with_status_code(status).with_header(header);
+                if let Err(e) = request.respond(response) {
+                    tracing::debug!(error = %e, "http client went away");
+                }
+            }
+        })
+        .context("spawning the http thread")?;
+    Ok(())
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, String) {
+    if *method != Method::Get {
+        return (405, TEXT, "only GET\n".into());
+    }
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    match path {
+        "/healthz" => (200, TEXT, "ok\n".into()),
+        "/readyz" if shared.ready.load(Ordering::SeqCst) => (200, TEXT, "ready\n".into()),
+        "/readyz" => (503, TEXT, "not ready: restoring state or waiting for partitions\n".into()),
+        "/metrics" => {
+            let (keys, bytes) = match shared.store.get() {
+                Some(store) => (store.key_count().map_or(0, |(n, _)| n), store.size_bytes().unwrap_or(0)),
+                None => (0, 0),
+            };
+            (200, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render(keys, bytes))
+        }
+        _ => {
+            let Some(store) = shared.store.get() else {
+                return (503, TEXT, "state is not ready yet\n".into());
+            };
+            match query_state(store, path, query) {
+                Ok(Some(body)) => (200, JSON, body),
+                Ok(None) if path.starts_with("/state/") => {
+                    let key = decode_path(&path["/state/".len()..]);
+                    (404, JSON, serde_json::json!({ "key": key, "count": 0, "found": false }).to_string())
+                }
+                Ok(None) => (404, TEXT, "not found: try /healthz /readyz /metrics /state/{key} /top?n=10\n".into()),
+                Err(e) => (500, TEXT, format!("{e:#}\n")),
+            }
+        }
+    }
+}
+
+fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>> {
+    if let Some(key) = path.strip_prefix("/state/") {
+        let key = decode_path(key);
+        return Ok(match store.count(key.as_bytes())? {
+            0 => None,
+            count => Some(serde_json::json!({ "key": key, "count": count }).to_string()),
+        });
+    }
+    if path == "/top" {
+        let n: usize = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("n="))
+            .map(|v| v.parse().map_err(|_| anyhow!("n must be a number")))
+            .transpose()?
+            .unwrap_or(10)
+            .min(10_000);
+        let mut all: Vec<(String, u64)> = Vec::new();
+        for item in store.counts() {
+            let (key, count) = item?;
+            all.push((String::from_utf8_lossy(&key).into_owned(), count));
+        }
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        let top: Vec<_> =
+            all.into_iter().map(|(key, count)| serde_json::json!({ "key": key, "count": count })).collect();
+        return Ok(Some(serde_json::json!({ "top": top }).to_string()));
+    }
+    Ok(None)
+}
+
+/// Percent-decodes a URL path segment (keys may hold spaces and any UTF-8).
+fn decode_path(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(decode_path("flat%20white"), "flat white");
+        assert_eq!(decode_path("caf%C3%A9"), "café");
+        assert_eq!(decode_path("latte"), "latte");
+        assert_eq!(decode_path("100%"), "100%");
+        assert_eq!(decode_path("a%2"), "a%2");
+    }
+}

@@ -1,0 +1,83 @@
+//! `--http`: health, readiness, Prometheus metrics with exact counters, and state queries
+//! that agree with `host dump`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use integration_tests::{TestEnv, orders};
+
+/// (status, body) of a plain HTTP/1.0 GET.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of an unlabelled metric line `name value`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+        .trim()
+        .parse::<f64>()
+        .unwrap() as u64
+}
+
+#[test]
+fn metrics_are_exact_and_state_queries_agree_with_dump() {
+    let env = TestEnv::new("http");
+    env.create_topics(3);
+    let expected = orders::generate(80, 2_000, 40);
+    env.produce(&expected.values);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = env.spawn_host("drink_count", &["--http", &addr]);
+    host.wait_for_log("host running", Duration::from_secs(60));
+
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let started = Instant::now();
+    while get(&addr, "/readyz").0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.wait_committed(Duration::from_secs(60));
+
+    let (status, text) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let total = expected.valid + expected.malformed;
+    assert_eq!(metric(&text, "streamhost_records_consumed_total"), total);
+    assert_eq!(metric(&text, "streamhost_records_counted_total"), expected.valid);
+    assert_eq!(metric(&text, "streamhost_records_skipped_total"), expected.malformed);
+    assert_eq!(metric(&text, "streamhost_records_dead_lettered_total"), expected.malformed);
+    assert_eq!(metric(&text, "streamhost_guest_traps_total"), 0);
+    assert!(metric(&text, "streamhost_changelog_records_total") > 0);
+    assert_eq!(metric(&text, "streamhost_state_keys"), expected.counts.len() as u64);
+    assert!(metric(&text, "streamhost_state_size_bytes") > 0);
+    assert!(text.contains(r#"streamhost_batch_step_seconds_count{step="changelog"}"#), "{text}");
+    assert_eq!(metric(&text, "streamhost_batch_records_sum"), total);
+
+    let dump = env.dump();
+    for (key, count) in &dump.counts {
+        let (status, body) = get(&addr, &format!("/state/{}", key.replace(' ', "%20").replace('é', "%C3%A9")));
+        assert_eq!(status, 200, "{key}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((v["key"].as_str().unwrap(), v["count"].as_u64().unwrap()), (key.as_str(), *count));
+    }
+    assert_eq!(get(&addr, "/state/no-such-drink").0, 404);
+
+    let (status, body) = get(&addr, "/top?n=3");
+    assert_eq!(status, 200);
+    let top: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut ranked: Vec<(&String, &u64)> = dump.counts.iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let want: Vec<serde_json::Value> =
+        ranked.iter().take(3).map(|(k, c)| serde_json::json!({ "key": k, "count": c })).collect();
+    assert_eq!(top["top"], serde_json::Value::Array(want));
+    assert!(host.terminate().success());
+}

@@ -16,6 +16,8 @@ export STREAMHOST_BROKERS ?= 127.0.0.1:9092
 export STREAMHOST_STATE_DIR ?= ./state
 
 APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven
+# The board page's end-to-end test drives a headless browser.
+TEST_APT_PACKAGES := chromium
 
 .PHONY: bench bench-peers help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
 
@@ -23,7 +25,7 @@ help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 deps: ## install system packages and the Rust wasm target (once)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing $$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -70,6 +72,7 @@ clean-state: ## delete ./state
 demo: build guests kafka-up ## everything: broker, topics, seeded orders, the live board (Ctrl+C stops)
 	scripts/demo.sh $(HOST) $(LOADGEN) $(GUEST)
 
+test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: build guests kafka-up ## all tests: unit, guest, and integration against the real broker
 	scripts/test.sh
 

@@ -81,3 +81,69 @@ fn metrics_are_exact_and_state_queries_agree_with_dump() {
     assert_eq!(top["top"], serde_json::Value::Array(want));
     assert!(host.terminate().success());
 }
+
+/// `1234567` as en-US formats it: `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The live board page, loaded in headless Chromium (Debian's `chromium`, installed by
+/// `make test`), shows the top drinks with their counts; a screenshot is kept in the test
+/// output (`board.png` under cargo's target tmp dir).
+#[test]
+fn the_board_page_shows_the_top_drinks() {
+    let env = TestEnv::new("board-page");
+    env.create_topics(3);
+    let expected = orders::generate(81, 3_000, 40);
+    env.produce(&expected.values);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = env.spawn_host("drink_count", &["--http", &addr, "--flush-interval", "300ms"]);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    env.wait_committed(Duration::from_secs(60));
+    let started = Instant::now();
+    loop {
+        let (_, body) = get(&addr, "/board.json");
+        let board: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if board["records_processed"].as_u64() == Some(expected.valid) {
+            assert_eq!(board["lag"].as_i64(), Some(0), "{board}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no board with every order: {board}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let chromium = std::env::var("STREAMHOST_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let browse = |extra: &[&str]| {
+        std::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"])
+            .args(extra)
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap_or_else(|e| panic!("running {chromium} (make test installs Debian's chromium): {e}"))
+    };
+    let dom = String::from_utf8_lossy(&browse(&["--dump-dom"]).stdout).into_owned();
+    let mut ranked: Vec<(&String, &u64)> = expected.counts.iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    for (key, count) in ranked.iter().take(5) {
+        let row = dom.split(&format!(r#"data-key="{key}""#)).nth(1).unwrap_or_else(|| panic!("{key} not on the page:\n{dom}"));
+        let row = row.split("</tr>").next().unwrap();
+        assert!(row.contains(&format!(">{}<", thousands(**count))), "{key} should show {count}: {row}");
+    }
+    assert!(dom.contains(&format!(r#"id="counted">{}<"#, thousands(expected.valid))), "{dom}");
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("board.png");
+    let taken = browse(&["--window-size=420,760", &format!("--screenshot={}", shot.display())]);
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1_000, "a real screenshot");
+    eprintln!("board screenshot: {}", shot.display());
+    assert!(host.terminate().success());
+}

@@ -12,7 +12,7 @@ use crate::guest::Entry;
 use crate::producer::AckedProducer;
 use crate::state::{Store, Totals};
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct Snapshot {
     pub generated_at_ms: u64,
     pub records_processed: u64,
@@ -20,7 +20,7 @@ pub struct Snapshot {
     pub top: Vec<BoardEntry>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct BoardEntry {
     pub key: String,
     pub count: u64,
@@ -30,7 +30,7 @@ pub struct BoardEntry {
 pub type TopN<'a> = dyn FnMut(&[Entry], u32) -> Result<Vec<Entry>> + 'a;
 
 /// Ranks the store's counters with the guest, prints the board and produces it to `topic`.
-pub fn flush(store: &Store, top_n: &mut TopN<'_>, producer: &AckedProducer, topic: &str, n: u32) -> Result<()> {
+pub fn flush(store: &Store, top_n: &mut TopN<'_>, producer: &AckedProducer, topic: &str, n: u32) -> Result<Snapshot> {
     let started = std::time::Instant::now();
     let counts =
         store.counts().map(|item| item.map(|(key, count)| (String::from_utf8_lossy(&key).into_owned(), count)));
@@ -47,7 +47,7 @@ pub fn flush(store: &Store, top_n: &mut TopN<'_>, producer: &AckedProducer, topi
     producer.send(topic, b"board", &serde_json::to_vec(&snapshot)?, None)?;
     producer.poll();
     tracing::debug!(keys, ms = started.elapsed().as_millis() as u64, "board flushed");
-    Ok(())
+    Ok(snapshot)
 }
 
 /// Keys handed to the guest's `top-n` per call: bounds host and guest memory however many

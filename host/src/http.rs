@@ -5,16 +5,21 @@
 //! - `GET /metrics`: Prometheus text format (`host/src/metrics.rs`).
 //! - `GET /state/{key}`: `{"key": ..., "count": N}` as last committed (404 for a key never counted).
 //! - `GET /top?n=N`: the N largest counters as last committed, by count then key.
+//! - `GET /`: the live board page (`host/src/board.html`, no build step), which polls
+//!   `GET /board.json`: the last published board with each entry's change since the one
+//!   before, the totals, and the consumer lag.
 //!
 //! Reads go straight to RocksDB, whose atomic write batches mean a reader never sees half a
 //! batch.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow};
 use tiny_http::{Header, Method, Response, Server};
 
+use crate::board::Snapshot;
 use crate::metrics::Metrics;
 use crate::state::Store;
 
@@ -25,6 +30,49 @@ pub struct Shared {
     /// State, once restored (a restore rebuilds it from scratch, so readers come after).
     pub store: Arc<OnceLock<Store>>,
     pub ready: Arc<AtomicBool>,
+    pub board: Arc<Mutex<BoardView>>,
+}
+
+/// The last two boards the pipeline published, and the lag when it published the last.
+#[derive(Default)]
+pub struct BoardView {
+    current: Option<Snapshot>,
+    previous: BTreeMap<String, u64>,
+    lag: BTreeMap<i32, i64>,
+}
+
+impl BoardView {
+    /// A new board: the current one becomes the one changes are measured against.
+    pub fn publish(&mut self, snapshot: Snapshot, lag: BTreeMap<i32, i64>) {
+        if let Some(old) = self.current.take() {
+            self.previous = old.top.into_iter().map(|e| (e.key, e.count)).collect();
+        }
+        self.current = Some(snapshot);
+        self.lag = lag;
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let Some(board) = &self.current else {
+            return serde_json::json!({ "top": [], "waiting": true });
+        };
+        let top: Vec<_> = board
+            .top
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let change = self.previous.get(&e.key).map(|before| e.count as i128 - *before as i128);
+                serde_json::json!({ "rank": i + 1, "key": e.key, "count": e.count, "change": change })
+            })
+            .collect();
+        serde_json::json!({
+            "generated_at_ms": board.generated_at_ms,
+            "records_processed": board.records_processed,
+            "records_skipped": board.records_skipped,
+            "lag": self.lag.values().sum::<i64>(),
+            "lag_by_partition": self.lag,
+            "top": top,
+        })
+    }
 }
 
 /// Starts serving on `addr` (e.g. 127.0.0.1:9464) in the background.
@@ -56,6 +104,11 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
     }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     match path {
+        "/" => (200, "text/html; charset=utf-8", include_str!("board.html").into()),
+        "/board.json" => {
+            let view = shared.board.lock().unwrap_or_else(|p| p.into_inner());
+            (200, JSON, view.to_json().to_string())
+        }
         "/healthz" => (200, TEXT, "ok\n".into()),
         "/readyz" if shared.ready.load(Ordering::SeqCst) => (200, TEXT, "ready\n".into()),
         "/readyz" => (503, TEXT, "not ready: restoring state or waiting for partitions\n".into()),

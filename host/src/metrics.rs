@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Seconds per batch and step: guest, changelog (acknowledgement wait), state, commit.
     pub step_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
     pub board_flush_seconds: Histogram,
+    /// Per input partition, records not yet in state (updated with each board, with --http).
+    pub consumer_lag: Family<Vec<(&'static str, String)>, Gauge>,
     state_keys: Gauge,
     state_bytes: Gauge,
 }
@@ -48,6 +50,7 @@ impl Default for Metrics {
             batch_records: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             step_seconds: Family::new_with_constructor(step_histogram),
             board_flush_seconds: step_histogram(),
+            consumer_lag: Family::default(),
             state_keys: Gauge::default(),
             state_bytes: Gauge::default(),
         };
@@ -86,6 +89,7 @@ impl Default for Metrics {
             m.step_seconds.clone(),
         );
         r.register("board_flush_seconds", "Seconds to rank and publish a board", m.board_flush_seconds.clone());
+        r.register("consumer_lag", "Input records not yet in state, per partition (as of the last board)", m.consumer_lag.clone());
         r.register("state_keys", "Counters in local state (counted up to 100k, RocksDB's estimate beyond)", m.state_keys.clone());
         r.register("state_size_bytes", "Local state: SST files on disk plus memtables", m.state_bytes.clone());
         m

@@ -244,6 +244,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         reload,
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
+        board_view: http.board.clone(),
     };
     tracing::info!(
         guest = %pipeline.guest.describe(),
@@ -304,6 +305,8 @@ struct Pipeline {
     metrics: Arc<Metrics>,
     /// For /readyz: set once the consumer has partitions.
     ready: Arc<AtomicBool>,
+    /// For the board page: the boards published, with the lag.
+    board_view: Arc<std::sync::Mutex<crate::http::BoardView>>,
 }
 
 /// exactly-once: a transaction with batches in it, not yet committed.
@@ -403,7 +406,7 @@ impl Pipeline {
             if last_board.elapsed() >= self.args.flush_interval {
                 // State holds whole batches only (the ones under way are not in it yet).
                 last_board = Instant::now();
-                self.flush_board();
+                self.flush_board(consumer);
             }
             // A new guest takes over from the next batch submitted: each batch is counted by one.
             if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(shutdown.take_reload())) {
@@ -429,7 +432,7 @@ impl Pipeline {
             tracing::debug!(error = %e, "final offset commit (nothing consumed?)");
         }
         tracing::info!("shutting down: batch committed, publishing a last board");
-        self.flush_board();
+        self.flush_board(consumer);
         self.commit_txn(consumer)?;
         self.producer.wait_acks()?;
         self.stats.log();
@@ -779,7 +782,22 @@ impl Pipeline {
         }
     }
 
-    fn flush_board(&mut self) {
+    /// Per assigned input partition, records not yet in state: its end offset minus the
+    /// next offset state reflects.
+    fn lag(&self, consumer: &HostConsumer) -> BTreeMap<i32, i64> {
+        let Ok(assignment) = consumer.assignment() else { return BTreeMap::new() };
+        let mut lag = BTreeMap::new();
+        for element in assignment.elements() {
+            let partition = element.partition();
+            if let Ok((low, high)) = consumer.fetch_watermarks(element.topic(), partition, Duration::from_secs(1)) {
+                let next = self.applied.get(&partition).copied().unwrap_or(low).max(low);
+                lag.insert(partition, (high - next).max(0));
+            }
+        }
+        lag
+    }
+
+    fn flush_board(&mut self, consumer: &HostConsumer) {
         if self.args.guarantee == Guarantee::ExactlyOnce
             && self.txn.is_none()
             && let Err(e) = self.begin_txn()
@@ -794,13 +812,21 @@ impl Pipeline {
             crate::board::flush(&self.store, &mut |counts, n| guest.top_n(counts, n), &self.producer, &topic, n)
                 // Under exactly-once the board is in the open transaction: "produced" means it
                 // reached the broker there (its fate is the transaction's).
-                .and_then(|()| match self.args.guarantee {
-                    Guarantee::ExactlyOnce => self.producer.wait_acks(),
-                    Guarantee::AtLeastOnce => Ok(()),
+                .and_then(|snapshot| match self.args.guarantee {
+                    Guarantee::ExactlyOnce => self.producer.wait_acks().map(|()| snapshot),
+                    Guarantee::AtLeastOnce => Ok(snapshot),
                 });
         match flushed {
-            Ok(()) => {
+            Ok(snapshot) => {
                 self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
+                if self.args.http.is_some() {
+                    // For the board page and /metrics only: a round trip per partition.
+                    let lag = self.lag(consumer);
+                    for (partition, behind) in &lag {
+                        self.metrics.consumer_lag.get_or_create(&vec![("partition", partition.to_string())]).set(*behind);
+                    }
+                    self.board_view.lock().unwrap_or_else(|p| p.into_inner()).publish(snapshot, lag);
+                }
                 fault::point(Step::AfterBoard)
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),

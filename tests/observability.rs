@@ -56,6 +56,7 @@ fn metrics_are_exact_and_state_queries_agree_with_dump() {
     assert_eq!(metric(&text, "streamhost_records_skipped_total"), expected.malformed);
     assert_eq!(metric(&text, "streamhost_records_dead_lettered_total"), expected.malformed);
     assert_eq!(metric(&text, "streamhost_guest_traps_total"), 0);
+    assert_eq!(metric(&text, r#"streamhost_records_skipped_by_reason_total{reason="refused"}"#), expected.malformed);
     assert!(metric(&text, "streamhost_changelog_records_total") > 0);
     assert_eq!(metric(&text, "streamhost_state_keys"), expected.counts.len() as u64);
     assert!(metric(&text, "streamhost_state_size_bytes") > 0);
@@ -134,7 +135,10 @@ fn the_board_page_shows_the_top_drinks() {
     let mut ranked: Vec<(&String, &u64)> = expected.counts.iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
     for (key, count) in ranked.iter().take(5) {
-        let row = dom.split(&format!(r#"data-key="{key}""#)).nth(1).unwrap_or_else(|| panic!("{key} not on the page:\n{dom}"));
+        let row = dom
+            .split(&format!(r#"data-key="{key}""#))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key} not on the page:\n{dom}"));
         let row = row.split("</tr>").next().unwrap();
         assert!(row.contains(&format!(">{}<", thousands(**count))), "{key} should show {count}: {row}");
     }

@@ -227,7 +227,7 @@ fn read_loop(
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
     let mut batch = Vec::new();
-    let mut last_progress = Instant::now();
+    let mut progress = crate::progress::Progress::new("reading the changelog", to_read.max(0) as u64);
     while !pending.is_empty() {
         if shutdown.requested() {
             bail!("reading the changelog interrupted; the next start does it again");
@@ -266,11 +266,12 @@ fn read_loop(
                 bail!("the state writer stopped");
             }
         }
-        if last_progress.elapsed() >= Duration::from_secs(2) {
-            last_progress = Instant::now();
-            tracing::info!(records_read = report.records_read, records_to_read = to_read, "changelog progress");
+        if report.records_read % 1024 == 0 {
+            progress.set(report.records_read);
         }
     }
+    progress.set(report.records_read);
+    progress.finish();
     Ok(report)
 }
 

@@ -21,6 +21,7 @@
 //! - [`fault`]: crash injection at exact pipeline steps, for the crash tests.
 //! - [`metrics`]: the Prometheus metrics the pipeline keeps.
 //! - [`http`]: `--http`: health, readiness, metrics and state queries.
+//! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
 //! - [`stats`]: records, rate and latency of a run, logged at its end.
 //! - [`shutdown`]: SIGINT/SIGTERM to a flag the loop reads between batches.
 //! - [`log_limit`]: logs repeated events at a bounded rate.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod offline;
 pub mod pipeline;
 pub mod producer;
+pub mod progress;
 pub mod reload;
 pub mod shutdown;
 pub mod state;

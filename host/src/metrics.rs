@@ -22,6 +22,8 @@ pub struct Metrics {
     pub records_consumed: Counter,
     pub records_counted: Counter,
     pub records_skipped: Counter,
+    /// By kind: `refused` (the guest said why), `trapped`, `no_value`.
+    pub skipped_by_reason: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub records_dead_lettered: Counter,
     pub guest_traps: Counter,
     pub changelog_records: Counter,
@@ -34,6 +36,8 @@ pub struct Metrics {
     pub consumer_lag: Family<Vec<(&'static str, String)>, Gauge>,
     state_keys: Gauge,
     state_bytes: Gauge,
+    changelog_read: Gauge,
+    changelog_to_read: Gauge,
 }
 
 impl Default for Metrics {
@@ -43,6 +47,7 @@ impl Default for Metrics {
             records_consumed: Counter::default(),
             records_counted: Counter::default(),
             records_skipped: Counter::default(),
+            skipped_by_reason: Family::default(),
             records_dead_lettered: Counter::default(),
             guest_traps: Counter::default(),
             changelog_records: Counter::default(),
@@ -53,6 +58,8 @@ impl Default for Metrics {
             consumer_lag: Family::default(),
             state_keys: Gauge::default(),
             state_bytes: Gauge::default(),
+            changelog_read: Gauge::default(),
+            changelog_to_read: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -65,6 +72,11 @@ impl Default for Metrics {
             "records_skipped",
             "Malformed input records: refused by the guest, or without a value",
             m.records_skipped.clone(),
+        );
+        r.register(
+            "records_skipped_by_reason",
+            "Malformed input records by kind: refused, trapped, no_value",
+            m.skipped_by_reason.clone(),
         );
         r.register(
             "records_dead_lettered",
@@ -89,9 +101,27 @@ impl Default for Metrics {
             m.step_seconds.clone(),
         );
         r.register("board_flush_seconds", "Seconds to rank and publish a board", m.board_flush_seconds.clone());
-        r.register("consumer_lag", "Input records not yet in state, per partition (as of the last board)", m.consumer_lag.clone());
-        r.register("state_keys", "Counters in local state (counted up to 100k, RocksDB's estimate beyond)", m.state_keys.clone());
+        r.register(
+            "consumer_lag",
+            "Input records not yet in state, per partition (as of the last board)",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "state_keys",
+            "Counters in local state (counted up to 100k, RocksDB's estimate beyond)",
+            m.state_keys.clone(),
+        );
         r.register("state_size_bytes", "Local state: SST files on disk plus memtables", m.state_bytes.clone());
+        r.register(
+            "restore_records_read",
+            "Changelog records read by the current or last restore or catch-up",
+            m.changelog_read.clone(),
+        );
+        r.register(
+            "restore_records_to_read",
+            "Changelog records the current or last restore or catch-up reads",
+            m.changelog_to_read.clone(),
+        );
         m
     }
 }
@@ -105,6 +135,9 @@ impl Metrics {
     pub fn render(&self, state_keys: u64, state_bytes: u64) -> String {
         self.state_keys.set(state_keys as i64);
         self.state_bytes.set(state_bytes as i64);
+        let (read, to_read) = crate::progress::changelog_read();
+        self.changelog_read.set(read as i64);
+        self.changelog_to_read.set(to_read as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

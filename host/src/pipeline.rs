@@ -77,6 +77,9 @@ use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, Totals, meta};
 use crate::stats::RunStats;
 
+/// Why a record without a value is skipped.
+const NO_VALUE: &str = "record has no value";
+
 /// How long one poll waits for the first record of a batch; bounds how late a shutdown
 /// request or a due board is noticed when the input is idle.
 const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -467,7 +470,7 @@ impl Pipeline {
                     records.push(value);
                     positions.push(index);
                 }
-                None => rejected.push((index, "record has no value".to_owned())),
+                None => rejected.push((index, NO_VALUE.to_owned())),
             }
         }
         for (partition, next) in &next_offsets {
@@ -690,9 +693,15 @@ impl Pipeline {
     fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
         self.totals.records_skipped += 1;
         self.metrics.records_skipped.inc();
-        if reason.starts_with("guest trapped") {
+        let kind = if reason.starts_with("guest trapped") {
             self.metrics.guest_traps.inc();
-        }
+            "trapped"
+        } else if reason == NO_VALUE {
+            "no_value"
+        } else {
+            "refused"
+        };
+        self.metrics.skipped_by_reason.get_or_create(&vec![("reason", kind)]).inc();
         if let Some(suppressed) = self.rejected_log.allow() {
             tracing::warn!(
                 partition = message.partition(),
@@ -823,7 +832,10 @@ impl Pipeline {
                     // For the board page and /metrics only: a round trip per partition.
                     let lag = self.lag(consumer);
                     for (partition, behind) in &lag {
-                        self.metrics.consumer_lag.get_or_create(&vec![("partition", partition.to_string())]).set(*behind);
+                        self.metrics
+                            .consumer_lag
+                            .get_or_create(&vec![("partition", partition.to_string())])
+                            .set(*behind);
                     }
                     self.board_view.lock().unwrap_or_else(|p| p.into_inner()).publish(snapshot, lag);
                 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{TestEnv, guest};
+use integration_tests::{TestEnv, guest, orders};
 
 fn refused(env: &TestEnv, args: &[String]) -> String {
     let out = env.host(args);
@@ -83,4 +83,29 @@ fn version_names_the_wit_package() {
     let out = env.host(&["--version"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamhost:counter@0.2.0"));
+}
+
+/// State that reflects input offsets beyond the input's end (the topic was recreated since)
+/// is refused, instead of skipping the new records as already counted.
+#[test]
+fn state_ahead_of_a_recreated_input_is_refused() {
+    let env = TestEnv::new("recreated-input");
+    env.create_topics(2);
+    env.produce(&orders::generate(90, 300, 0).values);
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
+
+    let mut args = vec!["delete-topics".to_string()];
+    args.extend(env.topic_args());
+    assert!(env.host(&args).status.success());
+    // Topic deletion completes in the background: create again until it takes.
+    integration_tests::wait_until(Duration::from_secs(30), "topics recreated", || {
+        let mut create = vec!["create-topics".to_string(), "--partitions".into(), "2".into()];
+        create.extend(env.topic_args());
+        let out = env.host(&create);
+        out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("already exists")
+    });
+    env.produce(&orders::generate(91, 10, 0).values);
+
+    let err = refused(&env, &env.run_args("drink_count"));
+    assert!(err.contains("deleted and created again") && err.contains("empty --state-dir"), "{err}");
 }

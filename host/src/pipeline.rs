@@ -232,6 +232,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     // Readers see state from now on (a restore, which rebuilds it, is over).
     let _ = http.store.set(store.shared());
     let applied = store.input_offsets(&args.topics.input)?;
+    check_input_not_behind_state(&args, &store, &applied)?;
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
         applied,
@@ -261,6 +262,31 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         "host running"
     );
     pipeline.run_until(&consumer, &shutdown)
+}
+
+/// Refuses state that reflects input offsets beyond the input's end: the topic was deleted
+/// and created again (or truncated) since, and counting on would skip its new records as
+/// already counted.
+fn check_input_not_behind_state(args: &RunArgs, store: &Store, applied: &BTreeMap<i32, i64>) -> Result<()> {
+    if applied.is_empty() {
+        return Ok(());
+    }
+    let ends = changelog::end_positions(&args.topics.kafka, &args.topics.input)?;
+    for (partition, next) in applied {
+        let end = ends.get(partition).copied().unwrap_or(0);
+        if *next > end {
+            anyhow::bail!(
+                "state dir {} reflects input `{}` up to offset {next} on partition {partition}, but that \
+                 partition ends at {end}: the topic was deleted and created again (or truncated) since this \
+                 state was written, and its new records would be skipped as already counted. Start over with \
+                 an empty --state-dir (and a new changelog topic), or point --input at the topic this state \
+                 belongs to",
+                store.dir().display(),
+                args.topics.input
+            );
+        }
+    }
+    Ok(())
 }
 
 /// exactly-once start-up with state present: state may be behind the changelog (a crash

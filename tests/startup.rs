@@ -94,15 +94,20 @@ fn state_ahead_of_a_recreated_input_is_refused() {
     env.produce(&orders::generate(90, 300, 0).values);
     env.run_until_drained("drink_count", &[], Duration::from_secs(60));
 
-    let mut args = vec!["delete-topics".to_string()];
-    args.extend(env.topic_args());
-    assert!(env.host(&args).status.success());
-    // Topic deletion completes in the background: create again until it takes.
-    integration_tests::wait_until(Duration::from_secs(30), "topics recreated", || {
+    // Only the input goes and comes back (the loadgen deletes by name prefix).
+    let loadgen = integration_tests::host_bin().with_file_name("loadgen");
+    let deleted = std::process::Command::new(&loadgen)
+        .args(["--brokers", &env.brokers, "--topic", &env.input, "delete-topics"])
+        .output()
+        .expect("running loadgen");
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    // Deletion completes in the background: create again until the new topic is there.
+    integration_tests::wait_until(Duration::from_secs(60), "input topic recreated", || {
         let mut create = vec!["create-topics".to_string(), "--partitions".into(), "2".into()];
         create.extend(env.topic_args());
         let out = env.host(&create);
-        out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("already exists")
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        out.status.success() && log.lines().any(|l| l.contains("created topic") && l.contains(&env.input))
     });
     env.produce(&orders::generate(91, 10, 0).values);
 

@@ -89,7 +89,8 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
     for (role, topic) in roles(args) {
         if role != Role::Input {
             let limit = config_value(&admin, topic, "max.message.bytes", &args.kafka.brokers)?;
-            max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(usize::MAX));
+            // Unknown: Kafka's default (1 MiB + 12 bytes of overhead).
+            max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(1_048_588));
         }
     }
     Ok(Checked { max_message_bytes })
@@ -107,26 +108,30 @@ fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str)
     }
 }
 
-/// One config value of a topic ("" if it has none).
+/// One config value of a topic ("" if it has none, or if the broker does not say within
+/// 30 seconds).
 fn config_value(admin: &AdminClient<DefaultClientContext>, topic: &str, name: &str, brokers: &str) -> Result<String> {
     // A topic created a moment ago may be described before its configs are known (the
-    // value missing altogether): ask again for a while rather than misjudge a good topic.
-    let mut value = String::new();
-    for _ in 0..40 {
-        let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options()))
+    // value missing altogether): ask again for a while rather than misjudge a good topic,
+    // but not for ever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    loop {
+        let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
             .with_context(|| format!("asking {brokers} for the configs of `{topic}`"))?;
         let config = results
             .into_iter()
             .next()
             .ok_or_else(|| anyhow!("no config returned for `{topic}`"))?
             .map_err(|code| anyhow!("describing topic `{topic}`: {code}"))?;
-        value = config.get(name).and_then(|e| e.value.clone()).unwrap_or_default();
-        if !value.is_empty() {
-            break;
+        let value = config.get(name).and_then(|e| e.value.clone()).unwrap_or_default();
+        if !value.is_empty() || std::time::Instant::now() > deadline {
+            return Ok(value);
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    Ok(value)
 }
 
 fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<()> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{TestEnv, guest, orders};
+use integration_tests::{TestEnv, guest};
 
 fn refused(env: &TestEnv, args: &[String]) -> String {
     let out = env.host(args);
@@ -83,34 +83,4 @@ fn version_names_the_wit_package() {
     let out = env.host(&["--version"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamhost:counter@0.2.0"));
-}
-
-/// State that reflects input offsets beyond the input's end (the topic was recreated since)
-/// is refused, instead of skipping the new records as already counted.
-#[test]
-fn state_ahead_of_a_recreated_input_is_refused() {
-    let env = TestEnv::new("recreated-input");
-    env.create_topics(2);
-    env.produce(&orders::generate(90, 300, 0).values);
-    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
-
-    // Only the input goes and comes back (the loadgen deletes by name prefix).
-    let loadgen = integration_tests::host_bin().with_file_name("loadgen");
-    let deleted = std::process::Command::new(&loadgen)
-        .args(["--brokers", &env.brokers, "--topic", &env.input, "delete-topics"])
-        .output()
-        .expect("running loadgen");
-    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
-    // Deletion completes in the background: create again until the new topic is there.
-    integration_tests::wait_until(Duration::from_secs(60), "input topic recreated", || {
-        let mut create = vec!["create-topics".to_string(), "--partitions".into(), "2".into()];
-        create.extend(env.topic_args());
-        let out = env.host(&create);
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        out.status.success() && log.lines().any(|l| l.contains("created topic") && l.contains(&env.input))
-    });
-    env.produce(&orders::generate(91, 10, 0).values);
-
-    let err = refused(&env, &env.run_args("drink_count"));
-    assert!(err.contains("deleted and created again") && err.contains("empty --state-dir"), "{err}");
 }

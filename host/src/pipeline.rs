@@ -266,27 +266,33 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
 
 /// Refuses state that reflects input offsets beyond the input's end: the topic was deleted
 /// and created again (or truncated) since, and counting on would skip its new records as
-/// already counted.
+/// already counted. (Right after a re-creation the broker may still report the old topic's
+/// end for a moment; this catches the case where the state outlived its topic for longer.)
 fn check_input_not_behind_state(args: &RunArgs, store: &Store, applied: &BTreeMap<i32, i64>) -> Result<()> {
     if applied.is_empty() {
         return Ok(());
     }
     let ends = changelog::end_positions(&args.topics.kafka, &args.topics.input)?;
-    for (partition, next) in applied {
-        let end = ends.get(partition).copied().unwrap_or(0);
-        if *next > end {
-            anyhow::bail!(
-                "state dir {} reflects input `{}` up to offset {next} on partition {partition}, but that \
-                 partition ends at {end}: the topic was deleted and created again (or truncated) since this \
-                 state was written, and its new records would be skipped as already counted. Start over with \
-                 an empty --state-dir (and a new changelog topic), or point --input at the topic this state \
-                 belongs to",
-                store.dir().display(),
-                args.topics.input
-            );
-        }
+    match state_beyond_input(applied, &ends) {
+        None => Ok(()),
+        Some((partition, next, end)) => anyhow::bail!(
+            "state dir {} reflects input `{}` up to offset {next} on partition {partition}, but that \
+             partition ends at {end}: the topic was deleted and created again (or truncated) since this \
+             state was written, and its new records would be skipped as already counted. Start over with \
+             an empty --state-dir (and a new changelog topic), or point --input at the topic this state \
+             belongs to",
+            store.dir().display(),
+            args.topics.input
+        ),
     }
-    Ok(())
+}
+
+/// The first partition whose stored next offset is beyond the input's end: (partition, next, end).
+fn state_beyond_input(applied: &BTreeMap<i32, i64>, ends: &BTreeMap<i32, i64>) -> Option<(i32, i64, i64)> {
+    applied.iter().find_map(|(partition, next)| {
+        let end = ends.get(partition).copied().unwrap_or(0);
+        (*next > end).then_some((*partition, *next, end))
+    })
 }
 
 /// exactly-once start-up with state present: state may be behind the changelog (a crash
@@ -869,5 +875,19 @@ impl Pipeline {
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_beyond_the_input_end_is_found() {
+        let applied = BTreeMap::from([(0, 150), (1, 140)]);
+        assert_eq!(state_beyond_input(&applied, &BTreeMap::from([(0, 150), (1, 200)])), None, "at or behind the end");
+        assert_eq!(state_beyond_input(&applied, &BTreeMap::from([(0, 150), (1, 5)])), Some((1, 140, 5)), "recreated");
+        assert_eq!(state_beyond_input(&applied, &BTreeMap::from([(0, 150)])), Some((1, 140, 0)), "partition gone");
+        assert_eq!(state_beyond_input(&BTreeMap::new(), &BTreeMap::new()), None);
     }
 }

@@ -2,31 +2,13 @@
 //! The logic is the `drinks` crate; this crate only exports it.
 
 use drinks::count_drinks;
-use streamhost_guest_sdk::{BatchResult, Delta, Entry, Guest, process_one, rank_by_count, sum_batch};
 
-// Constructed only by the export glue, which exists on wasm targets alone.
-#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
-struct DrinkCount;
-
-impl Guest for DrinkCount {
-    fn process(record: Vec<u8>) -> Result<Vec<Delta>, String> {
-        process_one(&record, count_drinks)
-    }
-
-    fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
-        sum_batch(&data, &ends, count_drinks)
-    }
-
-    fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
-        rank_by_count(counts, n)
-    }
-}
-
-streamhost_guest_sdk::export_guest!(DrinkCount);
+streamhost_guest_sdk::counting_guest!(DrinkCount, count_drinks);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use streamhost_guest_sdk::{Entry, Guest};
 
     #[test]
     fn ranking_ties_by_key() {

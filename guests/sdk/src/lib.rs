@@ -1,6 +1,7 @@
 //! Guest SDK: the generated bindings of `wit/counter.wit` plus the helpers most guests want.
 //! A guest writes one function from a record to its deltas, and the SDK derives both
-//! exports from it, so `process` and `process-batch` always agree:
+//! exports from it, so `process` and `process-batch` always agree. In one line:
+//! `streamhost_guest_sdk::counting_guest!(MyGuest, count);` — or by hand:
 //!
 //! ```text
 //! use streamhost_guest_sdk::{BatchResult, Delta, Deltas, Entry, Guest, process_one, rank_by_count, sum_batch};
@@ -40,6 +41,43 @@ macro_rules! export_guest {
     ($guest:ident) => {
         #[cfg(target_family = "wasm")]
         $crate::export_counter!($guest);
+    };
+}
+
+/// The whole component from one counting function: `process` and `process-batch` are
+/// derived from it (so they always agree), `top-n` ranks by count then key unless a ranking
+/// function is given, and the component is exported. For anything else, write the `impl
+/// Guest` by hand (see the crate doc).
+///
+/// ```text
+/// streamhost_guest_sdk::counting_guest!(DrinkCount, count_drinks);
+/// streamhost_guest_sdk::counting_guest!(MyGuest, count, rank = my_rank);
+/// ```
+#[macro_export]
+macro_rules! counting_guest {
+    ($name:ident, $count:path) => {
+        $crate::counting_guest!($name, $count, rank = $crate::rank_by_count);
+    };
+    ($name:ident, $count:path, rank = $rank:path) => {
+        // Constructed only by the export glue, which exists on wasm targets alone.
+        #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+        struct $name;
+
+        impl $crate::Guest for $name {
+            fn process(record: Vec<u8>) -> Result<Vec<$crate::Delta>, String> {
+                $crate::process_one(&record, $count)
+            }
+
+            fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> $crate::BatchResult {
+                $crate::sum_batch(&data, &ends, $count)
+            }
+
+            fn top_n(counts: Vec<$crate::Entry>, n: u32) -> Vec<$crate::Entry> {
+                $rank(counts, n)
+            }
+        }
+
+        $crate::export_guest!($name);
     };
 }
 

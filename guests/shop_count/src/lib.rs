@@ -2,7 +2,7 @@
 //! on the same host binary as drink_count, to show guests are swapped without a rebuild.
 
 use serde::Deserialize;
-use streamhost_guest_sdk::{BatchResult, Delta, Deltas, Entry, Guest, process_one, rank_by_count, sum_batch};
+use streamhost_guest_sdk::Deltas;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -28,29 +28,12 @@ pub fn count_shop(record: &[u8], deltas: &mut Deltas<'_>) -> Result<(), String> 
     Ok(())
 }
 
-// Constructed only by the export glue, which exists on wasm targets alone.
-#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
-struct ShopCount;
-
-impl Guest for ShopCount {
-    fn process(record: Vec<u8>) -> Result<Vec<Delta>, String> {
-        process_one(&record, count_shop)
-    }
-
-    fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
-        sum_batch(&data, &ends, count_shop)
-    }
-
-    fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
-        rank_by_count(counts, n)
-    }
-}
-
-streamhost_guest_sdk::export_guest!(ShopCount);
+streamhost_guest_sdk::counting_guest!(ShopCount, count_shop);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use streamhost_guest_sdk::{Delta, process_one};
 
     fn shop(json: &[u8]) -> Result<Vec<Delta>, String> {
         process_one(json, count_shop)

@@ -2,7 +2,7 @@
 //! allocates without bound, `big` adds 2^63 to key `big` (overflows on the 2nd), anything
 //! else counts 1 under its own text. For the host's broken-guest tests.
 
-use streamhost_guest_sdk::{BatchResult, Delta, Deltas, Entry, Guest, process_one, rank_by_count, sum_batch};
+use streamhost_guest_sdk::Deltas;
 
 // Called only by the export glue, which exists on wasm targets alone.
 #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
@@ -29,22 +29,4 @@ fn count<'r>(value: &'r [u8], deltas: &mut Deltas<'r>) -> Result<(), String> {
     Ok(())
 }
 
-// Constructed only by the export glue, which exists on wasm targets alone.
-#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
-struct Faulty;
-
-impl Guest for Faulty {
-    fn process(value: Vec<u8>) -> Result<Vec<Delta>, String> {
-        process_one(&value, count)
-    }
-
-    fn process_batch(data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
-        sum_batch(&data, &ends, count)
-    }
-
-    fn top_n(counts: Vec<Entry>, n: u32) -> Vec<Entry> {
-        rank_by_count(counts, n)
-    }
-}
-
-streamhost_guest_sdk::export_guest!(Faulty);
+streamhost_guest_sdk::counting_guest!(Faulty, count);

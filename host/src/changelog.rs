@@ -261,10 +261,10 @@ fn read_loop(
                 }
             }
         }
-        if batch.len() >= 10_000 || (pending.is_empty() && !batch.is_empty()) {
-            if chunks.send(std::mem::take(&mut batch)).is_err() {
-                bail!("the state writer stopped");
-            }
+        if (batch.len() >= 10_000 || (pending.is_empty() && !batch.is_empty()))
+            && chunks.send(std::mem::take(&mut batch)).is_err()
+        {
+            bail!("the state writer stopped");
         }
         if report.records_read % 1024 == 0 {
             progress.set(report.records_read);

@@ -436,7 +436,7 @@ fn check_interface(path: &Path, engine: &Engine, component: &Component) -> Resul
     let ty = component.component_type();
     let expected = expected_export();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
-    if !exports.iter().any(|e| *e == expected) {
+    if !exports.contains(&expected) {
         let unversioned = format!("{WIT_PACKAGE}/counter");
         if let Some(found) = exports.iter().find(|e| e.starts_with(&format!("{unversioned}@")) || **e == unversioned) {
             let version = found.split_once('@').map(|(_, v)| v).unwrap_or("(none)");

@@ -23,12 +23,13 @@ fn base(kafka: &KafkaArgs) -> ClientConfig {
 /// Consumer prefetch depth (librdkafka defaults: 100000 messages, 1 MiB per partition fetch),
 /// bounded in memory by queued.max.messages.kbytes. Deeper prefetch keeps the fetcher busy
 /// while the pipeline works: the benchmark's host rate went from ~180k to ~350k orders/s,
-/// and raw consumption from ~0.3M to ~1M records/s (bench/RESULTS.md). Not for restore: its
-/// time did not change (2.1-2.5 s for 1M keys) while its peak RSS rose from ~220 to ~380 MiB.
+/// and raw consumption from ~0.3M to ~1M records/s (bench/RESULTS.md).
 const PREFETCH_MESSAGES: &str = "1000000";
+const PREFETCH_PARTITION_BYTES: &str = "8388608";
+/// The changelog reader's queue instead (see `reader`): a deep one made a 1M-key restore no
+/// faster and its peak RSS ~380 MiB instead of ~220; a short refill backoff made it faster.
 const READER_QUEUE_MESSAGES: &str = "50000";
 const FETCH_QUEUE_BACKOFF_MS: &str = "5";
-const PREFETCH_PARTITION_BYTES: &str = "8388608";
 
 /// The input consumer of `host run`.
 pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>, stop_at_end: bool) -> ClientConfig {

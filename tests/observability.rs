@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::{TestEnv, orders};
+use integration_tests::{HostProcess, TestEnv, orders};
 
 /// (status, body) of a plain HTTP/1.0 GET.
 fn get(addr: &str, path: &str) -> (u16, String) {
@@ -17,6 +17,16 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// Starts the host with `--http` on a free local port; returns it and the address.
+fn spawn_with_http(env: &TestEnv, extra: &[&str]) -> (HostProcess, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let args: Vec<&str> = ["--http", addr.as_str()].into_iter().chain(extra.iter().copied()).collect();
+    let mut host = env.spawn_host("drink_count", &args);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    (host, addr)
 }
 
 /// The value of an unlabelled metric line `name value`.
@@ -35,10 +45,7 @@ fn metrics_are_exact_and_state_queries_agree_with_dump() {
     env.create_topics(3);
     let expected = orders::generate(80, 2_000, 40);
     env.produce(&expected.values);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut host = env.spawn_host("drink_count", &["--http", &addr]);
-    host.wait_for_log("host running", Duration::from_secs(60));
+    let (host, addr) = spawn_with_http(&env, &[]);
 
     assert_eq!(get(&addr, "/healthz").0, 200);
     let started = Instant::now();
@@ -105,10 +112,7 @@ fn the_board_page_shows_the_top_drinks() {
     env.create_topics(3);
     let expected = orders::generate(81, 3_000, 40);
     env.produce(&expected.values);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut host = env.spawn_host("drink_count", &["--http", &addr, "--flush-interval", "300ms"]);
-    host.wait_for_log("host running", Duration::from_secs(60));
+    let (host, addr) = spawn_with_http(&env, &["--flush-interval", "300ms"]);
     env.wait_committed(Duration::from_secs(60));
     let started = Instant::now();
     loop {

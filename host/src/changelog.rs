@@ -174,9 +174,7 @@ fn read_into(
     shutdown: &Shutdown,
     mut write: impl FnMut(Vec<Change>) -> Result<()> + Send,
 ) -> Result<(RestoreReport, BTreeMap<i32, i64>)> {
-    let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
-        .create_with_context(crate::config::HostContext)
-        .context("creating the changelog reader")?;
+    let consumer = topic_reader(kafka)?;
     let ends = end_offsets(&consumer, topic)?;
     let start = |partition: &i32, low: i64| from.get(partition).copied().unwrap_or(low).max(low);
     let to_read: i64 = ends.iter().map(|(p, (low, high))| (high - start(p, *low)).max(0)).sum();
@@ -275,11 +273,16 @@ fn read_loop(
     Ok(report)
 }
 
+/// A consumer that reads topics by assignment, outside any consumer group's offsets.
+fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
+    crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
+        .create_with_context(crate::config::HostContext)
+        .context("creating a topic reader")
+}
+
 /// The end offset of every partition of `topic`, as changelog positions.
 pub fn end_positions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>> {
-    let consumer: HostConsumer = crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
-        .create_with_context(crate::config::HostContext)
-        .context("creating the changelog reader")?;
+    let consumer = topic_reader(kafka)?;
     Ok(end_offsets(&consumer, topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
 }
 

@@ -1,5 +1,6 @@
 //! Broken guests: traps, endless loops, unbounded allocation, counter overflow and forbidden
-//! imports. The host contains each one and keeps counting the good records.
+//! imports. The host contains each one and keeps counting the good records; WASI guests run
+//! with nothing granted.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,15 +53,36 @@ fn counter_overflow_saturates() {
     assert!(log.contains("saturated"), "{log}");
 }
 
-/// A guest that imports a capability the host does not grant (here `wasi:random`) is
-/// refused at load, with the import named (the component linker versions it 0.2.x).
+/// A guest that imports anything outside WASI (here `streamhost:test-imports/vault`) is
+/// refused at load, with the import named.
 #[test]
-fn guests_importing_capabilities_are_refused() {
+fn guests_importing_more_than_wasi_are_refused() {
     let env = TestEnv::new("imports");
     let mut args = env.run_args("drink_count");
     args[2] = integration_tests::guest("test_imports").display().to_string();
     let out = env.host(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("imports wasi:random/random@") && err.contains("grants guests no capabilities"), "{err}");
+    assert!(
+        err.contains("imports streamhost:test-imports/vault") && err.contains("may import only WASI"),
+        "{err}"
+    );
+}
+
+/// A guest that imports WASI runs, but is granted nothing: no environment, arguments,
+/// working directory or preopened directories, no TCP connection (not even to the broker);
+/// stdout takes writes and discards them; random numbers work. It counts one key that
+/// describes what it found.
+#[test]
+fn wasi_guests_run_with_nothing_granted() {
+    let env = TestEnv::new("sandbox");
+    env.create_topics(1);
+    env.produce(&["a", "b", "c"].map(String::from));
+    let host = env.spawn_host("test_sandbox", &[]);
+    env.wait_committed(Duration::from_secs(60));
+    let log = host.stderr_text();
+    assert!(host.terminate().success());
+    let found = "env=0 args=0 cwd=none dirs=0 stdout=ok tcp=denied random=ok";
+    assert_eq!(env.dump().counts, BTreeMap::from([(found.to_string(), 3)]));
+    assert!(!log.contains("hello from the sandbox"), "guest stdout reached the host's output: {log}");
 }

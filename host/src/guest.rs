@@ -1,7 +1,7 @@
 //! The guest: loading, validating and calling a WebAssembly component that exports
 //! `streamhost:counter/counter` (see `wit/counter.wit`). Nothing here knows about Kafka.
 //!
-//! Safety rails: the guest gets no imports at all (no filesystem, clock, random or network),
+//! Safety rails: the guest may import only WASI, with nothing granted (see `sandbox.rs`),
 //! its linear memory is capped, and every call has a deadline (epoch interruption). A call
 //! that traps poisons its `Store`, so the instance is re-created from the pre-instantiated
 //! component; a batch that traps is retried one record at a time, so only the records that
@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::{Component, types::ComponentItem};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
+use crate::sandbox::{self, GuestState};
 use crate::{WIT_PACKAGE, WIT_VERSION};
 
 mod bindings {
@@ -122,10 +123,8 @@ pub struct LoadInfo {
     pub from_cache: bool,
     /// Exported interfaces, each with its functions: `name (f, g, ...)`.
     pub exports: Vec<String>,
-}
-
-struct GuestState {
-    limits: StoreLimits,
+    /// Imported interfaces (WASI only; nothing is granted through them).
+    pub imports: Vec<String>,
 }
 
 pub struct Guest {
@@ -142,7 +141,7 @@ pub struct Guest {
 
 impl Guest {
     /// Loads and validates `path`: it must be a component exporting the host's interface at
-    /// the host's WIT version, and import nothing. With a `cache` dir, the compiled component
+    /// the host's WIT version, and import nothing but WASI. With a `cache` dir, the compiled component
     /// is kept there (keyed by the file's SHA-256 and the engine's settings) and reused.
     pub fn load(path: &Path, limits: Limits, cache: Option<&Path>) -> Result<Guest> {
         let bytes = std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
@@ -162,10 +161,22 @@ impl Guest {
         let load_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(guest = %path.display(), bytes = bytes.len(), load_ms = load_ms as u64, from_cache, "guest loaded");
         check_interface(path, &engine, &component)?;
-        let info = LoadInfo { bytes: bytes.len(), load_ms, from_cache, exports: describe_exports(&engine, &component) };
+        let info = LoadInfo {
+            bytes: bytes.len(),
+            load_ms,
+            from_cache,
+            exports: describe_exports(&engine, &component),
+            imports: component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect(),
+        };
 
-        let linker = Linker::new(&engine);
-        let instance_pre = linker.instantiate_pre(&component).map_err(|e| anyhow!("{e:#}"))?;
+        let linker = sandbox::linker(&engine)?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!(
+                "guest {} imports something this host cannot provide ({e:#}); the host offers \
+                 WASI 0.2 only",
+                path.display()
+            )
+        })?;
         let pre = bindings::CountingGuestPre::new(instance_pre).map_err(|e| {
             anyhow!(
                 "guest {} exports {} but its functions do not match this host's WIT ({e:#}); \
@@ -282,9 +293,9 @@ fn instantiate(
     pre: &bindings::CountingGuestPre<GuestState>,
     limits: &Limits,
 ) -> Result<(Store<GuestState>, bindings::CountingGuest)> {
-    let state = GuestState {
-        limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
-    };
+    let state = GuestState::new(
+        StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+    );
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(u64::MAX / 2);
@@ -460,13 +471,14 @@ fn check_interface(path: &Path, engine: &Engine, component: &Component) -> Resul
             _ => name.to_owned(),
         })
         .collect();
-    if !imports.is_empty() {
+    let refused: Vec<&String> = imports.iter().filter(|name| !sandbox::is_allowed_import(name)).collect();
+    if !refused.is_empty() {
         bail!(
-            "guest {} imports {}; the host grants guests no capabilities (no filesystem, clocks, \
-             random or network). Remove the dependency that pulls it in (for Rust: build for \
-             wasm32-unknown-unknown, not wasm32-wasip2)",
+            "guest {} imports {}; a guest may import only WASI (wasi:*), and the host grants \
+             nothing through it (no files, env, network or outgoing HTTP). Remove the dependency \
+             that pulls it in",
             path.display(),
-            imports.join(", ")
+            refused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
     Ok(())

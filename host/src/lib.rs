@@ -41,6 +41,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod progress;
 pub mod reload;
+pub mod sandbox;
 pub mod shutdown;
 pub mod state;
 pub mod stats;

@@ -59,9 +59,13 @@ pub fn check_command(args: CheckArgs) -> Result<()> {
     let info = &guest.info;
     println!("guest    {}", args.guest.path.display());
     println!("size     {} bytes", info.bytes);
-    println!("fits     this host (WIT {WIT_PACKAGE}@{WIT_VERSION}); imports nothing");
+    println!("fits     this host (WIT {WIT_PACKAGE}@{WIT_VERSION})");
     for export in &info.exports {
         println!("exports  {export}");
+    }
+    match info.imports.len() {
+        0 => println!("imports  nothing"),
+        n => println!("imports  {n} WASI interfaces, nothing granted: {}", info.imports.join(", ")),
     }
     let how = if info.from_cache { "from the cache" } else { "compiled" };
     println!("load     {:.1} ms ({how})", info.load_ms);

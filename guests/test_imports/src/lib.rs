@@ -1,24 +1,24 @@
-//! A counter that asks the host for randomness (`wasi:random`), which the host never grants.
+//! A counter that imports a non-WASI interface (`streamhost:test-imports/vault`): the host
+//! must refuse it at load time, naming the import.
 
 wit_bindgen::generate!({
     path: ["../../wit", "wit"],
-    world: "streamhost:test-imports/counting-with-random",
+    world: "streamhost:test-imports/counting-with-vault",
     generate_all,
 });
 
 use exports::streamhost::counter::counter::{BatchResult, Delta, Entry, Guest};
+use streamhost::test_imports::vault;
 
-struct Random;
+struct Vault;
 
-impl Guest for Random {
+impl Guest for Vault {
     fn process(_value: Vec<u8>) -> Result<Vec<Delta>, String> {
-        let n = wasi::random::random::get_random_u64();
-        Ok(vec![Delta { key: format!("r{}", n % 10), amount: 1 }])
+        Ok(vec![Delta { key: vault::secret("key"), amount: 1 }])
     }
 
     fn process_batch(_data: Vec<u8>, ends: Vec<u32>) -> BatchResult {
-        let n = wasi::random::random::get_random_u64();
-        BatchResult { deltas: vec![Delta { key: format!("r{}", n % 10), amount: ends.len() as u64 }], rejected: vec![] }
+        BatchResult { deltas: vec![Delta { key: vault::secret("key"), amount: ends.len() as u64 }], rejected: vec![] }
     }
 
     fn top_n(counts: Vec<Entry>, _n: u32) -> Vec<Entry> {
@@ -26,4 +26,4 @@ impl Guest for Random {
     }
 }
 
-export!(Random);
+export!(Vault);

@@ -63,10 +63,7 @@ fn guests_importing_more_than_wasi_are_refused() {
     let out = env.host(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("imports streamhost:test-imports/vault") && err.contains("may import only WASI"),
-        "{err}"
-    );
+    assert!(err.contains("imports streamhost:test-imports/vault") && err.contains("may import only WASI"), "{err}");
 }
 
 /// A guest that imports WASI runs, but is granted nothing: no environment, arguments,

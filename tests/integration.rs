@@ -14,3 +14,4 @@ mod restart;
 mod restore;
 mod soak;
 mod startup;
+mod windows;

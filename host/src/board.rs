@@ -1,7 +1,10 @@
 //! The board: every flush interval, the guest ranks the committed counters; the top-N is
-//! printed for people and produced as JSON for programs. A snapshot is not transactional:
+//! printed for people and produced as JSON for programs. With --window, the boards of the
+//! newest complete window and of the one in progress (or, with --emit final, one board per
+//! window once it is complete). A snapshot is not transactional:
 //! if one is lost, the next one follows an interval later.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,13 +14,18 @@ use serde::Serialize;
 use crate::guest::Entry;
 use crate::producer::AckedProducer;
 use crate::state::{Store, Totals};
+use crate::window::{self, Millis, WindowSpec};
 
 #[derive(Serialize, Clone)]
 pub struct Snapshot {
     pub generated_at_ms: u64,
     pub records_processed: u64,
     pub records_skipped: u64,
+    /// The cumulative top-N; with --window, the top-N of the window in progress.
     pub top: Vec<BoardEntry>,
+    /// With --window: the newest complete window (if it has counts), then the one in progress.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowBoard>,
 }
 
 #[derive(Serialize, Clone)]
@@ -26,28 +34,136 @@ pub struct BoardEntry {
     pub count: u64,
 }
 
+/// One window's board. `complete`: every input partition is past its end plus the grace
+/// period, so its counts are final.
+#[derive(Serialize, Clone)]
+pub struct WindowBoard {
+    pub start_ms: Millis,
+    pub end_ms: Millis,
+    pub start: String,
+    pub end: String,
+    pub complete: bool,
+    pub top: Vec<BoardEntry>,
+}
+
 /// The guest's `top-n`.
 pub type TopN<'a> = dyn FnMut(&[Entry], u32) -> Result<Vec<Entry>> + 'a;
 
-/// Ranks the store's counters with the guest, prints the board and produces it to `topic`.
-pub fn flush(store: &Store, top_n: &mut TopN<'_>, producer: &AckedProducer, topic: &str, n: u32) -> Result<Snapshot> {
+/// With --window: the windows and where each input partition is in event time.
+pub struct Windows<'a> {
+    pub spec: &'a WindowSpec,
+    pub stream_times: BTreeMap<i32, Millis>,
+}
+
+impl Windows<'_> {
+    /// The slowest and the fastest partition's stream time (`None` before any record).
+    fn range(&self) -> Option<(Millis, Millis)> {
+        Some((*self.stream_times.values().min()?, *self.stream_times.values().max()?))
+    }
+}
+
+/// Ranks the store's counters with the guest and prints the board (with --window: the
+/// newest complete window and the one in progress).
+pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Windows<'_>>) -> Result<Snapshot> {
     let started = std::time::Instant::now();
-    let counts =
-        store.counts().map(|item| item.map(|(key, count)| (String::from_utf8_lossy(&key).into_owned(), count)));
-    let (top, keys) = rank(counts, top_n, n)?;
     let totals = store.totals()?;
     let now = SystemTime::now();
+    let (top, keys, windows) = match windows {
+        None => {
+            let (top, keys) = rank(as_strings(store.counts()), top_n, n)?;
+            (board_entries(top), keys, Vec::new())
+        }
+        Some(w) => {
+            let mut boards = Vec::new();
+            let mut keys = 0;
+            if let Some((slowest, fastest)) = w.range() {
+                let complete = w.spec.newest_complete(slowest);
+                if store.window_counts(complete).next().is_some() {
+                    let (board, k) = window_board(store, top_n, n, w.spec, complete, slowest)?;
+                    boards.push(board);
+                    keys += k;
+                }
+                let (board, k) = window_board(store, top_n, n, w.spec, w.spec.newest_started(fastest), slowest)?;
+                boards.push(board);
+                keys += k;
+            }
+            let top = boards.last().map(|b| b.top.clone()).unwrap_or_default();
+            (top, keys, boards)
+        }
+    };
     let snapshot = Snapshot {
         generated_at_ms: now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         records_processed: totals.records_processed,
         records_skipped: totals.records_skipped,
-        top: top.into_iter().map(|e| BoardEntry { key: e.key, count: e.count }).collect(),
+        top,
+        windows,
     };
     print(&snapshot, &totals, now, keys);
-    producer.send(topic, b"board", &serde_json::to_vec(&snapshot)?, None)?;
-    producer.poll();
-    tracing::debug!(keys, ms = started.elapsed().as_millis() as u64, "board flushed");
+    tracing::debug!(keys, ms = started.elapsed().as_millis() as u64, "board ranked");
     Ok(snapshot)
+}
+
+/// Produces a board to `topic`, under the key `board`.
+pub fn produce(producer: &AckedProducer, topic: &str, snapshot: &Snapshot) -> Result<()> {
+    producer.send(topic, b"board", &serde_json::to_vec(snapshot)?, None)?;
+    producer.poll();
+    Ok(())
+}
+
+/// --emit final: produces the board of every window with counts that completed after
+/// `after` (exclusive) and up to the slowest partition's stream time, oldest first, each
+/// under the key `window/<start ms>`. Returns the newest window emitted.
+pub fn emit_final(
+    store: &Store,
+    top_n: &mut TopN<'_>,
+    producer: &AckedProducer,
+    topic: &str,
+    n: u32,
+    windows: &Windows<'_>,
+    after: Option<Millis>,
+) -> Result<Option<Millis>> {
+    let Some((slowest, _)) = windows.range() else { return Ok(None) };
+    let through = windows.spec.newest_complete(slowest);
+    let mut emitted = None;
+    let mut next = store.first_window_from(after.map_or(Millis::MIN, |a| a.saturating_add(1)))?;
+    while let Some(start) = next.filter(|s| *s <= through) {
+        let (board, keys) = window_board(store, top_n, n, windows.spec, start, slowest)?;
+        tracing::info!(window = %board.start, keys, "window complete: final board produced");
+        let value = serde_json::to_vec(&board)?;
+        producer.send(topic, format!("window/{start}").as_bytes(), &value, None)?;
+        emitted = Some(start);
+        next = store.first_window_from(start.saturating_add(1))?;
+    }
+    producer.poll();
+    Ok(emitted)
+}
+
+fn window_board(
+    store: &Store,
+    top_n: &mut TopN<'_>,
+    n: u32,
+    spec: &WindowSpec,
+    start: Millis,
+    slowest: Millis,
+) -> Result<(WindowBoard, usize)> {
+    let (top, keys) = rank(as_strings(store.window_counts(start)), top_n, n)?;
+    let board = WindowBoard {
+        start_ms: start,
+        end_ms: spec.end(start),
+        start: window::rfc3339(start),
+        end: window::rfc3339(spec.end(start)),
+        complete: spec.is_closed(start, slowest),
+        top: board_entries(top),
+    };
+    Ok((board, keys))
+}
+
+fn board_entries(top: Vec<Entry>) -> Vec<BoardEntry> {
+    top.into_iter().map(|e| BoardEntry { key: e.key, count: e.count }).collect()
+}
+
+fn as_strings(counts: impl Iterator<Item = Result<(Box<[u8]>, u64)>>) -> impl Iterator<Item = Result<(String, u64)>> {
+    counts.map(|item| item.map(|(key, count)| (String::from_utf8_lossy(&key).into_owned(), count)))
 }
 
 /// Keys handed to the guest's `top-n` per call: bounds host and guest memory however many
@@ -82,7 +198,6 @@ pub fn rank(
 }
 
 fn print(snapshot: &Snapshot, totals: &Totals, at: SystemTime, keys: usize) {
-    let width = snapshot.top.iter().map(|e| e.key.chars().count()).max().unwrap_or(0).clamp(8, 40);
     let mut text = format!(
         "\n── top {} of {keys} keys · {} records counted · {} skipped · {} ──\n",
         snapshot.top.len(),
@@ -90,13 +205,25 @@ fn print(snapshot: &Snapshot, totals: &Totals, at: SystemTime, keys: usize) {
         totals.records_skipped,
         humantime::format_rfc3339_seconds(at)
     );
-    for (rank, entry) in snapshot.top.iter().enumerate() {
-        text.push_str(&format!("{:>4}. {:<width$}  {:>12}\n", rank + 1, entry.key, entry.count));
+    if snapshot.windows.is_empty() {
+        print_entries(&mut text, &snapshot.top);
     }
-    if snapshot.top.is_empty() {
-        text.push_str("      (nothing counted yet)\n");
+    for window in &snapshot.windows {
+        let state = if window.complete { "complete" } else { "in progress" };
+        text.push_str(&format!("   window {} .. {} ({state})\n", window.start, window.end));
+        print_entries(&mut text, &window.top);
     }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+}
+
+fn print_entries(text: &mut String, entries: &[BoardEntry]) {
+    let width = entries.iter().map(|e| e.key.chars().count()).max().unwrap_or(0).clamp(8, 40);
+    for (rank, entry) in entries.iter().enumerate() {
+        text.push_str(&format!("{:>4}. {:<width$}  {:>12}\n", rank + 1, entry.key, entry.count));
+    }
+    if entries.is_empty() {
+        text.push_str("      (nothing counted yet)\n");
+    }
 }

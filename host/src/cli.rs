@@ -219,6 +219,67 @@ pub struct RunArgs {
     /// Most records in one batch (one guest call, one changelog flush, one state write, one commit).
     #[arg(long, env = "STREAMHOST_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,
+
+    #[command(flatten)]
+    pub windows: WindowArgs,
+}
+
+/// Event-time windows (README, "Windows"). Without --window, counters are cumulative.
+#[derive(Args, Debug, Clone)]
+pub struct WindowArgs {
+    /// Count in event-time windows of this size (e.g. 1h) instead of since the beginning.
+    /// Event time is the Kafka record timestamp. Windows start at multiples of --advance.
+    #[arg(long = "window", env = "STREAMHOST_WINDOW", value_parser = humantime::parse_duration, help_heading = "Windows")]
+    pub size: Option<Duration>,
+
+    /// Hopping windows: a new window every STEP (e.g. 5m; the size must be a multiple of it).
+    /// Default: the window size (tumbling windows).
+    #[arg(long, env = "STREAMHOST_ADVANCE", value_parser = humantime::parse_duration, requires = "size",
+          help_heading = "Windows")]
+    pub advance: Option<Duration>,
+
+    /// How long after a window's end records may still arrive for it (measured in event time:
+    /// the partition's largest timestamp seen). Older records are late: skipped, counted,
+    /// dead-lettered. Default: 0s.
+    #[arg(long, env = "STREAMHOST_GRACE", value_parser = humantime::parse_duration, requires = "size",
+          help_heading = "Windows")]
+    pub grace: Option<Duration>,
+
+    /// How long after its end a window stays in state (then its counters are deleted and
+    /// tombstoned in the changelog). Default: window size + grace, so the newest complete
+    /// window stays until the next one completes.
+    #[arg(long, env = "STREAMHOST_WINDOW_RETENTION", value_parser = humantime::parse_duration,
+          requires = "size", help_heading = "Windows")]
+    pub window_retention: Option<Duration>,
+
+    /// changes: every --flush-interval, the boards of the newest complete window and of the
+    /// window in progress. final: one board per window, once it is complete.
+    #[arg(long, env = "STREAMHOST_EMIT", value_enum, default_value_t = Emit::Changes, help_heading = "Windows")]
+    pub emit: Emit,
+}
+
+impl WindowArgs {
+    /// The windows asked for, checked; `None` without --window.
+    pub fn spec(&self) -> anyhow::Result<Option<crate::window::WindowSpec>> {
+        self.size
+            .map(|size| {
+                crate::window::WindowSpec::new(
+                    size,
+                    self.advance,
+                    self.grace.unwrap_or_default(),
+                    self.window_retention,
+                )
+            })
+            .transpose()
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// Every flush interval.
+    Changes,
+    /// Once per window, when it is complete (needs --window).
+    Final,
 }
 
 /// The guest and its limits (run, check, test).

@@ -293,9 +293,8 @@ fn instantiate(
     pre: &bindings::CountingGuestPre<GuestState>,
     limits: &Limits,
 ) -> Result<(Store<GuestState>, bindings::CountingGuest)> {
-    let state = GuestState::new(
-        StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
-    );
+    let state =
+        GuestState::new(StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build());
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(u64::MAX / 2);

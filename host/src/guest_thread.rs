@@ -15,14 +15,16 @@ use anyhow::{Context, Result, anyhow};
 use crate::guest::{BatchResult, Counter, Entry, Records};
 
 enum Request {
-    Process(Records),
+    /// Groups of records, each one `process-batch` call (one per window set, with --window).
+    Process(Vec<Records>),
     TopN(Vec<Entry>, u32),
     /// From here on, another guest: batches submitted before keep the old one.
     Swap(Box<dyn Counter + Send>),
 }
 
-/// A `process-batch` result with the milliseconds the guest spent on it.
-pub type Processed = (Result<BatchResult>, f64);
+/// The `process-batch` results of a submission's groups, with the milliseconds the guest
+/// spent on them.
+pub type Processed = (Result<Vec<BatchResult>>, f64);
 
 pub struct GuestThread {
     describe: String,
@@ -44,9 +46,9 @@ impl GuestThread {
                 for request in inbox {
                     // A send fails only when the pipeline is gone; then so is the point.
                     match request {
-                        Request::Process(records) => {
+                        Request::Process(groups) => {
                             let started = Instant::now();
-                            let result = counter.process_batch(&records);
+                            let result = groups.iter().map(|records| counter.process_batch(records)).collect();
                             let _ = processed_tx.send((result, started.elapsed().as_secs_f64() * 1000.0));
                         }
                         Request::TopN(entries, n) => {
@@ -64,9 +66,10 @@ impl GuestThread {
         self.requests.as_ref().and_then(|r| r.send(request).ok()).ok_or_else(stopped)
     }
 
-    /// Queues a batch; its result comes from [`GuestThread::receive`], in submission order.
-    pub fn submit(&mut self, records: Records) -> Result<()> {
-        self.send(Request::Process(records))
+    /// Queues a batch (in groups); its results come from [`GuestThread::receive`], in
+    /// submission order.
+    pub fn submit(&mut self, groups: Vec<Records>) -> Result<()> {
+        self.send(Request::Process(groups))
     }
 
     /// The result of the oldest submitted batch, waiting for it if need be.

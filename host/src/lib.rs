@@ -46,6 +46,7 @@ pub mod shutdown;
 pub mod state;
 pub mod stats;
 pub mod topics;
+pub mod window;
 
 /// The WIT package this host speaks; a guest must export its `counter` interface at exactly
 /// this version.

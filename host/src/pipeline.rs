@@ -64,7 +64,7 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
-use crate::cli::{Guarantee, RunArgs};
+use crate::cli::{Emit, Guarantee, RunArgs};
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
 use crate::guest::{Counter, Guest, Records};
@@ -76,9 +76,13 @@ use crate::reload::GuestReload;
 use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, Totals, meta};
 use crate::stats::RunStats;
+use crate::window::{self, Millis, WindowSpec};
 
 /// Why a record without a value is skipped.
 const NO_VALUE: &str = "record has no value";
+
+/// How the reason a late record is skipped begins (with --window).
+const LATE: &str = "late record";
 
 /// How long one poll waits for the first record of a batch; bounds how late a shutdown
 /// request or a due board is noticed when the input is idle.
@@ -160,6 +164,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     Shutdown::install().context("installing signal handlers")?;
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
+    args.windows.spec()?;
     let reload = GuestReload::new(args.guest.clone());
     run_pipeline(args, Box::new(guest), Some(reload))
 }
@@ -176,7 +181,12 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     if let Some(addr) = &args.http {
         crate::http::serve(addr, http.clone())?;
     }
+    let windows = args.windows.spec()?;
+    if windows.is_none() && args.windows.emit == Emit::Final {
+        anyhow::bail!("--emit final needs --window: without windows there is no window to complete");
+    }
     let mut store = Store::open(&args.state.state_dir)?;
+    check_windows_match_state(&store, windows.as_ref())?;
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
@@ -233,6 +243,8 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     let _ = http.store.set(store.shared());
     let applied = store.input_offsets(&args.topics.input)?;
     check_input_not_behind_state(&args, &store, &applied)?;
+    let stream_times = store.stream_times(&args.topics.input)?;
+    let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
         applied,
@@ -245,6 +257,10 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         consumer_log: LogLimit::new(Duration::from_secs(5)),
         stats: RunStats::default(),
         txn: None,
+        windows,
+        stream_times,
+        kept_from: None,
+        emitted_through,
         reload,
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
@@ -262,6 +278,28 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         "host running"
     );
     pipeline.run_until(&consumer, &shutdown)
+}
+
+/// Refuses state counted in other windows (or none) than this run's: its counters would not
+/// mean what this run's do.
+fn check_windows_match_state(store: &Store, windows: Option<&WindowSpec>) -> Result<()> {
+    let stored = store.meta_text(meta::WINDOWS)?;
+    let wanted = windows.map(WindowSpec::describe);
+    let has_plain_counters = store.counts().next().is_some();
+    let found = match (&stored, has_plain_counters) {
+        (Some(stored), _) => format!("windows {stored}"),
+        (None, true) => "cumulative counters (no --window)".to_owned(),
+        (None, false) => return Ok(()),
+    };
+    if stored == wanted && !(wanted.is_some() && has_plain_counters) {
+        return Ok(());
+    }
+    let asked = wanted.map_or("cumulative counters (no --window)".to_owned(), |w| format!("windows {w}"));
+    anyhow::bail!(
+        "state dir {} holds {found}, but this run asks for {asked}: run with the same window flags, \
+         or start over with a new --state-dir, changelog topic and group",
+        store.dir().display()
+    )
 }
 
 /// Refuses state that reflects input offsets beyond the input's end: the topic was deleted
@@ -335,6 +373,13 @@ struct Pipeline {
     stats: RunStats,
     /// exactly-once: the open transaction.
     txn: Option<OpenTxn>,
+    /// --window: the windows, and the stream time per partition after the batches submitted.
+    windows: Option<WindowSpec>,
+    stream_times: BTreeMap<i32, Millis>,
+    /// --window: windows starting before this are no longer in state (`None`: unknown).
+    kept_from: Option<Millis>,
+    /// --emit final: the newest window whose final board was produced.
+    emitted_through: Option<Millis>,
     /// Hot swap of the guest (not for the benchmark's native baseline).
     reload: Option<GuestReload>,
     metrics: Arc<Metrics>,
@@ -347,8 +392,13 @@ struct Pipeline {
 /// exactly-once: a transaction with batches in it, not yet committed.
 struct OpenTxn {
     opened: Instant,
-    /// New values of the keys its batches changed: not in state until it commits.
-    overlay: HashMap<String, u64>,
+    /// New values of the keys its batches changed (`None`: deleted): not in state until it
+    /// commits.
+    overlay: HashMap<Vec<u8>, Option<u64>>,
+    /// With --window: stream time per partition after its batches.
+    stream_times: BTreeMap<i32, Millis>,
+    /// Metadata its boards changed (--emit final), applied with it.
+    meta: Vec<Change>,
     /// Next input offset per partition after its batches.
     next_offsets: BTreeMap<i32, i64>,
     /// Record timestamps (ms), for the latency histogram once committed.
@@ -362,12 +412,22 @@ struct Submitted<'c> {
     messages: Vec<BorrowedMessage<'c>>,
     /// Indexes (into `messages`) of the records not yet counted.
     fresh: Vec<usize>,
-    /// Index in `messages` of each record given to the guest, in order.
-    positions: Vec<usize>,
-    /// Fresh records rejected without asking the guest (no value).
+    /// The records given to the guest, in groups of one `process-batch` call each.
+    groups: Vec<Group>,
+    /// Fresh records rejected without asking the guest (no value, late).
     rejected: Vec<(usize, String)>,
     /// Next offset per partition after the batch (what gets committed).
     next_offsets: BTreeMap<i32, i64>,
+    /// With --window: stream time per partition after the batch.
+    stream_times: BTreeMap<i32, Millis>,
+}
+
+/// Records counted by one `process-batch` call, and where their deltas go: plain counters,
+/// or (with --window) the counters of these windows.
+struct Group {
+    windows: Option<Vec<Millis>>,
+    /// Index in the batch's messages of each record, in the order given to the guest.
+    positions: Vec<usize>,
 }
 
 /// A batch whose changelog records are sent but not yet known to be acknowledged: steps
@@ -486,9 +546,12 @@ impl Pipeline {
         self.metrics.batch_records.observe(messages.len() as f64);
         let mut next_offsets = BTreeMap::new();
         let mut fresh = Vec::with_capacity(messages.len());
-        let mut positions = Vec::with_capacity(messages.len());
         let mut rejected = Vec::new();
-        let mut records = Records::default();
+        // Cumulative: one group. Windowed: one per set of open windows (a batch spans few).
+        let mut groups: Vec<(Group, Records)> = Vec::new();
+        if self.windows.is_none() {
+            groups.push((Group { windows: None, positions: Vec::with_capacity(messages.len()) }, Records::default()));
+        }
         for (index, message) in messages.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
             // Already counted: a crash came between the state write and the offset commit, or
@@ -497,20 +560,63 @@ impl Pipeline {
                 continue;
             }
             fresh.push(index);
-            match message.payload() {
-                Some(value) => {
-                    records.push(value);
-                    positions.push(index);
-                }
-                None => rejected.push((index, NO_VALUE.to_owned())),
-            }
+            let Some(value) = message.payload() else {
+                rejected.push((index, NO_VALUE.to_owned()));
+                continue;
+            };
+            let group = match self.windows {
+                None => 0,
+                Some(spec) => match self.open_windows(&spec, message) {
+                    Ok(open) => match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
+                        Some(group) => group,
+                        None => {
+                            groups.push((Group { windows: Some(open), positions: Vec::new() }, Records::default()));
+                            groups.len() - 1
+                        }
+                    },
+                    Err(reason) => {
+                        rejected.push((index, reason));
+                        continue;
+                    }
+                },
+            };
+            groups[group].0.positions.push(index);
+            groups[group].1.push(value);
         }
         for (partition, next) in &next_offsets {
             let submitted = self.submitted.entry(*partition).or_insert(*next);
             *submitted = (*submitted).max(*next);
         }
+        let (groups, records): (Vec<Group>, Vec<Records>) = groups.into_iter().unzip();
         self.guest.submit(records)?;
-        Ok(Submitted { messages, fresh, positions, rejected, next_offsets })
+        let stream_times = self.stream_times.clone();
+        Ok(Submitted { messages, fresh, groups, rejected, next_offsets, stream_times })
+    }
+
+    /// With --window: the windows still open for `message` (by its timestamp, on its
+    /// partition), advancing the partition's stream time; why it is skipped if none is.
+    fn open_windows(&mut self, spec: &WindowSpec, message: &BorrowedMessage<'_>) -> Result<Vec<Millis>, String> {
+        let Some(t) = message.timestamp().to_millis() else {
+            return Err("record has no timestamp (windows count by event time)".into());
+        };
+        let partition = message.partition();
+        let stream_time = self.stream_times.get(&partition).copied();
+        let mut open = spec.open_starts(t, stream_time);
+        // Windows already dropped take nothing either (a partition's first records may be
+        // older than what the others have moved past).
+        open.retain(|start| self.kept_from.is_none_or(|kept| *start >= kept));
+        if open.is_empty() {
+            let stream_time = stream_time.unwrap_or(t);
+            return Err(format!(
+                "{LATE}: event time {} is past the end of its windows plus the grace period (partition {partition} \
+                 is at {})",
+                window::rfc3339(t),
+                window::rfc3339(stream_time)
+            ));
+        }
+        let at = self.stream_times.entry(partition).or_insert(t);
+        *at = (*at).max(t);
+        Ok(open)
     }
 
     /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
@@ -518,17 +624,30 @@ impl Pipeline {
     /// state to hold every earlier batch.
     fn send_batch(&mut self, batch: Submitted<'_>) -> Result<Option<InFlight>> {
         let mut timer = StepTimer::start();
-        let (result, guest_ms) = self.guest.receive()?;
-        let result = result?;
+        let (results, guest_ms) = self.guest.receive()?;
+        let results = results?;
         let guest_wait_ms = timer.lap();
         if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
             // Everything this batch produces (dead letters included) goes into the transaction.
             self.begin_txn()?;
         }
         let mut rejected = batch.rejected;
-        for r in result.rejected {
-            let index = *batch.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
-            rejected.push((index, r.reason));
+        let mut deltas: Vec<(Vec<u8>, u64)> = Vec::new();
+        for (group, result) in batch.groups.iter().zip(results) {
+            for r in result.rejected {
+                let index =
+                    *group.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
+                rejected.push((index, r.reason));
+            }
+            match &group.windows {
+                None => deltas.extend(result.deltas.into_iter().map(|d| (d.key.into_bytes(), d.amount))),
+                Some(starts) => {
+                    for d in result.deltas {
+                        deltas
+                            .extend(starts.iter().map(|start| (window::state_key(*start, d.key.as_bytes()), d.amount)));
+                    }
+                }
+            }
         }
         // In input order, so dead letters keep the order of their records.
         rejected.sort_by_key(|(index, _)| *index);
@@ -538,30 +657,41 @@ impl Pipeline {
         for (index, reason) in &rejected {
             self.reject(&batch.messages[*index], reason)?;
         }
-        let mut overlay: HashMap<String, u64> = HashMap::new();
-        for delta in result.deltas {
+        let mut overlay: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (key, amount) in deltas {
             // The newest value: this batch's, else the open transaction's, else state's.
-            let current = match overlay.get(&delta.key).or_else(|| self.txn.as_ref()?.overlay.get(&delta.key)) {
+            let current = match overlay.get(&key) {
                 Some(v) => *v,
-                None => self.store.count(delta.key.as_bytes())?,
+                None => match self.txn.as_ref().and_then(|t| t.overlay.get(&key)) {
+                    Some(v) => v.unwrap_or(0),
+                    None => self.store.count(&key)?,
+                },
             };
-            let updated = current.saturating_add(delta.amount);
+            let updated = current.saturating_add(amount);
             if updated == u64::MAX && current != u64::MAX {
-                tracing::warn!(key = %delta.key, "counter saturated at u64::MAX");
+                tracing::warn!(key = %String::from_utf8_lossy(&key), "counter saturated at u64::MAX");
             }
-            overlay.insert(delta.key, updated);
+            overlay.insert(key, updated);
         }
         let changed = !batch.fresh.is_empty();
-        let changes = if changed { self.changes(&overlay, &batch.next_offsets) } else { Vec::new() };
+        // With --window: the counters of windows past their retention go, in this same batch.
+        let dropped = if changed { self.expired_counters(&batch.stream_times, &mut overlay)? } else { Vec::new() };
+        let changes = if changed {
+            self.changes(&overlay, &dropped, &batch.next_offsets, &batch.stream_times)
+        } else {
+            Vec::new()
+        };
         self.send_changelog(&changes)?;
         let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
         if let Some(txn) = &mut self.txn {
             // exactly-once: the batch joins the open transaction; state waits for its commit.
-            txn.overlay.extend(overlay);
+            txn.overlay.extend(overlay.into_iter().map(|(key, value)| (key, Some(value))));
+            txn.overlay.extend(dropped.into_iter().map(|key| (key, None)));
             for (partition, next) in batch.next_offsets {
                 let at = txn.next_offsets.entry(partition).or_insert(next);
                 *at = (*at).max(next);
             }
+            txn.stream_times.extend(batch.stream_times);
             txn.timestamps.extend_from_slice(&timestamps);
             txn.changelog_records += changes.len() as u64;
             tracing::debug!(records = batch.messages.len(), guest_ms, guest_wait_ms, send_ms = timer.lap(), "batch");
@@ -585,6 +715,8 @@ impl Pipeline {
         self.txn = Some(OpenTxn {
             opened: Instant::now(),
             overlay: HashMap::new(),
+            stream_times: BTreeMap::new(),
+            meta: Vec::new(),
             next_offsets: BTreeMap::new(),
             timestamps: Vec::new(),
             changelog_records: 0,
@@ -628,11 +760,11 @@ impl Pipeline {
             fault::point(Step::AfterChangelog);
         }
 
-        let mut changes: Vec<Change> = txn
-            .overlay
-            .into_iter()
-            .map(|(key, value)| Change::Count { key: key.into_bytes(), value: Some(value) })
-            .collect();
+        let mut changes: Vec<Change> =
+            txn.overlay.into_iter().map(|(key, value)| Change::Count { key, value }).collect();
+        changes.extend(txn.stream_times.iter().map(|(p, t)| self.stream_time_change(*p, *t)));
+        changes.extend(txn.meta);
+        changes.extend(self.windows_change());
         changes.extend(self.totals_changes());
         let mut next_offsets = self.applied.clone();
         for (partition, next) in &txn.next_offsets {
@@ -665,6 +797,9 @@ impl Pipeline {
         self.txn = None;
         self.totals = self.store.totals()?;
         self.submitted = self.applied.clone();
+        self.stream_times = self.store.stream_times(&self.args.topics.input)?;
+        self.emitted_through = self.store.meta_i64(meta::EMITTED_THROUGH)?;
+        self.kept_from = None;
         let assignment = consumer.assignment().context("reading the consumer's assignment")?;
         for element in assignment.elements() {
             let partition = element.partition();
@@ -730,6 +865,8 @@ impl Pipeline {
             "trapped"
         } else if reason == NO_VALUE {
             "no_value"
+        } else if reason.starts_with(LATE) {
+            "late"
         } else {
             "refused"
         };
@@ -760,12 +897,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The batch as state changes: counters, totals, and the input offsets they reflect.
-    fn changes(&self, overlay: &HashMap<String, u64>, next_offsets: &BTreeMap<i32, i64>) -> Vec<Change> {
-        let mut changes: Vec<Change> = overlay
-            .iter()
-            .map(|(key, value)| Change::Count { key: key.as_bytes().to_vec(), value: Some(*value) })
-            .collect();
+    /// The batch as state changes: counters (and, with --window, the counters of expired
+    /// windows deleted, and the stream times), totals, and the input offsets they reflect.
+    fn changes(
+        &mut self,
+        overlay: &HashMap<Vec<u8>, u64>,
+        dropped: &[Vec<u8>],
+        next_offsets: &BTreeMap<i32, i64>,
+        stream_times: &BTreeMap<i32, Millis>,
+    ) -> Vec<Change> {
+        let mut changes: Vec<Change> =
+            overlay.iter().map(|(key, value)| Change::Count { key: key.clone(), value: Some(*value) }).collect();
+        changes.extend(dropped.iter().map(|key| Change::Count { key: key.clone(), value: None }));
+        changes.extend(stream_times.iter().map(|(p, t)| self.stream_time_change(*p, *t)));
+        changes.extend(self.windows_change());
         changes.extend(self.totals_changes());
         for (partition, next) in next_offsets {
             // Never backwards: neither below state's nor below the open transaction's.
@@ -787,6 +932,53 @@ impl Pipeline {
         u64_meta(&meta::input_offset(&self.args.topics.input, partition), next as u64)
     }
 
+    /// With --window, the windows state is counted in (in every batch: a restore from the
+    /// changelog must know them too, and it is one small record).
+    fn windows_change(&self) -> Option<Change> {
+        let windows = self.windows?.describe();
+        Some(Change::Meta { name: meta::WINDOWS.into(), value: Some(windows.into_bytes()) })
+    }
+
+    fn stream_time_change(&self, partition: i32, time: Millis) -> Change {
+        u64_meta(&meta::stream_time(&self.args.topics.input, partition), time as u64)
+    }
+
+    /// With --window: the state keys of every counter whose window is past its retention
+    /// once the slowest partition is at its stream time in `stream_times` (none when nothing
+    /// new expired); such counters of this batch (`overlay`) are left out of it. With --emit
+    /// final, a window goes only after its board.
+    fn expired_counters(
+        &mut self,
+        stream_times: &BTreeMap<i32, Millis>,
+        overlay: &mut HashMap<Vec<u8>, u64>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let (Some(spec), Some(slowest)) = (self.windows, stream_times.values().min()) else { return Ok(Vec::new()) };
+        let mut keep_from = spec.keep_from(*slowest);
+        if self.args.windows.emit == Emit::Final {
+            keep_from = keep_from.min(self.emitted_through.map_or(Millis::MIN, |e| e.saturating_add(1)));
+        }
+        if self.kept_from.is_some_and(|kept| kept >= keep_from) {
+            return Ok(Vec::new());
+        }
+        let before = |key: &[u8]| window::parse_state_key(key).is_some_and(|(start, _)| start < keep_from);
+        // A window can open and expire within one batch (a jump in event time): its counters
+        // were never written, so they just go.
+        overlay.retain(|key, _| !before(key));
+        let mut keys: Vec<Vec<u8>> =
+            self.store.windowed_keys_before(keep_from).map(|k| k.map(Vec::from)).collect::<Result<_>>()?;
+        if let Some(txn) = &self.txn {
+            // Counters the open transaction holds and state does not yet.
+            keys.extend(txn.overlay.iter().filter(|(k, v)| v.is_some() && before(k)).map(|(k, _)| k.clone()));
+            keys.sort();
+            keys.dedup();
+        }
+        if !keys.is_empty() {
+            tracing::debug!(counters = keys.len(), before = %window::rfc3339(keep_from), "dropping expired windows");
+        }
+        self.kept_from = Some(keep_from);
+        Ok(keys)
+    }
+
     fn send_changelog(&self, changes: &[Change]) -> Result<()> {
         let topic = &self.args.topics.changelog;
         for change in changes {
@@ -795,8 +987,9 @@ impl Pipeline {
                 Change::Meta { name, value: Some(v) } => {
                     self.producer.send(topic, &changelog::meta_key(name), v, Some(changelog::meta_headers(name)))?
                 }
-                // The pipeline never deletes; restore handles tombstones written by others.
-                Change::Count { value: None, .. } | Change::Meta { value: None, .. } => {}
+                // Expired windows' counters: a tombstone, so compaction removes them.
+                Change::Count { key, value: None } => self.producer.send_tombstone(topic, key)?,
+                Change::Meta { value: None, .. } => {}
             }
         }
         Ok(())
@@ -838,6 +1031,42 @@ impl Pipeline {
         lag
     }
 
+    /// Ranks and prints the board and produces it (with --emit final: the final boards of
+    /// the windows completed since the last flush instead).
+    fn publish_board(&mut self) -> Result<crate::board::Snapshot> {
+        let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
+        let windows = match &self.windows {
+            Some(spec) => {
+                Some(crate::board::Windows { spec, stream_times: self.store.stream_times(&self.args.topics.input)? })
+            }
+            None => None,
+        };
+        let guest = &mut self.guest;
+        let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
+        let snapshot = crate::board::snapshot(&self.store, top_n, n, windows.as_ref())?;
+        let Some(windows) = windows.filter(|_| self.args.windows.emit == Emit::Final) else {
+            crate::board::produce(&self.producer, &topic, &snapshot)?;
+            return Ok(snapshot);
+        };
+        let after = self.emitted_through;
+        if let Some(newest) = crate::board::emit_final(&self.store, top_n, &self.producer, &topic, n, &windows, after)?
+        {
+            // Recorded like any state: in the changelog, then in state (under exactly-once,
+            // in the open transaction and in state when it commits).
+            let change = u64_meta(meta::EMITTED_THROUGH, newest as u64);
+            self.send_changelog(std::slice::from_ref(&change))?;
+            match &mut self.txn {
+                Some(txn) => txn.meta.push(change),
+                None => {
+                    self.producer.wait_acks()?;
+                    self.store.apply([change], true)?;
+                }
+            }
+            self.emitted_through = Some(newest);
+        }
+        Ok(snapshot)
+    }
+
     fn flush_board(&mut self, consumer: &HostConsumer) {
         if self.args.guarantee == Guarantee::ExactlyOnce
             && self.txn.is_none()
@@ -846,17 +1075,15 @@ impl Pipeline {
             tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
             return;
         }
-        let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let started = Instant::now();
-        let guest = &mut self.guest;
-        let flushed =
-            crate::board::flush(&self.store, &mut |counts, n| guest.top_n(counts, n), &self.producer, &topic, n)
-                // Under exactly-once the board is in the open transaction: "produced" means it
-                // reached the broker there (its fate is the transaction's).
-                .and_then(|snapshot| match self.args.guarantee {
-                    Guarantee::ExactlyOnce => self.producer.wait_acks().map(|()| snapshot),
-                    Guarantee::AtLeastOnce => Ok(snapshot),
-                });
+        let flushed = self
+            .publish_board()
+            // Under exactly-once the board is in the open transaction: "produced" means it
+            // reached the broker there (its fate is the transaction's).
+            .and_then(|snapshot| match self.args.guarantee {
+                Guarantee::ExactlyOnce => self.producer.wait_acks().map(|()| snapshot),
+                Guarantee::AtLeastOnce => Ok(snapshot),
+            });
         match flushed {
             Ok(snapshot) => {
                 self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::cli::DumpArgs;
+use crate::window::{self, Millis, WINDOW_KEY_PREFIX};
 
 const COUNTS: &str = "counts";
 const META: &str = "meta";
@@ -43,6 +44,19 @@ pub mod meta {
         let (topic, partition) = rest.rsplit_once('/')?;
         Some((topic, partition.parse().ok()?))
     }
+    /// `stream_time/<topic>/<partition>`: the largest event time (ms) seen on an input
+    /// partition, with --window (see `window`).
+    pub fn stream_time(topic: &str, partition: i32) -> String {
+        format!("stream_time/{topic}/{partition}")
+    }
+    pub fn parse_stream_time(name: &str) -> Option<(&str, i32)> {
+        parse_position("stream_time/", name)
+    }
+    /// The windows state is counted in (`WindowSpec::describe`), or `none`: a restart with
+    /// other windows is refused.
+    pub const WINDOWS: &str = "windows";
+    /// --emit final: the start of the newest window whose final board was produced.
+    pub const EMITTED_THROUGH: &str = "emitted_through";
     /// The guarantee (`at-least-once` / `exactly-once`) of the host that last wrote state
     /// (local only). Decides whether the changelog's tail may be replayed at start-up.
     pub const WRITTEN_UNDER: &str = "written_under";
@@ -201,12 +215,71 @@ impl Store {
         self.db.write_opt(batch, options).with_context(|| format!("writing state to {}", self.dir.display()))
     }
 
-    /// Every counter, in key order.
+    /// Every plain (not windowed) counter, in key order.
     pub fn counts(&self) -> impl Iterator<Item = Result<(Box<[u8]>, u64)>> + '_ {
+        self.counts_between(&[], &[WINDOW_KEY_PREFIX])
+    }
+
+    /// Counters with `from <= key < to` (an empty `to`: no upper bound), in key order.
+    fn counts_between<'s>(
+        &'s self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, u64)>> + use<'s> {
         let cf = self.db.cf_handle(COUNTS).expect("counts column family");
+        let mut options = rocksdb::ReadOptions::default();
+        if !to.is_empty() {
+            options.set_iterate_upper_bound(to.to_vec());
+        }
         self.db
-            .iterator_cf(&cf, IteratorMode::Start)
+            .iterator_cf_opt(&cf, options, IteratorMode::From(from, rocksdb::Direction::Forward))
             .map(|item| item.map(|(k, v)| (k, decode_u64(&v))).map_err(Into::into))
+    }
+
+    /// The counters of the window starting at `start`: (guest key, count), in key order.
+    pub fn window_counts(&self, start: Millis) -> impl Iterator<Item = Result<(Box<[u8]>, u64)>> + '_ {
+        let from = window::window_prefix(start);
+        let to = window::window_prefix(start.saturating_add(1));
+        self.counts_between(&from, &to).map(move |item| item.map(|(key, count)| (key[from.len()..].into(), count)))
+    }
+
+    /// The start of the first window with counters starting at or after `from`.
+    pub fn first_window_from(&self, from: Millis) -> Result<Option<Millis>> {
+        match self.counts_between(&window::window_prefix(from), &[]).next().transpose()? {
+            Some((key, _)) => Ok(window::parse_state_key(&key).map(|(start, _)| start)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every windowed counter's state key in windows starting before `before`.
+    pub fn windowed_keys_before(&self, before: Millis) -> impl Iterator<Item = Result<Box<[u8]>>> + '_ {
+        self.counts_between(&[WINDOW_KEY_PREFIX], &window::window_prefix(before)).map(|item| item.map(|(k, _)| k))
+    }
+
+    /// Every windowed counter: (window start, guest key, count), by window then key.
+    pub fn windowed_counts(&self) -> impl Iterator<Item = Result<(Millis, Box<[u8]>, u64)>> + '_ {
+        self.counts_between(&[WINDOW_KEY_PREFIX], &[]).map(|item| {
+            let (key, count) = item?;
+            let (start, key) = window::parse_state_key(&key).context("a windowed key shorter than its prefix")?;
+            Ok((start, key.into(), count))
+        })
+    }
+
+    /// The largest event time seen per partition of input `topic` (with --window).
+    pub fn stream_times(&self, topic: &str) -> Result<BTreeMap<i32, Millis>> {
+        self.positions(topic, meta::parse_stream_time)
+    }
+
+    /// A metadata entry as text, if present.
+    pub fn meta_text(&self, name: &str) -> Result<Option<String>> {
+        let cf = self.db.cf_handle(META).expect("meta column family");
+        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// A metadata entry as a big-endian i64, if present.
+    pub fn meta_i64(&self, name: &str) -> Result<Option<i64>> {
+        let cf = self.db.cf_handle(META).expect("meta column family");
+        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| decode_u64(&v) as i64))
     }
 
     /// True when the store must be (re)built from the changelog before use: it is new or
@@ -277,6 +350,16 @@ pub fn dump_command(args: DumpArgs) -> Result<()> {
     for item in store.counts() {
         let (key, count) = item?;
         let line = serde_json::json!({ "key": String::from_utf8_lossy(&key), "count": count });
+        writeln!(out, "{line}")?;
+    }
+    for item in store.windowed_counts() {
+        let (start, key, count) = item?;
+        let line = serde_json::json!({
+            "window_start_ms": start,
+            "window_start": window::rfc3339(start),
+            "key": String::from_utf8_lossy(&key),
+            "count": count,
+        });
         writeln!(out, "{line}")?;
     }
     let totals = store.totals()?;

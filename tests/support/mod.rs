@@ -51,6 +51,8 @@ pub fn guest(name: &str) -> PathBuf {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Dump {
     pub counts: BTreeMap<String, u64>,
+    /// Windowed counters: (window start ms, key) -> count.
+    pub windows: BTreeMap<(i64, String), u64>,
     pub records_processed: u64,
     pub records_skipped: u64,
 }
@@ -209,6 +211,20 @@ impl TestEnv {
         produce(&self.brokers, &self.input, values);
     }
 
+    /// Produces values with chosen record timestamps (ms), in order, to partition 0.
+    pub fn produce_at(&self, records: &[(i64, String)]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        for (timestamp, value) in records {
+            // One at a time: the order on the partition is the order given.
+            let record = FutureRecord::to(&self.input).key("k").partition(0).payload(value).timestamp(*timestamp);
+            producer.send_result(record).expect("queue").now_or_never_blocking().expect("delivered");
+        }
+    }
+
     /// The group's committed offset per input partition (0 where nothing is committed).
     /// Retries for a while: right after a broker restart the coordinator may not be ready.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
@@ -259,12 +275,21 @@ impl TestEnv {
 
     /// Latest value per counter key in the changelog (metadata records skipped by header).
     pub fn changelog_latest(&self) -> BTreeMap<String, u64> {
+        self.changelog_latest_raw()
+            .into_iter()
+            .map(|(key, count)| (String::from_utf8(key).expect("counter keys are UTF-8"), count))
+            .collect()
+    }
+
+    /// Latest value per counter key in the changelog, keys as bytes (windowed keys are not
+    /// UTF-8); a tombstone removes its key.
+    pub fn changelog_latest_raw(&self) -> BTreeMap<Vec<u8>, u64> {
         let mut latest = BTreeMap::new();
         for record in self.read(&self.changelog) {
             if record.header("meta").is_some() {
                 continue;
             }
-            let key = String::from_utf8(record.key).expect("counter keys are UTF-8");
+            let key = record.key;
             match record.value.len() {
                 0 => {
                     latest.remove(&key);
@@ -317,7 +342,10 @@ pub fn parse_dump(text: &str) -> Dump {
     let mut dump = Dump::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("dump line {line}: {e}"));
-        if let Some(key) = v.get("key") {
+        if let (Some(start), Some(key)) = (v.get("window_start_ms"), v.get("key")) {
+            dump.windows
+                .insert((start.as_i64().unwrap(), key.as_str().unwrap().to_owned()), v["count"].as_u64().unwrap());
+        } else if let Some(key) = v.get("key") {
             dump.counts.insert(key.as_str().unwrap().to_owned(), v["count"].as_u64().unwrap());
         } else {
             dump.records_processed = v["records_processed"].as_u64().unwrap();

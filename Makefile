@@ -15,7 +15,7 @@ GUEST ?= $(GUEST_OUT)/drink_count.wasm
 export STREAMHOST_BROKERS ?= 127.0.0.1:9092
 export STREAMHOST_STATE_DIR ?= ./state
 
-APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven
+APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven python3-venv
 # The board page's end-to-end test drives a headless browser.
 TEST_APT_PACKAGES := chromium
 
@@ -25,7 +25,8 @@ help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 deps: ## install system packages and the Rust wasm target (once)
-	@missing=$$(for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done; \
+	  command -v npm >/dev/null || echo nodejs npm); \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing $$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -36,11 +37,19 @@ deps: ## install system packages and the Rust wasm target (once)
 build: deps ## build the host and the load generator
 	cargo build --workspace --bins
 
-guests: deps ## build every guest component into build/guests/
+guests: deps $(GUEST_OUT)/drink_count_py.wasm $(GUEST_OUT)/drink_count_js.wasm ## build every guest component into build/guests/
 	cd guests && CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) cargo build --release
 	@mkdir -p $(GUEST_OUT)
 	@for w in $(GUEST_TARGET_DIR)/wasm32-unknown-unknown/release/*.wasm; do cp "$$w" $(GUEST_OUT)/; done
 	@ls -1 $(GUEST_OUT)
+
+# The drink count in Python (componentize-py, from PyPI) and JavaScript (componentize-js,
+# from npm): rebuilt only when their sources change; the tools install on first use.
+$(GUEST_OUT)/drink_count_py.wasm: scripts/build-python-guest.sh wit/counter.wit guests/python/drink_count/app.py guests/python/drink_count/drinks.py
+	scripts/build-python-guest.sh $(GUEST_OUT)
+
+$(GUEST_OUT)/drink_count_js.wasm: scripts/build-js-guest.sh wit/counter.wit guests/js/package-lock.json guests/js/componentize.mjs $(wildcard guests/js/drink_count/*.js)
+	scripts/build-js-guest.sh $(GUEST_OUT)
 
 kafka-up: ## fetch (first time) and start a local single-node Kafka broker
 	scripts/kafka.sh up

@@ -24,6 +24,25 @@ fn another_guest_runs_on_the_same_binary() {
     assert_eq!(std::fs::metadata(&binary).unwrap().modified().unwrap(), built);
 }
 
+/// The Python and JavaScript drink counts run on the same host binary against the broker,
+/// over 3 partitions with malformed orders among them: counts, skips and dead letters are
+/// exactly what the Rust guest gives.
+#[test]
+fn python_and_javascript_guests_count_exactly_on_the_broker() {
+    let orders = orders::generate(71, 2_000, 40);
+    for guest in ["drink_count_py", "drink_count_js"] {
+        let env = TestEnv::new(&format!("lang-{guest}"));
+        env.create_topics(3);
+        env.produce(&orders.values);
+        // The first load compiles a 12-18 MB component (later runs load it from the cache).
+        env.run_until_drained(guest, &[], Duration::from_secs(180));
+        let dump = env.dump();
+        assert_eq!(dump.counts, orders.counts, "{guest}");
+        assert_eq!((dump.records_processed, dump.records_skipped), (orders.valid, orders.malformed), "{guest}");
+        assert_eq!(env.read(&env.dead_letter).len() as u64, orders.malformed, "{guest}");
+    }
+}
+
 /// Copies `from` over `to` as a deployment would: written next to it, then renamed over it.
 fn deploy(from: &std::path::Path, to: &std::path::Path) {
     let staging = to.with_extension("staging");

@@ -51,22 +51,26 @@ fn check_refuses_a_guest_that_does_not_fit() {
     assert!(err.contains("WIT version 0.0.9") && err.contains("expects 0.2.0"), "{err}");
 }
 
-/// The drink-count conformance suite passes through `host test` with the Rust guest.
+/// The drink-count conformance suite passes through `host test` with every implementation:
+/// Rust, Python (componentize-py) and JavaScript (componentize-js).
 #[test]
-fn drink_count_passes_the_conformance_suite() {
-    for case in ["orders", "malformed"] {
+fn every_drink_count_passes_the_conformance_suite() {
+    for (implementation, case) in ["drink_count", "drink_count_py", "drink_count_js"]
+        .iter()
+        .flat_map(|i| ["orders", "malformed"].map(|case| (*i, case)))
+    {
         let out = host(&[
             "test",
             "--guest",
-            &path(&guest("drink_count")),
+            &path(&guest(implementation)),
             "--input",
             &path(&conformance(&format!("{case}.jsonl"))),
             "--expect",
             &path(&conformance(&format!("{case}.expected.json"))),
         ]);
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(out.status.success(), "{case}:\n{stdout}{stderr}");
-        assert!(stderr.contains("as expected"), "{case}: {stderr}");
+        assert!(out.status.success(), "{implementation} {case}:\n{stdout}{stderr}");
+        assert!(stderr.contains("as expected"), "{implementation} {case}: {stderr}");
     }
 }
 
@@ -148,4 +152,49 @@ fn a_new_guest_builds_and_passes_its_example() {
         &path(&crate_dir.join("examples/expected.json")),
     ]);
     assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
+}
+
+/// The tools `make guests` installed outside the clone (componentize-py, componentize-js).
+fn tools_cache() -> PathBuf {
+    std::env::var("STREAMHOST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/streamhost"))
+}
+
+/// `host new-guest --lang python|js` writes a project that builds (with the same pinned
+/// tools as the repo's own Python and JavaScript guests) into a component that passes its
+/// own example through `host test`.
+#[test]
+fn new_python_and_javascript_guests_build_and_pass_their_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for (lang, build) in [("python", ["./build.sh"].as_slice()), ("js", ["npm", "run", "build", "--silent"].as_slice())]
+    {
+        let project = dir.path().join(format!("events_{lang}"));
+        let out = host(&["new-guest", &format!("events_{lang}"), "--lang", lang, "--dir", &path(&project)]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(project.join("wit/counter.wit").exists(), "{lang}: the host's WIT comes along");
+        // Instead of `npm install` / a new venv: the tools `make guests` installed.
+        let cache = tools_cache();
+        if lang == "js" {
+            std::os::unix::fs::symlink(cache.join("js-tools/node_modules"), project.join("node_modules")).unwrap();
+        }
+        let built = Command::new(build[0])
+            .args(&build[1..])
+            .current_dir(&project)
+            .env("COMPONENTIZE_PY", cache.join("py-venv/bin/componentize-py"))
+            .output()
+            .expect("running the build");
+        assert!(built.status.success(), "{lang}: {}{}", text(&built.stdout), text(&built.stderr));
+        let wasm = project.join(format!("events_{lang}.wasm"));
+        let tested = host(&[
+            "test",
+            "--guest",
+            &path(&wasm),
+            "--input",
+            &path(&project.join("examples/input.jsonl")),
+            "--expect",
+            &path(&project.join("examples/expected.json")),
+        ]);
+        assert!(tested.status.success(), "{lang}: {}{}", text(&tested.stdout), text(&tested.stderr));
+    }
 }

@@ -86,8 +86,13 @@ pub struct NewGuestArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
 
-    /// The guest SDK to depend on (a path). Default: the SDK of the source tree this host
-    /// was built from.
+    /// The language: rust (a crate using the guest SDK), python (componentize-py) or js
+    /// (componentize-js).
+    #[arg(long, value_enum, default_value_t = GuestLang::Rust)]
+    pub lang: GuestLang,
+
+    /// Rust only: the guest SDK to depend on (a path). Default: the SDK of the source tree
+    /// this host was built from.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../guests/sdk"))]
     pub sdk: PathBuf,
 }
@@ -272,6 +277,13 @@ impl WindowArgs {
             })
             .transpose()
     }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GuestLang {
+    Rust,
+    Python,
+    Js,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -11,11 +11,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CheckArgs, GuestArgs, NewGuestArgs, TestArgs};
+use crate::cli::{CheckArgs, GuestArgs, GuestLang, NewGuestArgs, TestArgs};
 use crate::guest::{Guest, Records};
 use crate::{WIT_PACKAGE, WIT_VERSION};
 
-/// `host new-guest`: writes a guest crate from the template in `host/templates/guest`.
+/// `host new-guest`: writes a guest project from the templates in `host/templates/`.
 pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
     let name = &args.name;
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -27,28 +27,64 @@ pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
     if dir.exists() {
         bail!("{} already exists; choose another --dir", dir.display());
     }
-    let sdk = std::fs::canonicalize(&args.sdk)
-        .with_context(|| format!("the guest SDK is not at {} (give its path with --sdk)", args.sdk.display()))?;
-    let fill = |template: &str| template.replace("{{name}}", name).replace("{{sdk}}", &sdk.display().to_string());
-    let files: [(&str, String); 6] = [
-        ("Cargo.toml", fill(include_str!("../templates/guest/Cargo.toml.in"))),
-        (".cargo/config.toml", fill(include_str!("../templates/guest/config.toml.in"))),
-        ("src/lib.rs", fill(include_str!("../templates/guest/lib.rs.in"))),
-        ("README.md", fill(include_str!("../templates/guest/README.md.in"))),
+    let fill = |template: &str, sdk: &str| template.replace("{{name}}", name).replace("{{sdk}}", sdk);
+    // Every language's project gets the same example, and (but Rust, whose SDK carries it)
+    // the host's WIT.
+    let mut files: Vec<(&str, String)> = vec![
         ("examples/input.jsonl", include_str!("../templates/guest/input.jsonl").to_owned()),
         ("examples/expected.json", include_str!("../templates/guest/expected.json").to_owned()),
     ];
+    let (build, wasm) = match args.lang {
+        GuestLang::Rust => {
+            let sdk = std::fs::canonicalize(&args.sdk).with_context(|| {
+                format!("the guest SDK is not at {} (give its path with --sdk)", args.sdk.display())
+            })?;
+            let sdk = sdk.display().to_string();
+            files.extend([
+                ("Cargo.toml", fill(include_str!("../templates/guest/Cargo.toml.in"), &sdk)),
+                (".cargo/config.toml", fill(include_str!("../templates/guest/config.toml.in"), &sdk)),
+                ("src/lib.rs", fill(include_str!("../templates/guest/lib.rs.in"), &sdk)),
+                ("README.md", fill(include_str!("../templates/guest/README.md.in"), &sdk)),
+            ]);
+            ("cargo build --release", format!("target/wasm32-unknown-unknown/release/{name}.wasm"))
+        }
+        GuestLang::Python => {
+            files.extend([
+                ("app.py", fill(include_str!("../templates/guest-python/app.py.in"), "")),
+                ("build.sh", fill(include_str!("../templates/guest-python/build.sh.in"), "")),
+                ("README.md", fill(include_str!("../templates/guest-python/README.md.in"), "")),
+                (".gitignore", ".venv/\n.build/\n*.wasm\n".to_owned()),
+                ("wit/counter.wit", include_str!("../../wit/counter.wit").to_owned()),
+            ]);
+            ("./build.sh", format!("{name}.wasm"))
+        }
+        GuestLang::Js => {
+            files.extend([
+                ("guest.js", fill(include_str!("../templates/guest-js/guest.js.in"), "")),
+                ("build.mjs", fill(include_str!("../templates/guest-js/build.mjs.in"), "")),
+                ("package.json", fill(include_str!("../templates/guest-js/package.json.in"), "")),
+                ("README.md", fill(include_str!("../templates/guest-js/README.md.in"), "")),
+                (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
+                ("wit/counter.wit", include_str!("../../wit/counter.wit").to_owned()),
+            ]);
+            ("npm install && npm run build", format!("{name}.wasm"))
+        }
+    };
     for (file, text) in files {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        if file.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
     }
     println!("created guest `{name}` in {}", dir.display());
-    println!("next:  cd {} && cargo build --release", dir.display());
+    println!("next:  cd {} && {build}", dir.display());
     println!(
-        "then:  host test --guest target/wasm32-unknown-unknown/release/{name}.wasm --input examples/input.jsonl \\\n         --expect examples/expected.json"
+        "then:  host test --guest {wasm} --input examples/input.jsonl \\\n         --expect examples/expected.json"
     );
     Ok(())
 }

@@ -170,7 +170,7 @@ impl TestEnv {
     /// (SIGTERM, exit 0).
     pub fn run_until_drained(&self, guest_name: &str, extra: &[&str], timeout: Duration) {
         let mut host = self.spawn_host(guest_name, extra);
-        host.wait_for_log("host running", Duration::from_secs(60));
+        host.wait_for_log("host running", timeout.max(Duration::from_secs(60)));
         self.wait_committed(timeout);
         let status = host.terminate();
         assert!(status.success(), "a clean stop exits 0, got {status}");

@@ -7,6 +7,13 @@ Modes, each from its first consumed record until everything is committed:
   native  the host pipeline with drink_count compiled in (bench/native): the WASM-free baseline.
   wasm    the host with drink_count.wasm.
   eos     the same with --guarantee exactly-once (default --commit-interval).
+  window  the same with tumbling 1-minute event-time windows (--window 1m); the input's
+          timestamps advance 10 ms per order, so 1M orders span 2.8 hours of event time.
+  hopping the same with 10-minute windows every minute (--window 10m --advance 1m): each
+          order counts in 10 windows. Both report the state left at the end (bounded by
+          the retention, however long the run).
+  python, javascript  the host with the drink count in Python (componentize-py) and in
+          JavaScript (componentize-js): what a guest author pays per language (one run each).
   restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it).
   restart exactly-once restart with those keys in state, after a crash between a transaction's
           commit and its state write: time to ready (tail replayed) and to the first commit.
@@ -29,6 +36,7 @@ BENCH_LATENCY_RATE (50000), BENCH_LATENCY_SECONDS (60), STREAMHOST_BROKERS (127.
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -46,9 +54,14 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, os.environ.get("BENCH_PROFILE", "release"))
 HOST, NATIVE, LOADGEN = (os.path.join(BIN, b) for b in ("host", "host-native", "loadgen"))
 GUEST = os.path.join(ROOT, "build", "guests", "drink_count.wasm")
+LANGUAGE_GUESTS = {lang: os.path.join(ROOT, "build", "guests", f"drink_count_{suffix}.wasm")
+                   for lang, suffix in (("python", "py"), ("javascript", "js"))}
+EVENT_TIME_STEP_MS = 10
+WINDOW_FLAGS = {"window": ["--window", "1m"], "hopping": ["--window", "10m", "--advance", "1m"]}
 BROKERS = os.environ.get("STREAMHOST_BROKERS", "127.0.0.1:9092")
 ORDERS = int(os.environ.get("BENCH_ORDERS", 1_000_000))
 RUNS = int(os.environ.get("BENCH_RUNS", 3))
+EVENT_SPAN_MIN = ORDERS * EVENT_TIME_STEP_MS / 60_000
 KEYS = int(os.environ.get("BENCH_KEYS", 1_000_000))
 LATENCY_RATE = int(os.environ.get("BENCH_LATENCY_RATE", 50_000))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", 60))
@@ -110,13 +123,18 @@ def summary(stderr):
     raise SystemExit("bench: no run summary in the host's log:\n" + stderr[-3000:])
 
 
-def pipeline(binary, name, extra=()):
+def pipeline(binary, name, extra=(), guest=GUEST):
     flags = topics(name)
     state = os.path.join(WORK, f"state-{name}")
     subcommand = ["run"] if binary == HOST else []  # host-native takes run's options directly
-    m = run([binary] + subcommand + ["--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state, "--stop-at-end",
+    m = run([binary] + subcommand + ["--guest", guest, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state, "--stop-at-end",
              "--instance-id", "none", "--log-format", "json"] + flags + list(extra),
             env={"RUST_LOG": "info,host::pipeline=debug"})
+    # What state holds at the end: counters, and the windows they are in.
+    dump = run([HOST, "dump", "--state-dir", state]).out.splitlines()
+    windowed = [json.loads(l) for l in dump if '"window_start_ms"' in l]
+    state_keys = len(windowed) if windowed else len(dump) - 1
+    state_windows = len({w["window_start_ms"] for w in windowed})
     shutil.rmtree(state, ignore_errors=True)
     s = summary(m.err)
     # Where the time goes: the per-batch step timings (debug log). The guest runs on its own
@@ -136,7 +154,8 @@ def pipeline(binary, name, extra=()):
     steps["poll and the rest"] = max(0.0, s["seconds"] - sum(steps.values()))
     return {"rate": s["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": s["records"],
             "changelog_per_record": s["changelog_records"] / max(1, s["records"]), "batches": s["batches"],
-            "seconds": s["seconds"], "steps": steps, "guest_busy": guest_busy}
+            "seconds": s["seconds"], "steps": steps, "guest_busy": guest_busy, "state_keys": state_keys,
+            "state_windows": state_windows}
 
 
 def eos_restart(state, keys_topic):
@@ -281,15 +300,16 @@ def machine():
 
 
 def main():
-    for path in (HOST, NATIVE, LOADGEN, GUEST):
+    for path in (HOST, NATIVE, LOADGEN, GUEST, *LANGUAGE_GUESTS.values()):
         if not os.path.exists(path):
             raise SystemExit(f"bench: {path} is missing (make bench builds it)")
     input_topic = f"bench-{RUN_ID}.orders"
     topics("setup")
     log(f"producing {ORDERS} orders to {input_topic} (6 partitions, lz4, 50 drinks, Zipf 1.0, 1% malformed)")
-    run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", str(ORDERS)] + ORDER_FLAGS)
+    run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", str(ORDERS), "--event-time-step", f"{EVENT_TIME_STEP_MS}ms"]
+        + ORDER_FLAGS)
 
-    results = {"raw": [], "native": [], "wasm": [], "eos": []}
+    results = {"raw": [], "native": [], "wasm": [], "eos": [], "window": [], "hopping": [], "python": [], "javascript": []}
     if PEERS:
         results.update({"kstreams": [], "go-seed": []})
         for path in (GO_SEED, KSTREAMS_CP.split(":")[0]):
@@ -300,11 +320,17 @@ def main():
             for mode, r in run_peers(input_topic, i).items():
                 results[mode].append(r)
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
-        for mode in PROBE or ("raw", "native", "wasm", "eos"):
+        for mode in PROBE or ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript"):
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
             elif mode == "eos":
                 r = pipeline(HOST, f"{mode}{i}", ["--guarantee", "exactly-once"])
+            elif mode in WINDOW_FLAGS:
+                r = pipeline(HOST, f"{mode}{i}", WINDOW_FLAGS[mode])
+            elif mode in LANGUAGE_GUESTS:
+                if i > 0 and not PROBE:
+                    continue  # one run: the gap to Rust is far larger than the noise
+                r = pipeline(HOST, f"{mode}{i}", guest=LANGUAGE_GUESTS[mode])
             else:
                 r = pipeline(NATIVE if mode == "native" else HOST, f"{mode}{i}")
             assert r["records"] == ORDERS, f"{mode} saw {r['records']} of {ORDERS} records"
@@ -401,6 +427,15 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
         row("wasm", results["wasm"], "host pipeline, drink_count.wasm"),
         row("eos", results["eos"], "wasm with --guarantee exactly-once (a Kafka transaction every 100 ms, the default "
             "--commit-interval)"),
+        row("window", results["window"], "wasm with --window 1m (tumbling); state at the end: "
+            f"{med(results['window'], 'state_keys'):.0f} counters in {med(results['window'], 'state_windows'):.0f} "
+            f"windows, of {math.ceil(EVENT_SPAN_MIN)} windows counted"),
+        row("hopping", results["hopping"], "wasm with --window 10m --advance 1m (each order in 10 windows); state at the "
+            f"end: {med(results['hopping'], 'state_keys'):.0f} counters in {med(results['hopping'], 'state_windows'):.0f} "
+            f"windows, of {math.ceil(EVENT_SPAN_MIN) + 9} windows counted"),
+        row("python", results["python"], "host pipeline, the drink count in Python (componentize-py 0.25.1; one run)"),
+        row("javascript", results["javascript"], "host pipeline, the drink count in JavaScript (componentize-js 0.23.0; "
+            "one run)"),
     ] + ([
         row("kstreams", results["kstreams"], "Kafka Streams 4.1.1: flatMap, groupByKey().aggregate, RocksDB store + "
             "changelog, top-N punctuator; defaults (at-least-once, commit.interval.ms=30000, caching on), "

@@ -131,6 +131,10 @@ enum Command {
         /// How many orders.
         #[arg(long)]
         count: u64,
+        /// Event time: order i gets the record timestamp 2023-11-14T22:13:20Z + i * STEP
+        /// (e.g. 10ms), instead of the time it is produced. For windowed runs.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        event_time_step: Option<Duration>,
     },
     /// Consume the topic to its end, dropping every record; commit once at the end.
     /// Prints one JSON line: records, seconds from first to last record, records/s.
@@ -245,12 +249,14 @@ fn main() -> Result<()> {
             producer.flush(Duration::from_secs(60)).context("flushing orders")?;
             eprintln!("loadgen: produced {id} orders in {:.1}s", started.elapsed().as_secs_f64());
         }
-        Command::Fill { orders, count } => {
+        Command::Fill { orders, count, event_time_step } => {
             let producer = producer(&cli.brokers, &orders.compression, orders.linger_ms)?;
             let mut orders_gen = OrderGen::new(&orders)?;
             let started = Instant::now();
+            let step_ms = event_time_step.map(|s| s.as_millis() as i64);
             for id in 0..count {
-                send(&producer, &cli.topic, format!("o-{id}").as_bytes(), orders_gen.order(id).as_bytes());
+                let timestamp = step_ms.map(|step| EVENT_TIME_START_MS + id as i64 * step);
+                send_at(&producer, &cli.topic, format!("o-{id}").as_bytes(), orders_gen.order(id).as_bytes(), timestamp);
             }
             producer.flush(Duration::from_secs(120)).context("flushing orders")?;
             eprintln!("loadgen: produced {count} orders to {} in {:.1}s", cli.topic, started.elapsed().as_secs_f64());
@@ -300,8 +306,25 @@ fn delete_topics(brokers: &str, prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where `fill --event-time-step` starts (a whole hour).
+const EVENT_TIME_START_MS: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+
 fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], value: &[u8]) {
+    send_at(producer, topic, key, value, None)
+}
+
+/// `send` with a record timestamp (ms; `None`: the producer's clock).
+fn send_at(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    timestamp: Option<i64>,
+) {
     let mut record = BaseRecord::to(topic).key(key).payload(value);
+    if let Some(timestamp) = timestamp {
+        record = record.timestamp(timestamp);
+    }
     loop {
         match producer.send(record) {
             Ok(()) => return,

@@ -43,6 +43,20 @@ fn python_and_javascript_guests_count_exactly_on_the_broker() {
     }
 }
 
+/// A guest built against WIT 0.2.0 (before `event-time` was added in 0.2.1) still runs on
+/// this host: the change is backward compatible.
+#[test]
+fn a_guest_built_against_an_older_wit_still_runs() {
+    let env = TestEnv::new("wit-020");
+    env.create_topics(2);
+    let orders = orders::generate(72, 500, 50);
+    env.produce(&orders.values);
+    env.run_until_drained("test_wit_020", &[], Duration::from_secs(60));
+    let dump = env.dump();
+    assert_eq!(dump.counts, orders.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (orders.valid, orders.malformed));
+}
+
 /// Copies `from` over `to` as a deployment would: written next to it, then renamed over it.
 fn deploy(from: &std::path::Path, to: &std::path::Path) {
     let staging = to.with_extension("staging");

@@ -28,8 +28,8 @@ fn check_describes_a_guest_and_caches_its_compiled_form() {
     let out = host(&["check", "--guest", &path(&guest("drink_count")), "--guest-cache", &path(cache.path())]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("fits     this host (WIT streamhost:counter@0.2.0)"), "{stdout}");
-    assert!(stdout.contains("streamhost:counter/counter@0.2.0 (process, process-batch, top-n)"), "{stdout}");
+    assert!(stdout.contains("fits     this host (WIT streamhost:counter@0.2.1)"), "{stdout}");
+    assert!(stdout.contains("streamhost:counter/counter@0.2.1 (process, process-batch, top-n)"), "{stdout}");
     assert!(stdout.contains("(compiled)"), "the first load compiles: {stdout}");
     assert!(stdout.contains("cached   "), "{stdout}");
     let cached = std::fs::read_dir(cache.path())
@@ -48,7 +48,7 @@ fn check_refuses_a_guest_that_does_not_fit() {
     let out = host(&["check", "--guest", &path(&guest("test_wrong_version")), "--guest-cache", "none"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("WIT version 0.0.9") && err.contains("expects 0.2.0"), "{err}");
+    assert!(err.contains("WIT version 0.0.9") && err.contains("expects 0.2.1"), "{err}");
 }
 
 /// The drink-count conformance suite passes through `host test` with every implementation:

@@ -67,10 +67,10 @@ fn wrong_guests_are_refused() {
     assert!(with_guest(&text.display().to_string()).contains("not a WebAssembly file"));
 
     let err = with_guest(&guest("test_wrong_version").display().to_string());
-    assert!(err.contains("WIT version 0.0.9") && err.contains("expects 0.2.0"), "{err}");
+    assert!(err.contains("WIT version 0.0.9") && err.contains("expects 0.2.1"), "{err}");
 
     let err = with_guest(&guest("test_wrong_world").display().to_string());
-    assert!(err.contains("does not export streamhost:counter/counter@0.2.0") && err.contains("greet"), "{err}");
+    assert!(err.contains("does not export streamhost:counter/counter@0.2.1") && err.contains("greet"), "{err}");
 
     let err = with_guest("/nonexistent/guest.wasm");
     assert!(err.contains("reading guest /nonexistent/guest.wasm"), "{err}");
@@ -82,5 +82,5 @@ fn version_names_the_wit_package() {
     let env = TestEnv::new("version");
     let out = env.host(&["--version"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("streamhost:counter@0.2.0"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("streamhost:counter@0.2.1"));
 }

@@ -219,3 +219,35 @@ fn a_crash_mid_window_keeps_window_counts_exact() {
         assert_eq!((dump.records_processed, dump.records_skipped), (600, 0));
     }
 }
+
+/// `--event-time guest`: the drink count's event time is an order's `created_at`, whatever
+/// the record's timestamp (here: when the test produced it); an order without one falls
+/// back to its record timestamp. A guest without `event-time` (built against WIT 0.2.0) is
+/// refused for it at start-up.
+#[test]
+fn event_time_can_come_from_the_guest() {
+    let env = TestEnv::new("win-guest-time");
+    env.create_topics(1);
+    let created = |at: i64, drink: &str| {
+        format!(r#"{{"created_at":{},"items":[{{"drink":"{drink}","quantity":1}}]}}"#, T0 + at * S)
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let input = [
+        (now, created(1, "latte")),
+        (now, created(12, "mocha")),
+        (now, created(14, "latte")),
+        (T0 + 3 * S, order("tea", 1)), // no created_at: its record timestamp
+    ];
+    env.produce_at(&input);
+
+    let mut args = env.run_args("test_wit_020");
+    args.extend(["--window", "10s", "--event-time", "guest"].map(String::from));
+    let out = env.host(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not export streamhost:counter/event-time"), "{err}");
+
+    run(&env, &["--window", "10s", "--grace", "1h", "--window-retention", "2h", "--event-time", "guest"]);
+    let want = expected(&[window(0, &[("latte", 1), ("tea", 1)]), window(1, &[("latte", 1), ("mocha", 1)])]);
+    assert_eq!(env.dump().windows, want);
+}

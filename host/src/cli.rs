@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (guest WIT streamhost:counter@0.2.0)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (guest WIT streamhost:counter@0.2.1)");
 
 #[derive(Parser, Debug)]
 #[command(
@@ -257,6 +257,13 @@ pub struct WindowArgs {
           requires = "size", help_heading = "Windows")]
     pub window_retention: Option<Duration>,
 
+    /// Where a record's event time comes from: kafka (the record timestamp) or guest (the
+    /// guest's `event-time` export, WIT 0.2.1, e.g. an order's created_at; records it knows
+    /// no time for fall back to their Kafka timestamp).
+    #[arg(long, env = "STREAMHOST_EVENT_TIME", value_enum, default_value_t = EventTime::Kafka, requires = "size",
+          help_heading = "Windows")]
+    pub event_time: EventTime,
+
     /// changes: every --flush-interval, the boards of the newest complete window and of the
     /// window in progress. final: one board per window, once it is complete.
     #[arg(long, env = "STREAMHOST_EMIT", value_enum, default_value_t = Emit::Changes, help_heading = "Windows")]
@@ -277,6 +284,12 @@ impl WindowArgs {
             })
             .transpose()
     }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EventTime {
+    Kafka,
+    Guest,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

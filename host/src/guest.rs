@@ -13,20 +13,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use wasmtime::component::{Component, types::ComponentItem};
+use wasmtime::component::{Component, InstancePre, types::ComponentItem};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
 use crate::sandbox::{self, GuestState};
 use crate::{WIT_PACKAGE, WIT_VERSION};
 
 mod bindings {
+    // The larger world: `event-time` is looked up separately, and only when a guest has it.
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "counting-guest",
+        world: "timed-counting-guest",
     });
 }
 
-pub use bindings::exports::streamhost::counter::counter::{BatchResult, Delta, Entry, Rejection};
+use bindings::exports::streamhost::counter::{counter, event_time};
+pub use counter::{BatchResult, Delta, Entry, Rejection};
 
 /// How often the deadline clock ticks; call deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -92,6 +94,15 @@ pub trait Counter {
     fn process_batch(&mut self, records: &Records) -> Result<BatchResult>;
     /// Ranks entries for the board, best first; at most `n`.
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>>;
+    /// The event time (ms) of each record, where the logic knows one; `None` when it does
+    /// not export `event-time` at all.
+    fn event_times(&mut self, _records: &Records) -> Result<Option<Vec<Option<i64>>>> {
+        Ok(None)
+    }
+    /// True when the logic exports `event-time` (WIT 0.2.1).
+    fn has_event_time(&self) -> bool {
+        false
+    }
 }
 
 impl Counter for Guest {
@@ -105,6 +116,14 @@ impl Counter for Guest {
 
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
         Guest::top_n(self, counts, n)
+    }
+
+    fn event_times(&mut self, records: &Records) -> Result<Option<Vec<Option<i64>>>> {
+        Guest::event_times(self, records)
+    }
+
+    fn has_event_time(&self) -> bool {
+        self.exports.event_time.is_some()
     }
 }
 
@@ -127,13 +146,27 @@ pub struct LoadInfo {
     pub imports: Vec<String>,
 }
 
+/// Where the guest's exports are in its instances: `counter` always, `event-time` when the
+/// guest has it (WIT 0.2.1; guests built against 0.2.0 do not).
+struct Exports {
+    counter: counter::GuestIndices,
+    event_time: Option<event_time::GuestIndices>,
+}
+
+/// The exports of one live instance.
+struct Live {
+    counter: counter::Guest,
+    event_time: Option<event_time::Guest>,
+}
+
 pub struct Guest {
     path: PathBuf,
     engine: Engine,
-    pre: bindings::CountingGuestPre<GuestState>,
+    pre: InstancePre<GuestState>,
+    exports: Exports,
     limits: Limits,
     store: Store<GuestState>,
-    instance: bindings::CountingGuest,
+    live: Live,
     /// Traps since load (each one re-created the instance).
     pub traps: u64,
     pub info: LoadInfo,
@@ -177,16 +210,24 @@ impl Guest {
                 path.display()
             )
         })?;
-        let pre = bindings::CountingGuestPre::new(instance_pre).map_err(|e| {
+        let mismatch = |e: wasmtime::Error| {
             anyhow!(
                 "guest {} exports {} but its functions do not match this host's WIT ({e:#}); \
                  rebuild it against wit/counter.wit of this host",
                 path.display(),
                 expected_export()
             )
-        })?;
-        let (store, instance) = instantiate(&engine, &pre, &limits)?;
-        Ok(Guest { path: path.to_owned(), engine, pre, limits, store, instance, traps: 0, info })
+        };
+        let exports = Exports {
+            counter: counter::GuestIndices::new(&instance_pre).map_err(mismatch)?,
+            event_time: if info.exports.iter().any(|e| e.starts_with(&format!("{WIT_PACKAGE}/event-time@"))) {
+                Some(event_time::GuestIndices::new(&instance_pre).map_err(mismatch)?)
+            } else {
+                None
+            },
+        };
+        let (store, live) = instantiate(&engine, &instance_pre, &exports, &limits)?;
+        Ok(Guest { path: path.to_owned(), engine, pre: instance_pre, exports, limits, store, live, traps: 0, info })
     }
 
     /// Runs `process-batch` over `records`, in calls of at most an eighth of the guest's
@@ -218,7 +259,7 @@ impl Guest {
     fn process_chunk(&mut self, records: &Records, range: Range<usize>) -> Result<BatchResult> {
         let (data, ends) = records.packed(range.clone());
         self.arm_deadline();
-        match self.instance.streamhost_counter_counter().call_process_batch(&mut self.store, data, &ends) {
+        match self.live.counter.call_process_batch(&mut self.store, data, &ends) {
             Ok(result) => match contract_breach(&result, ends.len()) {
                 None => return Ok(result),
                 Some(breach) => {
@@ -248,10 +289,51 @@ impl Guest {
         Ok(result)
     }
 
+    /// Runs `event-times` over `records` (in parts, as `process_batch`); `None` when the
+    /// guest does not export it. A trap gives no event time for the part that trapped (the
+    /// host then uses Kafka timestamps), with a warning.
+    pub fn event_times(&mut self, records: &Records) -> Result<Option<Vec<Option<i64>>>> {
+        if self.live.event_time.is_none() {
+            return Ok(None);
+        }
+        let max_bytes = self.limits.memory_bytes / 8;
+        let mut times = Vec::with_capacity(records.len());
+        let mut start = 0;
+        while start < records.len() {
+            let (mut end, mut bytes) = (start, 0);
+            while end < records.len() && (end == start || bytes + records.get(end).len() <= max_bytes) {
+                bytes += records.get(end).len();
+                end += 1;
+            }
+            let (data, ends) = records.packed(start..end);
+            self.arm_deadline();
+            let call =
+                self.live.event_time.as_ref().expect("checked above").call_event_times(&mut self.store, data, &ends);
+            match call {
+                Ok(part) if part.len() == ends.len() => times.extend(part),
+                Ok(part) => {
+                    tracing::warn!(
+                        records = ends.len(),
+                        returned = part.len(),
+                        "guest's event-times has the wrong length; using Kafka timestamps"
+                    );
+                    times.extend(std::iter::repeat_n(None, ends.len()));
+                }
+                Err(trap) => {
+                    self.recover(&trap)?;
+                    tracing::warn!(records = ends.len(), "guest trapped in event-times; using Kafka timestamps");
+                    times.extend(std::iter::repeat_n(None, ends.len()));
+                }
+            }
+            start = end;
+        }
+        Ok(Some(times))
+    }
+
     /// Runs `process` on one record; a trap rejects the record (and re-creates the instance).
     pub fn process(&mut self, value: &[u8]) -> Result<Outcome> {
         self.arm_deadline();
-        match self.instance.streamhost_counter_counter().call_process(&mut self.store, value) {
+        match self.live.counter.call_process(&mut self.store, value) {
             Ok(outcome) => Ok(outcome),
             Err(trap) => {
                 self.recover(&trap)?;
@@ -263,7 +345,7 @@ impl Guest {
     /// Runs `top-n`. A trap here is an error for the caller (the board is skipped).
     pub fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
         self.arm_deadline();
-        match self.instance.streamhost_counter_counter().call_top_n(&mut self.store, counts, n) {
+        match self.live.counter.call_top_n(&mut self.store, counts, n) {
             Ok(top) => Ok(top),
             Err(trap) => {
                 self.recover(&trap)?;
@@ -281,25 +363,31 @@ impl Guest {
     fn recover(&mut self, trap: &wasmtime::Error) -> Result<()> {
         self.traps += 1;
         tracing::warn!(guest = %self.path.display(), trap = %describe_trap(trap), "guest trapped; re-creating its instance");
-        let (store, instance) = instantiate(&self.engine, &self.pre, &self.limits)?;
+        let (store, live) = instantiate(&self.engine, &self.pre, &self.exports, &self.limits)?;
         self.store = store;
-        self.instance = instance;
+        self.live = live;
         Ok(())
     }
 }
 
 fn instantiate(
     engine: &Engine,
-    pre: &bindings::CountingGuestPre<GuestState>,
+    pre: &InstancePre<GuestState>,
+    exports: &Exports,
     limits: &Limits,
-) -> Result<(Store<GuestState>, bindings::CountingGuest)> {
+) -> Result<(Store<GuestState>, Live)> {
     let state =
         GuestState::new(StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build());
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(u64::MAX / 2);
     let instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiating the guest: {e:#}"))?;
-    Ok((store, instance))
+    let counter = exports.counter.load(&mut store, &instance).map_err(|e| anyhow!("{e:#}"))?;
+    let event_time = match &exports.event_time {
+        Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| anyhow!("{e:#}"))?),
+        None => None,
+    };
+    Ok((store, Live { counter, event_time }))
 }
 
 fn describe_trap(error: &wasmtime::Error) -> String {
@@ -419,6 +507,19 @@ fn long_key(deltas: &[Delta]) -> Option<String> {
         .map(|d| format!("key of {} bytes is longer than the limit of {MAX_KEY_BYTES}", d.key.len()))
 }
 
+/// Whether a guest built against WIT `version` runs on a host of `host_version`: the same
+/// compatibility line (major, or minor for 0.x, as Cargo and the component model read
+/// semver) and not newer than the host.
+fn semver_compatible(version: &str, host_version: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    };
+    let (Some(guest), Some(host)) = (parse(version), parse(host_version)) else { return false };
+    let line = |(major, minor, _): (u64, u64, u64)| if major == 0 { (0, minor) } else { (major, 0) };
+    line(guest) == line(host) && guest <= host
+}
+
 fn expected_export() -> String {
     format!("{WIT_PACKAGE}/counter@{WIT_VERSION}")
 }
@@ -446,13 +547,14 @@ fn check_interface(path: &Path, engine: &Engine, component: &Component) -> Resul
     let ty = component.component_type();
     let expected = expected_export();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
-    if !exports.contains(&expected) {
-        let unversioned = format!("{WIT_PACKAGE}/counter");
+    let unversioned = format!("{WIT_PACKAGE}/counter");
+    let version_of = |export: &str| export.strip_prefix(&format!("{unversioned}@")).map(str::to_owned);
+    if !exports.iter().filter_map(|e| version_of(e)).any(|v| semver_compatible(&v, WIT_VERSION)) {
         if let Some(found) = exports.iter().find(|e| e.starts_with(&format!("{unversioned}@")) || **e == unversioned) {
             let version = found.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
             bail!(
                 "guest {} was built against WIT version {version} ({found}), but this host expects \
-                 {WIT_VERSION} ({expected}); rebuild the guest against this host's wit/",
+                 {WIT_VERSION} or an older 0.2.x ({expected}); rebuild the guest against this host's wit/",
                 path.display()
             );
         }

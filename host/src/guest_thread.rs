@@ -18,9 +18,14 @@ enum Request {
     /// Groups of records, each one `process-batch` call (one per window set, with --window).
     Process(Vec<Records>),
     TopN(Vec<Entry>, u32),
+    /// `event-times` of a batch, answered at once after whatever is queued before it.
+    EventTimes(Records),
     /// From here on, another guest: batches submitted before keep the old one.
     Swap(Box<dyn Counter + Send>),
 }
+
+/// The event times of a batch's records (`None`: the guest has no `event-time`).
+type EventTimes = Result<Option<Vec<Option<i64>>>>;
 
 /// The `process-batch` results of a submission's groups, with the milliseconds the guest
 /// spent on them.
@@ -31,15 +36,19 @@ pub struct GuestThread {
     requests: Option<Sender<Request>>,
     processed: Receiver<Processed>,
     ranked: Receiver<Result<Vec<Entry>>>,
+    timed: Receiver<EventTimes>,
+    has_event_time: bool,
     handle: Option<JoinHandle<()>>,
 }
 
 impl GuestThread {
     pub fn spawn(mut counter: Box<dyn Counter + Send>) -> Result<GuestThread> {
         let describe = counter.describe();
+        let has_event_time = counter.has_event_time();
         let (requests, inbox) = channel::<Request>();
         let (processed_tx, processed) = channel();
         let (ranked_tx, ranked) = channel();
+        let (timed_tx, timed) = channel();
         let handle = std::thread::Builder::new()
             .name("guest".into())
             .spawn(move || {
@@ -54,12 +63,23 @@ impl GuestThread {
                         Request::TopN(entries, n) => {
                             let _ = ranked_tx.send(counter.top_n(&entries, n));
                         }
+                        Request::EventTimes(records) => {
+                            let _ = timed_tx.send(counter.event_times(&records));
+                        }
                         Request::Swap(next) => counter = next,
                     }
                 }
             })
             .context("spawning the guest thread")?;
-        Ok(GuestThread { describe, requests: Some(requests), processed, ranked, handle: Some(handle) })
+        Ok(GuestThread {
+            describe,
+            requests: Some(requests),
+            processed,
+            ranked,
+            timed,
+            has_event_time,
+            handle: Some(handle),
+        })
     }
 
     fn send(&self, request: Request) -> Result<()> {
@@ -81,6 +101,7 @@ impl GuestThread {
     /// counted by the old guest, every one after by `next`.
     pub fn swap(&mut self, next: Box<dyn Counter + Send>) -> Result<()> {
         self.describe = next.describe();
+        self.has_event_time = next.has_event_time();
         self.send(Request::Swap(next))
     }
 
@@ -88,6 +109,17 @@ impl GuestThread {
     pub fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>> {
         self.send(Request::TopN(counts.to_vec(), n))?;
         self.ranked.recv().map_err(|_| stopped())?
+    }
+
+    /// `event-times` of `records`, answered after the batches queued before it.
+    pub fn event_times(&mut self, records: Records) -> EventTimes {
+        self.send(Request::EventTimes(records))?;
+        self.timed.recv().map_err(|_| stopped())?
+    }
+
+    /// True when the current guest (the latest swapped in) exports `event-time`.
+    pub fn has_event_time(&self) -> bool {
+        self.has_event_time
     }
 
     pub fn describe(&self) -> &str {

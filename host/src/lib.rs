@@ -51,7 +51,7 @@ pub mod window;
 /// The WIT package this host speaks; a guest must export its `counter` interface at exactly
 /// this version.
 pub const WIT_PACKAGE: &str = "streamhost:counter";
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.2.1";
 
 /// Logs to stderr, as text or JSON lines; `RUST_LOG` filters (librdkafka's chatter is
 /// held to warnings unless asked for).

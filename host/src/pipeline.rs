@@ -64,7 +64,7 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
-use crate::cli::{Emit, Guarantee, RunArgs};
+use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
 use crate::guest::{Counter, Guest, Records};
@@ -266,6 +266,15 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         ready: http.ready.clone(),
         board_view: http.board.clone(),
     };
+    if pipeline.needs_event_time() && !pipeline.guest.has_event_time() {
+        anyhow::bail!(
+            "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
+             guest SDK and an event-time function (counting_guest!(Name, count, event_time = when)), or use \
+             --event-time kafka",
+            pipeline.guest.describe(),
+            crate::WIT_PACKAGE
+        );
+    }
     tracing::info!(
         guest = %pipeline.guest.describe(),
         guarantee = pipeline.args.guarantee.name(),
@@ -505,8 +514,13 @@ impl Pipeline {
             }
             // A new guest takes over from the next batch submitted: each batch is counted by one.
             if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(shutdown.take_reload())) {
-                tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
-                self.guest.swap(Box::new(next))?;
+                if self.needs_event_time() && !next.has_event_time() {
+                    tracing::warn!(guest = %next.describe(), "new guest refused: it does not export event-time, which \
+                        --event-time guest needs; the running guest stays");
+                } else {
+                    tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
+                    self.guest.swap(Box::new(next))?;
+                }
             }
             self.producer.poll();
         }
@@ -552,11 +566,10 @@ impl Pipeline {
         if self.windows.is_none() {
             groups.push((Group { windows: None, positions: Vec::with_capacity(messages.len()) }, Records::default()));
         }
+        let guest_times = self.guest_event_times(&messages)?;
         for (index, message) in messages.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
-            // Already counted: a crash came between the state write and the offset commit, or
-            // a rebalance re-delivered records of a batch under way.
-            if self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
+            if self.already_counted(message) {
                 continue;
             }
             fresh.push(index);
@@ -566,7 +579,7 @@ impl Pipeline {
             };
             let group = match self.windows {
                 None => 0,
-                Some(spec) => match self.open_windows(&spec, message) {
+                Some(spec) => match self.open_windows(&spec, message, guest_times.get(index).copied().flatten()) {
                     Ok(open) => match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
                         Some(group) => group,
                         None => {
@@ -593,10 +606,44 @@ impl Pipeline {
         Ok(Submitted { messages, fresh, groups, rejected, next_offsets, stream_times })
     }
 
-    /// With --window: the windows still open for `message` (by its timestamp, on its
-    /// partition), advancing the partition's stream time; why it is skipped if none is.
-    fn open_windows(&mut self, spec: &WindowSpec, message: &BorrowedMessage<'_>) -> Result<Vec<Millis>, String> {
-        let Some(t) = message.timestamp().to_millis() else {
+    /// Already counted: a crash came between the state write and the offset commit, or a
+    /// rebalance re-delivered records of a batch under way.
+    fn already_counted(&self, message: &BorrowedMessage<'_>) -> bool {
+        self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next)
+    }
+
+    /// With `--event-time guest`: the event time the guest gives each record of the batch
+    /// not yet counted (by index into `messages`); empty otherwise.
+    fn guest_event_times(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<Vec<Option<Millis>>> {
+        if self.windows.is_none() || self.args.windows.event_time != EventTime::Guest {
+            return Ok(Vec::new());
+        }
+        let mut records = Records::default();
+        let mut at = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            if let Some(value) = message.payload().filter(|_| !self.already_counted(message)) {
+                records.push(value);
+                at.push(index);
+            }
+        }
+        let mut times = vec![None; messages.len()];
+        // A guest swapped in without `event-time` was refused, so there are times here.
+        for (index, time) in at.into_iter().zip(self.guest.event_times(records)?.unwrap_or_default()) {
+            times[index] = time;
+        }
+        Ok(times)
+    }
+
+    /// With --window: the windows still open for `message` (by its event time: the guest's
+    /// if it gave one, else the record's timestamp; on its partition), advancing the
+    /// partition's stream time; why it is skipped if none is.
+    fn open_windows(
+        &mut self,
+        spec: &WindowSpec,
+        message: &BorrowedMessage<'_>,
+        guest_time: Option<Millis>,
+    ) -> Result<Vec<Millis>, String> {
+        let Some(t) = guest_time.or_else(|| message.timestamp().to_millis()) else {
             return Err("record has no timestamp (windows count by event time)".into());
         };
         let partition = message.partition();
@@ -930,6 +977,10 @@ impl Pipeline {
 
     fn input_offset_change(&self, partition: i32, next: i64) -> Change {
         u64_meta(&meta::input_offset(&self.args.topics.input, partition), next as u64)
+    }
+
+    fn needs_event_time(&self) -> bool {
+        self.windows.is_some() && self.args.windows.event_time == EventTime::Guest
     }
 
     /// With --window, the windows state is counted in (in every batch: a restore from the

@@ -1,9 +1,10 @@
-//! The drink count as a component: counts servings per drink, and ranks the board by count.
-//! The logic is the `drinks` crate; this crate only exports it.
+//! The drink count as a component: counts servings per drink, and ranks the board by count;
+//! an order's `created_at` (ms) is its event time. The logic is the `drinks` crate; this
+//! crate only exports it.
 
-use drinks::count_drinks;
+use drinks::{count_drinks, event_time};
 
-streamhost_guest_sdk::counting_guest!(DrinkCount, count_drinks);
+streamhost_guest_sdk::counting_guest!(DrinkCount, count_drinks, event_time = event_time);
 
 #[cfg(test)]
 mod tests {

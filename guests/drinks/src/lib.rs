@@ -23,6 +23,17 @@ struct Item<'a> {
     quantity: serde_json::Number,
 }
 
+/// When an order was placed: its `created_at` field, in milliseconds since the Unix epoch,
+/// if it has one (an integer); the host uses it with `--event-time guest`. An order without
+/// one (or that is not JSON) has none: the host then uses the record's Kafka timestamp.
+pub fn event_time(record: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Placed {
+        created_at: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Placed>(record).ok()?.created_at?.as_i64()
+}
+
 /// Adds one order's drinks to `deltas`, or says why the order is malformed.
 pub fn count_drinks<'r>(record: &'r [u8], deltas: &mut Deltas<'r>) -> Result<(), String> {
     // serde would also accept a JSON array for a struct; the contract says object.
@@ -65,6 +76,15 @@ mod tests {
             Ok(d) => panic!("{json} accepted with {} deltas", d.len()),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn event_time_is_created_at_in_milliseconds() {
+        assert_eq!(event_time(br#"{"created_at":1700000000123,"items":[]}"#), Some(1_700_000_000_123));
+        assert_eq!(event_time(br#"{"items":[{"drink":"a","quantity":1}]}"#), None);
+        assert_eq!(event_time(br#"{"created_at":"2023-11-14T22:13:20Z"}"#), None, "an integer only");
+        assert_eq!(event_time(br#"{"created_at":1.5}"#), None);
+        assert_eq!(event_time(b"not json"), None);
     }
 
     #[test]

@@ -20,28 +20,61 @@
 //! }
 //! streamhost_guest_sdk::export_guest!(MyGuest);
 //! ```
+//!
+//! Every guest built with the SDK also exports `event-time` (WIT 0.2.1): by default it
+//! knows no event time (the host then uses Kafka timestamps); `counting_guest!(MyGuest,
+//! count, event_time = when)` or `export_guest!(MyGuest, event_time = when)` with
+//! `fn when(record: &[u8]) -> Option<i64>` (ms since the epoch) says when records happened.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "counting-guest",
+    world: "timed-counting-guest",
     pub_export_macro: true,
     export_macro_name: "export_counter",
     default_bindings_module: "streamhost_guest_sdk",
 });
 
 pub use exports::streamhost::counter::counter::{BatchResult, Delta, Entry, Guest, Rejection};
+pub use exports::streamhost::counter::event_time::Guest as EventTimeGuest;
 
-/// Exports a `Guest` impl as the component's `counter` interface. On a native target (the
-/// guest's own `cargo test`) it expands to nothing, so guest logic is unit-testable natively.
+/// Exports a `Guest` impl as the component's `counter` interface, and `event-time` from an
+/// event-time function (default: none known). On a native target (the guest's own `cargo
+/// test`) it exports nothing, so guest logic is unit-testable natively.
 #[macro_export]
 macro_rules! export_guest {
     ($guest:ident) => {
+        $crate::export_guest!($guest, event_time = $crate::no_event_time);
+    };
+    ($guest:ident, event_time = $when:path) => {
+        impl $crate::EventTimeGuest for $guest {
+            fn event_times(data: Vec<u8>, ends: Vec<u32>) -> Vec<Option<i64>> {
+                $crate::event_times(&data, &ends, $when)
+            }
+        }
+
         #[cfg(target_family = "wasm")]
         $crate::export_counter!($guest);
     };
+}
+
+/// The event-time function of a guest that knows none: the host uses Kafka timestamps.
+pub fn no_event_time(_record: &[u8]) -> Option<i64> {
+    None
+}
+
+/// `event-times` from an event-time function: one entry per record of the batch.
+pub fn event_times(data: &[u8], ends: &[u32], mut when: impl FnMut(&[u8]) -> Option<i64>) -> Vec<Option<i64>> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let record = data.get(start..end as usize);
+            start = end as usize;
+            record.and_then(&mut when)
+        })
+        .collect()
 }
 
 /// The whole component from one counting function: `process` and `process-batch` are
@@ -52,13 +85,20 @@ macro_rules! export_guest {
 /// ```text
 /// streamhost_guest_sdk::counting_guest!(DrinkCount, count_drinks);
 /// streamhost_guest_sdk::counting_guest!(MyGuest, count, rank = my_rank);
+/// streamhost_guest_sdk::counting_guest!(MyGuest, count, event_time = when);
 /// ```
 #[macro_export]
 macro_rules! counting_guest {
     ($name:ident, $count:path) => {
-        $crate::counting_guest!($name, $count, rank = $crate::rank_by_count);
+        $crate::counting_guest!($name, $count, rank = $crate::rank_by_count, event_time = $crate::no_event_time);
     };
     ($name:ident, $count:path, rank = $rank:path) => {
+        $crate::counting_guest!($name, $count, rank = $rank, event_time = $crate::no_event_time);
+    };
+    ($name:ident, $count:path, event_time = $when:path) => {
+        $crate::counting_guest!($name, $count, rank = $crate::rank_by_count, event_time = $when);
+    };
+    ($name:ident, $count:path, rank = $rank:path, event_time = $when:path) => {
         // Constructed only by the export glue, which exists on wasm targets alone.
         #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
         struct $name;
@@ -77,12 +117,12 @@ macro_rules! counting_guest {
             }
         }
 
-        $crate::export_guest!($name);
+        $crate::export_guest!($name, event_time = $when);
     };
 }
 
 /// The WIT package version these bindings were generated from.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.2.1";
 
 /// Longest key the host accepts (`wit/counter.wit`): a record that would count under a
 /// longer key is refused by [`process_one`] and [`sum_batch`].

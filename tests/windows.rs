@@ -9,9 +9,17 @@ use std::time::Duration;
 
 use integration_tests::TestEnv;
 
-/// An arbitrary whole 10 s in event time (2023-11-14T22:13:20Z): window `w` of 10 s starts
-/// at `T0 + w * 10 s`.
-const T0: i64 = 1_700_000_000_000;
+/// Event time zero of these tests: a whole minute two hours ago (recent, so that the topic's
+/// retention, which goes by record timestamps, keeps the records). Window `w` of 10 s starts
+/// at `t0() + w * 10 s`.
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let start = now - 2 * 3_600_000;
+        start - start % 60_000
+    })
+}
 const S: i64 = 1000;
 
 fn order(drink: &str, quantity: u64) -> String {
@@ -31,12 +39,12 @@ fn tumbling_input() -> Vec<(i64, String)> {
         (25, "chai", 1),  // [20, 30); stream time 25 s: [10, 20) is closed
         (19, "latte", 1), // late
     ]
-    .map(|(at, drink, quantity)| (T0 + at * S, order(drink, quantity)))
+    .map(|(at, drink, quantity)| (t0() + at * S, order(drink, quantity)))
     .to_vec()
 }
 
 fn window(w: i64, counts: &[(&str, u64)]) -> Vec<((i64, String), u64)> {
-    counts.iter().map(|(key, count)| ((T0 + w * 10 * S, key.to_string()), *count)).collect()
+    counts.iter().map(|(key, count)| ((t0() + w * 10 * S, key.to_string()), *count)).collect()
 }
 
 fn expected(windows: &[Vec<((i64, String), u64)>]) -> BTreeMap<(i64, String), u64> {
@@ -83,12 +91,13 @@ fn tumbling_windows_count_exactly_and_skip_late_records() {
     let board = env.boards().pop().expect("a board");
     let windows = board["windows"].as_array().expect("windows on the board");
     assert_eq!(windows.len(), 2, "{board}");
-    assert_eq!(windows[0]["start_ms"], T0 + 10 * S);
-    assert_eq!(windows[0]["end_ms"], T0 + 20 * S);
-    assert_eq!(windows[0]["start"], "2023-11-14T22:13:30.000Z");
+    assert_eq!(windows[0]["start_ms"], t0() + 10 * S);
+    assert_eq!(windows[0]["end_ms"], t0() + 20 * S);
+    let start = std::time::UNIX_EPOCH + Duration::from_millis((t0() + 10 * S) as u64);
+    assert_eq!(windows[0]["start"], humantime::format_rfc3339_millis(start).to_string());
     assert_eq!(windows[0]["complete"], true);
     assert_eq!(windows[0]["top"], serde_json::json!([{"key": "latte", "count": 4}]));
-    assert_eq!(windows[1]["start_ms"], T0 + 20 * S);
+    assert_eq!(windows[1]["start_ms"], t0() + 20 * S);
     assert_eq!(windows[1]["complete"], false);
     assert_eq!(windows[1]["top"], serde_json::json!([{"key": "chai", "count": 1}]));
 
@@ -132,10 +141,10 @@ fn expired_windows_leave_state_and_changelog_and_restore_agrees() {
 fn hopping_windows_count_each_record_in_every_window_holding_it() {
     let env = TestEnv::new("win-hopping");
     env.create_topics(1);
-    let input = [(0, "a"), (5, "a"), (7, "b"), (12, "a")].map(|(at, drink)| (T0 + at * S, order(drink, 1)));
+    let input = [(0, "a"), (5, "a"), (7, "b"), (12, "a")].map(|(at, drink)| (t0() + at * S, order(drink, 1)));
     env.produce_at(&input);
     run(&env, &["--window", "10s", "--advance", "5s", "--window-retention", "1h"]);
-    let at = |s: i64| T0 + s * S;
+    let at = |s: i64| t0() + s * S;
     let want: BTreeMap<(i64, String), u64> = [
         ((at(-5), "a"), 1),
         ((at(0), "a"), 2),
@@ -159,7 +168,7 @@ fn emit_final_produces_each_complete_window_once() {
     run(&env, &["--window", "10s", "--grace", "2s", "--emit", "final", "--flush-interval", "100ms"]);
     let boards = env.read(&env.output);
     let keys: Vec<String> = boards.iter().map(|r| String::from_utf8_lossy(&r.key).into_owned()).collect();
-    assert_eq!(keys, [format!("window/{T0}"), format!("window/{}", T0 + 10 * S)]);
+    assert_eq!(keys, [format!("window/{}", t0()), format!("window/{}", t0() + 10 * S)]);
     let first: serde_json::Value = serde_json::from_slice(&boards[0].value).unwrap();
     assert_eq!(first["complete"], true);
     assert_eq!(
@@ -167,12 +176,12 @@ fn emit_final_produces_each_complete_window_once() {
         serde_json::json!([{"key": "mocha", "count": 2}, {"key": "latte", "count": 1}, {"key": "tea", "count": 1}])
     );
     // Retention waited for the board: [0 s, 10 s) is still there, past its 12 s.
-    assert!(env.dump().windows.keys().any(|(start, _)| *start == T0));
+    assert!(env.dump().windows.keys().any(|(start, _)| *start == t0()));
 
     // A restart with one more record: the next batch drops it; nothing is emitted twice.
-    env.produce_at(&[(T0 + 26 * S, order("chai", 1))]);
+    env.produce_at(&[(t0() + 26 * S, order("chai", 1))]);
     run(&env, &["--window", "10s", "--grace", "2s", "--emit", "final", "--flush-interval", "100ms"]);
-    assert!(!env.dump().windows.keys().any(|(start, _)| *start == T0), "dropped after its board");
+    assert!(!env.dump().windows.keys().any(|(start, _)| *start == t0()), "dropped after its board");
     assert_eq!(env.read(&env.output).len(), 2, "each window's final board once");
 }
 
@@ -189,10 +198,10 @@ fn a_crash_mid_window_keeps_window_counts_exact() {
         // 600 orders, one every 100 ms of event time: 60 s, six 10 s windows of 100 orders.
         let drinks = ["latte", "mocha", "tea"];
         let input: Vec<(i64, String)> =
-            (0..600).map(|i| (T0 + i * 100, order(drinks[(i % 3) as usize], 1 + (i % 2) as u64))).collect();
+            (0..600).map(|i| (t0() + i * 100, order(drinks[(i % 3) as usize], 1 + (i % 2) as u64))).collect();
         let mut want: BTreeMap<(i64, String), u64> = BTreeMap::new();
         for i in 0..600 {
-            *want.entry((T0 + (i / 100) * 10 * S, drinks[(i % 3) as usize].to_string())).or_default() +=
+            *want.entry((t0() + (i / 100) * 10 * S, drinks[(i % 3) as usize].to_string())).or_default() +=
                 1 + (i % 2) as u64;
         }
         env.produce_at(&input);
@@ -229,14 +238,14 @@ fn event_time_can_come_from_the_guest() {
     let env = TestEnv::new("win-guest-time");
     env.create_topics(1);
     let created = |at: i64, drink: &str| {
-        format!(r#"{{"created_at":{},"items":[{{"drink":"{drink}","quantity":1}}]}}"#, T0 + at * S)
+        format!(r#"{{"created_at":{},"items":[{{"drink":"{drink}","quantity":1}}]}}"#, t0() + at * S)
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let input = [
         (now, created(1, "latte")),
         (now, created(12, "mocha")),
         (now, created(14, "latte")),
-        (T0 + 3 * S, order("tea", 1)), // no created_at: its record timestamp
+        (t0() + 3 * S, order("tea", 1)), // no created_at: its record timestamp
     ];
     env.produce_at(&input);
 

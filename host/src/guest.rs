@@ -71,6 +71,25 @@ impl Records {
         if index == 0 { 0 } else { self.ends[index - 1] }
     }
 
+    /// Consecutive ranges of records of at most `max_bytes` each (a record larger than that
+    /// alone): calls that fit the guest's memory however large the batch.
+    pub fn parts(&self, max_bytes: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            if start >= self.len() {
+                return None;
+            }
+            let (mut end, mut bytes) = (start, 0);
+            while end < self.len() && (end == start || bytes + self.get(end).len() <= max_bytes) {
+                bytes += self.get(end).len();
+                end += 1;
+            }
+            let part = start..end;
+            start = end;
+            Some(part)
+        })
+    }
+
     /// The bytes and the ends (relative to those bytes) of the records in `range`: the
     /// arguments of `process-batch`.
     pub fn packed(&self, range: Range<usize>) -> (&[u8], Vec<u32>) {
@@ -234,22 +253,14 @@ impl Guest {
     /// memory cap in record bytes (a batch of large records must not trap for lack of memory
     /// that each record alone fits in). `Err` only when a new instance cannot be made.
     pub fn process_batch(&mut self, records: &Records) -> Result<BatchResult> {
-        let max_bytes = self.limits.memory_bytes / 8;
         let mut total = BatchResult { deltas: Vec::new(), rejected: Vec::new() };
-        let mut start = 0;
-        while start < records.len() {
-            let (mut end, mut bytes) = (start, 0);
-            while end < records.len() && (end == start || bytes + records.get(end).len() <= max_bytes) {
-                bytes += records.get(end).len();
-                end += 1;
-            }
+        for Range { start, end } in records.parts(self.limits.memory_bytes / 8) {
             let part = self.process_chunk(records, start..end)?;
             if start == 0 && end == records.len() {
                 return Ok(part);
             }
             total.deltas.extend(part.deltas);
             total.rejected.extend(part.rejected.into_iter().map(|r| Rejection { index: r.index + start as u32, ..r }));
-            start = end;
         }
         Ok(total)
     }
@@ -296,16 +307,9 @@ impl Guest {
         if self.live.event_time.is_none() {
             return Ok(None);
         }
-        let max_bytes = self.limits.memory_bytes / 8;
         let mut times = Vec::with_capacity(records.len());
-        let mut start = 0;
-        while start < records.len() {
-            let (mut end, mut bytes) = (start, 0);
-            while end < records.len() && (end == start || bytes + records.get(end).len() <= max_bytes) {
-                bytes += records.get(end).len();
-                end += 1;
-            }
-            let (data, ends) = records.packed(start..end);
+        for part in records.parts(self.limits.memory_bytes / 8) {
+            let (data, ends) = records.packed(part);
             self.arm_deadline();
             let call =
                 self.live.event_time.as_ref().expect("checked above").call_event_times(&mut self.store, data, &ends);
@@ -325,7 +329,6 @@ impl Guest {
                     times.extend(std::iter::repeat_n(None, ends.len()));
                 }
             }
-            start = end;
         }
         Ok(Some(times))
     }
@@ -603,6 +606,14 @@ mod tests {
         assert_eq!(r.packed(1..2), (&b""[..], vec![0]));
         assert_eq!(r.packed(3..3), (&b""[..], vec![]));
         assert_eq!(r.get(2), b"cde");
+    }
+
+    #[test]
+    fn parts_fit_the_byte_limit_and_cover_every_record_once() {
+        let r = records(&["ab", "", "cde", "f", "ghijk"]);
+        assert_eq!(r.parts(3).collect::<Vec<_>>(), [0..2, 2..3, 3..4, 4..5], "a large record stands alone");
+        assert_eq!(r.parts(100).collect::<Vec<_>>(), [0..5]);
+        assert_eq!(Records::default().parts(3).count(), 0);
     }
 
     #[test]

@@ -131,8 +131,9 @@ enum Command {
         /// How many orders.
         #[arg(long)]
         count: u64,
-        /// Event time: order i gets the record timestamp 2023-11-14T22:13:20Z + i * STEP
-        /// (e.g. 10ms), instead of the time it is produced. For windowed runs.
+        /// Event time: order i gets the record timestamp START + i * STEP (e.g. 10ms) instead
+        /// of the time it is produced, START being the whole hour that makes the last order's
+        /// time about now (recent, so the topic's retention keeps them). For windowed runs.
         #[arg(long, value_parser = humantime::parse_duration)]
         event_time_step: Option<Duration>,
     },
@@ -254,9 +255,16 @@ fn main() -> Result<()> {
             let mut orders_gen = OrderGen::new(&orders)?;
             let started = Instant::now();
             let step_ms = event_time_step.map(|s| s.as_millis() as i64);
+            let start_ms = step_ms.map(|step| event_time_start(count as i64 * step));
             for id in 0..count {
-                let timestamp = step_ms.map(|step| EVENT_TIME_START_MS + id as i64 * step);
-                send_at(&producer, &cli.topic, format!("o-{id}").as_bytes(), orders_gen.order(id).as_bytes(), timestamp);
+                let timestamp = step_ms.zip(start_ms).map(|(step, start)| start + id as i64 * step);
+                send_at(
+                    &producer,
+                    &cli.topic,
+                    format!("o-{id}").as_bytes(),
+                    orders_gen.order(id).as_bytes(),
+                    timestamp,
+                );
             }
             producer.flush(Duration::from_secs(120)).context("flushing orders")?;
             eprintln!("loadgen: produced {count} orders to {} in {:.1}s", cli.topic, started.elapsed().as_secs_f64());
@@ -306,8 +314,13 @@ fn delete_topics(brokers: &str, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where `fill --event-time-step` starts (a whole hour).
-const EVENT_TIME_START_MS: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+/// Where `fill --event-time-step` starts for a span of `span_ms`: the whole hour at or
+/// before now minus the span.
+fn event_time_start(span_ms: i64) -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let start = now - span_ms;
+    start - start.rem_euclid(3_600_000)
+}
 
 fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], value: &[u8]) {
     send_at(producer, topic, key, value, None)

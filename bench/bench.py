@@ -135,6 +135,7 @@ def pipeline(binary, name, extra=(), guest=GUEST):
     windowed = [json.loads(l) for l in dump if '"window_start_ms"' in l]
     state_keys = len(windowed) if windowed else len(dump) - 1
     state_windows = len({w["window_start_ms"] for w in windowed})
+    totals = json.loads(dump[-1])
     shutil.rmtree(state, ignore_errors=True)
     s = summary(m.err)
     # Where the time goes: the per-batch step timings (debug log). The guest runs on its own
@@ -155,7 +156,7 @@ def pipeline(binary, name, extra=(), guest=GUEST):
     return {"rate": s["records_per_second"], "cpu": m.cpu, "rss": m.rss_mib, "records": s["records"],
             "changelog_per_record": s["changelog_records"] / max(1, s["records"]), "batches": s["batches"],
             "seconds": s["seconds"], "steps": steps, "guest_busy": guest_busy, "state_keys": state_keys,
-            "state_windows": state_windows}
+            "state_windows": state_windows, "totals": (totals["records_processed"], totals["records_skipped"])}
 
 
 def eos_restart(state, keys_topic):
@@ -334,6 +335,9 @@ def main():
             else:
                 r = pipeline(NATIVE if mode == "native" else HOST, f"{mode}{i}")
             assert r["records"] == ORDERS, f"{mode} saw {r['records']} of {ORDERS} records"
+            # Every mode counts the same records (windowed ones too: no record may be late here).
+            if "totals" in r and results["wasm"] and "totals" in results["wasm"][0]:
+                assert r["totals"] == results["wasm"][0]["totals"], f"{mode} counted {r['totals']}, wasm {results['wasm'][0]['totals']}"
             results[mode].append(r)
             log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s, {r['cpu']:.1f} CPU s, {r['rss']:.0f} MiB"
                 + (f", guest thread busy {r['guest_busy']:.2f} s; pipeline thread: "

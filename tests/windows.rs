@@ -260,3 +260,24 @@ fn event_time_can_come_from_the_guest() {
     let want = expected(&[window(0, &[("latte", 1), ("tea", 1)]), window(1, &[("latte", 1), ("mocha", 1)])]);
     assert_eq!(env.dump().windows, want);
 }
+
+/// Two partitions over the same hour of event time, the first consumed long before the
+/// second (it comes first in the fetched data): no window completes or is dropped until the
+/// second has delivered, so none of its records is late, and the windows of the last
+/// minutes hold both partitions' counts.
+#[test]
+fn a_partition_read_ahead_of_another_makes_no_record_late() {
+    let env = TestEnv::new("win-skew");
+    env.create_topics(2);
+    // One order every 3.6 s on each partition: an hour, sixty 1-minute windows.
+    let input: Vec<(i64, String)> = (0..1000).map(|i| (t0() + i * 3_600, order("latte", 1))).collect();
+    env.produce_at_partition(0, &input);
+    env.produce_at_partition(1, &input);
+    run(&env, &["--window", "1m", "--max-batch", "50"]);
+    let dump = env.dump();
+    assert_eq!((dump.records_processed, dump.records_skipped), (2000, 0), "no record late");
+    // The newest window, [59 min, 60 min): orders 984..999 of each partition.
+    let newest = t0() + 59 * 60 * S;
+    assert_eq!(dump.windows.get(&(newest, "latte".to_string())), Some(&(2 * 16)));
+    assert!(dump.windows.keys().all(|(start, _)| *start >= newest - 60 * S), "older windows dropped: {dump:?}");
+}

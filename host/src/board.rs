@@ -53,12 +53,17 @@ pub type TopN<'a> = dyn FnMut(&[Entry], u32) -> Result<Vec<Entry>> + 'a;
 pub struct Windows<'a> {
     pub spec: &'a WindowSpec,
     pub stream_times: BTreeMap<i32, Millis>,
+    /// Some assigned partition holds records but has delivered none yet: no window is
+    /// complete (see `pipeline`).
+    pub closing_blocked: bool,
 }
 
 impl Windows<'_> {
-    /// The slowest and the fastest partition's stream time (`None` before any record).
+    /// The slowest and the fastest partition's stream time (`None` before any record); the
+    /// slowest is before every window while closing is blocked.
     fn range(&self) -> Option<(Millis, Millis)> {
-        Some((*self.stream_times.values().min()?, *self.stream_times.values().max()?))
+        let slowest = if self.closing_blocked { Millis::MIN / 2 } else { *self.stream_times.values().min()? };
+        Some((slowest, *self.stream_times.values().max()?))
     }
 }
 
@@ -78,7 +83,7 @@ pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Wi
             let mut keys = 0;
             if let Some((slowest, fastest)) = w.range() {
                 let complete = w.spec.newest_complete(slowest);
-                if store.window_counts(complete).next().is_some() {
+                if !w.closing_blocked && store.window_counts(complete).next().is_some() {
                     let (board, k) = window_board(store, top_n, n, w.spec, complete, slowest)?;
                     boards.push(board);
                     keys += k;
@@ -122,7 +127,7 @@ pub fn emit_final(
     windows: &Windows<'_>,
     after: Option<Millis>,
 ) -> Result<Option<Millis>> {
-    let Some((slowest, _)) = windows.range() else { return Ok(None) };
+    let Some((slowest, _)) = windows.range().filter(|_| !windows.closing_blocked) else { return Ok(None) };
     let through = windows.spec.newest_complete(slowest);
     let mut emitted = None;
     let mut next = store.first_window_from(after.map_or(Millis::MIN, |a| a.saturating_add(1)))?;

@@ -260,6 +260,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         windows,
         stream_times,
         kept_from: None,
+        closing_blocked: (true, None),
         emitted_through,
         reload,
         metrics: http.metrics.clone(),
@@ -387,6 +388,12 @@ struct Pipeline {
     stream_times: BTreeMap<i32, Millis>,
     /// --window: windows starting before this are no longer in state (`None`: unknown).
     kept_from: Option<Millis>,
+    /// --window: true while an assigned input partition holds records but has delivered
+    /// none yet (and when it was last looked at). Its records may belong to any window, so
+    /// until then no window completes or is dropped: the slowest partition's stream time is
+    /// only known once every partition with records has one (a consumer may read one
+    /// partition far ahead of another, e.g. in a backfill).
+    closing_blocked: (bool, Option<Instant>),
     /// --emit final: the newest window whose final board was produced.
     emitted_through: Option<Millis>,
     /// Hot swap of the guest (not for the benchmark's native baseline).
@@ -478,6 +485,9 @@ impl Pipeline {
             if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::info!("ready: partitions assigned");
+            }
+            if self.closing_blocked.0 && self.windows.is_some() {
+                self.check_partitions_seen(consumer);
             }
             if batch.is_empty() && idle && self.args.stop_at_end && all_at_end(consumer, &at_end) {
                 tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
@@ -660,6 +670,10 @@ impl Pipeline {
                 window::rfc3339(t),
                 window::rfc3339(stream_time)
             ));
+        }
+        if !self.stream_times.contains_key(&partition) {
+            // A partition delivers for the first time: closing may be unblocked now.
+            self.closing_blocked.1 = None;
         }
         let at = self.stream_times.entry(partition).or_insert(t);
         *at = (*at).max(t);
@@ -994,6 +1008,29 @@ impl Pipeline {
         u64_meta(&meta::stream_time(&self.args.topics.input, partition), time as u64)
     }
 
+    /// --window: unblocks closing once every assigned input partition that holds records
+    /// has a stream time (looked at twice a second at most, until then).
+    fn check_partitions_seen(&mut self, consumer: &HostConsumer) {
+        if self.closing_blocked.1.is_some_and(|at| at.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        let Ok(assignment) = consumer.assignment() else { return };
+        if assignment.count() == 0 {
+            return;
+        }
+        self.closing_blocked.1 = Some(Instant::now());
+        let unseen = assignment.elements().iter().any(|e| {
+            !self.stream_times.contains_key(&e.partition())
+                && consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+                    .map_or(true, |(low, high)| high > low)
+        });
+        if !unseen {
+            tracing::debug!("every input partition with records has a stream time: windows may complete");
+            self.closing_blocked.0 = false;
+        }
+    }
+
     /// With --window: the state keys of every counter whose window is past its retention
     /// once the slowest partition is at its stream time in `stream_times` (none when nothing
     /// new expired); such counters of this batch (`overlay`) are left out of it. With --emit
@@ -1004,6 +1041,9 @@ impl Pipeline {
         overlay: &mut HashMap<Vec<u8>, u64>,
     ) -> Result<Vec<Vec<u8>>> {
         let (Some(spec), Some(slowest)) = (self.windows, stream_times.values().min()) else { return Ok(Vec::new()) };
+        if self.closing_blocked.0 {
+            return Ok(Vec::new());
+        }
         let mut keep_from = spec.keep_from(*slowest);
         if self.args.windows.emit == Emit::Final {
             keep_from = keep_from.min(self.emitted_through.map_or(Millis::MIN, |e| e.saturating_add(1)));
@@ -1087,9 +1127,11 @@ impl Pipeline {
     fn publish_board(&mut self) -> Result<crate::board::Snapshot> {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let windows = match &self.windows {
-            Some(spec) => {
-                Some(crate::board::Windows { spec, stream_times: self.store.stream_times(&self.args.topics.input)? })
-            }
+            Some(spec) => Some(crate::board::Windows {
+                spec,
+                stream_times: self.store.stream_times(&self.args.topics.input)?,
+                closing_blocked: self.closing_blocked.0,
+            }),
             None => None,
         };
         let guest = &mut self.guest;

@@ -171,13 +171,17 @@ impl Store {
         Ok(out)
     }
 
-    /// The number of counters: counted when RocksDB's estimate is small, else the estimate
-    /// (counting means reading every key). Returns (count, exact).
+    /// The number of counters, windowed ones included: counted when RocksDB's estimate is
+    /// small, else the estimate (counting means reading every key). Returns (count, exact).
     pub fn key_count(&self) -> Result<(u64, bool)> {
         /// Up to this many keys (estimated), they are counted exactly.
         const EXACT_UP_TO: u64 = 100_000;
         let estimate = self.estimated_keys()?;
-        if estimate <= EXACT_UP_TO { Ok((self.counts().count() as u64, true)) } else { Ok((estimate, false)) }
+        if estimate <= EXACT_UP_TO {
+            Ok((self.counts_between(&[], &[]).count() as u64, true))
+        } else {
+            Ok((estimate, false))
+        }
     }
 
     /// RocksDB's estimate of the number of counters (it counts overwritten values too until

@@ -213,6 +213,11 @@ impl TestEnv {
 
     /// Produces values with chosen record timestamps (ms), in order, to partition 0.
     pub fn produce_at(&self, records: &[(i64, String)]) {
+        self.produce_at_partition(0, records)
+    }
+
+    /// `produce_at` to `partition`.
+    pub fn produce_at_partition(&self, partition: i32, records: &[(i64, String)]) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("linger.ms", "5")
@@ -220,7 +225,8 @@ impl TestEnv {
             .expect("producer");
         for (timestamp, value) in records {
             // One at a time: the order on the partition is the order given.
-            let record = FutureRecord::to(&self.input).key("k").partition(0).payload(value).timestamp(*timestamp);
+            let record =
+                FutureRecord::to(&self.input).key("k").partition(partition).payload(value).timestamp(*timestamp);
             producer.send_result(record).expect("queue").now_or_never_blocking().expect("delivered");
         }
     }

@@ -14,7 +14,7 @@
 //! replay (exactly-once start-up) reads the same way from the positions state already holds.
 //! Both read with read_committed: records of aborted transactions never reach state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -284,6 +284,12 @@ fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
 pub fn end_positions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>> {
     let consumer = topic_reader(kafka)?;
     Ok(end_offsets(&consumer, topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
+}
+
+/// The partitions of `topic` that hold records now.
+pub fn non_empty_partitions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeSet<i32>> {
+    let consumer = topic_reader(kafka)?;
+    Ok(end_offsets(&consumer, topic)?.into_iter().filter(|(_, (low, high))| high > low).map(|(p, _)| p).collect())
 }
 
 /// (low, high) watermarks of every partition of `topic`.

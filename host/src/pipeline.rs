@@ -244,6 +244,10 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     let applied = store.input_offsets(&args.topics.input)?;
     check_input_not_behind_state(&args, &store, &applied)?;
     let stream_times = store.stream_times(&args.topics.input)?;
+    let non_empty_partitions = match windows {
+        Some(_) => changelog::non_empty_partitions(&args.topics.kafka, &args.topics.input)?,
+        None => BTreeSet::new(),
+    };
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
@@ -260,7 +264,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         windows,
         stream_times,
         kept_from: None,
-        closing_blocked: (true, None),
+        non_empty_partitions,
         emitted_through,
         reload,
         metrics: http.metrics.clone(),
@@ -388,12 +392,11 @@ struct Pipeline {
     stream_times: BTreeMap<i32, Millis>,
     /// --window: windows starting before this are no longer in state (`None`: unknown).
     kept_from: Option<Millis>,
-    /// --window: true while an assigned input partition holds records but has delivered
-    /// none yet (and when it was last looked at). Its records may belong to any window, so
-    /// until then no window completes or is dropped: the slowest partition's stream time is
-    /// only known once every partition with records has one (a consumer may read one
-    /// partition far ahead of another, e.g. in a backfill).
-    closing_blocked: (bool, Option<Instant>),
+    /// --window: the input partitions that held records at start-up. Until each has a
+    /// stream time (has delivered), no window completes or is dropped: its records may
+    /// belong to any window, and the slowest partition's stream time is only known then (a
+    /// consumer may read one partition far ahead of another, e.g. in a backfill).
+    non_empty_partitions: BTreeSet<i32>,
     /// --emit final: the newest window whose final board was produced.
     emitted_through: Option<Millis>,
     /// Hot swap of the guest (not for the benchmark's native baseline).
@@ -485,9 +488,6 @@ impl Pipeline {
             if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::info!("ready: partitions assigned");
-            }
-            if self.closing_blocked.0 && self.windows.is_some() {
-                self.check_partitions_seen(consumer);
             }
             if batch.is_empty() && idle && self.args.stop_at_end && all_at_end(consumer, &at_end) {
                 tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
@@ -670,10 +670,6 @@ impl Pipeline {
                 window::rfc3339(t),
                 window::rfc3339(stream_time)
             ));
-        }
-        if !self.stream_times.contains_key(&partition) {
-            // A partition delivers for the first time: closing may be unblocked now.
-            self.closing_blocked.1 = None;
         }
         let at = self.stream_times.entry(partition).or_insert(t);
         *at = (*at).max(t);
@@ -1008,27 +1004,10 @@ impl Pipeline {
         u64_meta(&meta::stream_time(&self.args.topics.input, partition), time as u64)
     }
 
-    /// --window: unblocks closing once every assigned input partition that holds records
-    /// has a stream time (looked at twice a second at most, until then).
-    fn check_partitions_seen(&mut self, consumer: &HostConsumer) {
-        if self.closing_blocked.1.is_some_and(|at| at.elapsed() < Duration::from_millis(500)) {
-            return;
-        }
-        let Ok(assignment) = consumer.assignment() else { return };
-        if assignment.count() == 0 {
-            return;
-        }
-        self.closing_blocked.1 = Some(Instant::now());
-        let unseen = assignment.elements().iter().any(|e| {
-            !self.stream_times.contains_key(&e.partition())
-                && consumer
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
-                    .map_or(true, |(low, high)| high > low)
-        });
-        if !unseen {
-            tracing::debug!("every input partition with records has a stream time: windows may complete");
-            self.closing_blocked.0 = false;
-        }
+    /// --window: true while an input partition that held records at start-up has no stream
+    /// time in `stream_times` (see `non_empty_partitions`).
+    fn closing_blocked(&self, stream_times: &BTreeMap<i32, Millis>) -> bool {
+        self.non_empty_partitions.iter().any(|p| !stream_times.contains_key(p))
     }
 
     /// With --window: the state keys of every counter whose window is past its retention
@@ -1041,7 +1020,7 @@ impl Pipeline {
         overlay: &mut HashMap<Vec<u8>, u64>,
     ) -> Result<Vec<Vec<u8>>> {
         let (Some(spec), Some(slowest)) = (self.windows, stream_times.values().min()) else { return Ok(Vec::new()) };
-        if self.closing_blocked.0 {
+        if self.closing_blocked(stream_times) {
             return Ok(Vec::new());
         }
         let mut keep_from = spec.keep_from(*slowest);
@@ -1055,8 +1034,11 @@ impl Pipeline {
         // A window can open and expire within one batch (a jump in event time): its counters
         // were never written, so they just go.
         overlay.retain(|key, _| !before(key));
-        let mut keys: Vec<Vec<u8>> =
-            self.store.windowed_keys_before(keep_from).map(|k| k.map(Vec::from)).collect::<Result<_>>()?;
+        let mut keys: Vec<Vec<u8>> = self
+            .store
+            .windowed_keys_between(self.kept_from, keep_from)
+            .map(|k| k.map(Vec::from))
+            .collect::<Result<_>>()?;
         if let Some(txn) = &self.txn {
             // Counters the open transaction holds and state does not yet.
             keys.extend(txn.overlay.iter().filter(|(k, v)| v.is_some() && before(k)).map(|(k, _)| k.clone()));
@@ -1126,11 +1108,13 @@ impl Pipeline {
     /// the windows completed since the last flush instead).
     fn publish_board(&mut self) -> Result<crate::board::Snapshot> {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
+        // The board reads state, so the stream times state holds.
+        let stream_times = self.store.stream_times(&self.args.topics.input)?;
         let windows = match &self.windows {
             Some(spec) => Some(crate::board::Windows {
                 spec,
-                stream_times: self.store.stream_times(&self.args.topics.input)?,
-                closing_blocked: self.closing_blocked.0,
+                stream_times: stream_times.clone(),
+                closing_blocked: self.closing_blocked(&stream_times),
             }),
             None => None,
         };

@@ -255,9 +255,16 @@ impl Store {
         }
     }
 
-    /// Every windowed counter's state key in windows starting before `before`.
-    pub fn windowed_keys_before(&self, before: Millis) -> impl Iterator<Item = Result<Box<[u8]>>> + '_ {
-        self.counts_between(&[WINDOW_KEY_PREFIX], &window::window_prefix(before)).map(|item| item.map(|(k, _)| k))
+    /// Every windowed counter's state key in windows starting at or after `from` (`None`:
+    /// the first) and before `before`. Give `from` when the windows before it are deleted
+    /// already: the scan then starts past their deletion markers instead of reading them.
+    pub fn windowed_keys_between(
+        &self,
+        from: Option<Millis>,
+        before: Millis,
+    ) -> impl Iterator<Item = Result<Box<[u8]>>> + '_ {
+        let from = from.map_or(vec![WINDOW_KEY_PREFIX], |f| window::window_prefix(f).to_vec());
+        self.counts_between(&from, &window::window_prefix(before)).map(|item| item.map(|(k, _)| k))
     }
 
     /// Every windowed counter: (window start, guest key, count), by window then key.

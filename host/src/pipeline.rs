@@ -271,6 +271,12 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         ready: http.ready.clone(),
         board_view: http.board.clone(),
     };
+    // What the host that wrote state had dropped (it follows from state's stream times), so a
+    // replayed batch finds the same windows gone as the first time. (With --emit final it
+    // also depends on boards produced between batches: left unknown, the first drop scans.)
+    if pipeline.args.windows.emit == Emit::Changes {
+        pipeline.kept_from = pipeline.keep_from(&pipeline.stream_times);
+    }
     if pipeline.needs_event_time() && !pipeline.guest.has_event_time() {
         anyhow::bail!(
             "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
@@ -1004,6 +1010,21 @@ impl Pipeline {
         u64_meta(&meta::stream_time(&self.args.topics.input, partition), time as u64)
     }
 
+    /// --window: the first window start kept in state once the partitions are at
+    /// `stream_times` (`None` while closing is blocked, or without windows). With --emit
+    /// final, a window stays until its final board is out.
+    fn keep_from(&self, stream_times: &BTreeMap<i32, Millis>) -> Option<Millis> {
+        let (spec, slowest) = (self.windows?, stream_times.values().min()?);
+        if self.closing_blocked(stream_times) {
+            return None;
+        }
+        let keep_from = spec.keep_from(*slowest);
+        Some(match self.args.windows.emit {
+            Emit::Final => keep_from.min(self.emitted_through.map_or(Millis::MIN, |e| e.saturating_add(1))),
+            Emit::Changes => keep_from,
+        })
+    }
+
     /// --window: true while an input partition that held records at start-up has no stream
     /// time in `stream_times` (see `non_empty_partitions`).
     fn closing_blocked(&self, stream_times: &BTreeMap<i32, Millis>) -> bool {
@@ -1019,14 +1040,7 @@ impl Pipeline {
         stream_times: &BTreeMap<i32, Millis>,
         overlay: &mut HashMap<Vec<u8>, u64>,
     ) -> Result<Vec<Vec<u8>>> {
-        let (Some(spec), Some(slowest)) = (self.windows, stream_times.values().min()) else { return Ok(Vec::new()) };
-        if self.closing_blocked(stream_times) {
-            return Ok(Vec::new());
-        }
-        let mut keep_from = spec.keep_from(*slowest);
-        if self.args.windows.emit == Emit::Final {
-            keep_from = keep_from.min(self.emitted_through.map_or(Millis::MIN, |e| e.saturating_add(1)));
-        }
+        let Some(keep_from) = self.keep_from(stream_times) else { return Ok(Vec::new()) };
         if self.kept_from.is_some_and(|kept| kept >= keep_from) {
             return Ok(Vec::new());
         }

@@ -57,7 +57,7 @@ pub enum Command {
     /// Consume the input topic, count with the guest, keep state, print and publish the board.
     // A later flag overrides an earlier one, so wrappers can append to a base command line.
     #[command(args_override_self = true)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Rebuild the local state from the changelog topic (after losing the state dir).
     Restore(RestoreArgs),
     /// Print the local state as JSON lines sorted by key (works while the host is running).

@@ -1124,14 +1124,8 @@ impl Pipeline {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         // The board reads state, so the stream times state holds.
         let stream_times = self.store.stream_times(&self.args.topics.input)?;
-        let windows = match &self.windows {
-            Some(spec) => Some(crate::board::Windows {
-                spec,
-                stream_times: stream_times.clone(),
-                closing_blocked: self.closing_blocked(&stream_times),
-            }),
-            None => None,
-        };
+        let closing_blocked = self.closing_blocked(&stream_times);
+        let windows = self.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
         let guest = &mut self.guest;
         let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
         let snapshot = crate::board::snapshot(&self.store, top_n, n, windows.as_ref())?;

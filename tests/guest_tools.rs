@@ -21,6 +21,11 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// `host test --guest wasm --input input --expect expect`.
+fn host_test(wasm: &Path, input: &Path, expect: &Path) -> Output {
+    host(&["test", "--guest", &path(wasm), "--input", &path(input), "--expect", &path(expect)])
+}
+
 /// `check` says what a fitting guest exports, and loads it from its cache the second time.
 #[test]
 fn check_describes_a_guest_and_caches_its_compiled_form() {
@@ -59,15 +64,11 @@ fn every_drink_count_passes_the_conformance_suite() {
         .iter()
         .flat_map(|i| ["orders", "malformed"].map(|case| (*i, case)))
     {
-        let out = host(&[
-            "test",
-            "--guest",
-            &path(&guest(implementation)),
-            "--input",
-            &path(&conformance(&format!("{case}.jsonl"))),
-            "--expect",
-            &path(&conformance(&format!("{case}.expected.json"))),
-        ]);
+        let out = host_test(
+            &guest(implementation),
+            &conformance(&format!("{case}.jsonl")),
+            &conformance(&format!("{case}.expected.json")),
+        );
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert!(out.status.success(), "{implementation} {case}:\n{stdout}{stderr}");
         assert!(stderr.contains("as expected"), "{implementation} {case}: {stderr}");
@@ -81,8 +82,7 @@ fn test_shows_what_differs_from_the_expectation() {
     let expect = dir.path().join("wrong.json");
     std::fs::write(&expect, r#"{"counts": {"latte": 8, "tea": 1000001}, "records_skipped": 0}"#).unwrap();
     let input = conformance("orders.jsonl");
-    let out =
-        host(&["test", "--guest", &path(&guest("drink_count")), "--input", &path(&input), "--expect", &path(&expect)]);
+    let out = host_test(&guest("drink_count"), &input, &expect);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("NOT as expected"), "{stderr}");
@@ -142,15 +142,7 @@ fn a_new_guest_builds_and_passes_its_example() {
 
     let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
-    let tested = host(&[
-        "test",
-        "--guest",
-        &path(&wasm),
-        "--input",
-        &path(&crate_dir.join("examples/input.jsonl")),
-        "--expect",
-        &path(&crate_dir.join("examples/expected.json")),
-    ]);
+    let tested = host_test(&wasm, &crate_dir.join("examples/input.jsonl"), &crate_dir.join("examples/expected.json"));
     assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
 }
 
@@ -186,15 +178,7 @@ fn new_python_and_javascript_guests_build_and_pass_their_example() {
             .expect("running the build");
         assert!(built.status.success(), "{lang}: {}{}", text(&built.stdout), text(&built.stderr));
         let wasm = project.join(format!("events_{lang}.wasm"));
-        let tested = host(&[
-            "test",
-            "--guest",
-            &path(&wasm),
-            "--input",
-            &path(&project.join("examples/input.jsonl")),
-            "--expect",
-            &path(&project.join("examples/expected.json")),
-        ]);
+        let tested = host_test(&wasm, &project.join("examples/input.jsonl"), &project.join("examples/expected.json"));
         assert!(tested.status.success(), "{lang}: {}{}", text(&tested.stdout), text(&tested.stderr));
     }
 }

@@ -155,9 +155,14 @@ fn same_transactional_id_fences_the_first_host() {
     first.wait_for_log("host running", Duration::from_secs(60));
     env.wait_committed(Duration::from_secs(60));
 
+    // Another state dir and group (a second host in the same group is refused at start-up),
+    // the same transactional id: a copy of the first started elsewhere by mistake.
     let other_dir = env.dir.path().join("second-state").display().to_string();
-    let mut second =
-        env.spawn_host("drink_count", &exactly_once(&["--transactional-id", &id, "--state-dir", &other_dir]));
+    let other_group = format!("{}-second", env.group);
+    let mut second = env.spawn_host(
+        "drink_count",
+        &exactly_once(&["--transactional-id", &id, "--state-dir", &other_dir, "--group", &other_group]),
+    );
     second.wait_for_log("host running", Duration::from_secs(60));
     // Keep records coming so that the first host tries a transaction again.
     for round in 0..60 {

@@ -84,3 +84,20 @@ fn version_names_the_wit_package() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamhost:counter@0.2.1"));
 }
+
+/// A second host joining a group another host is consuming with is refused, naming the
+/// group; the first keeps running. (Each host keeps the whole state: two would each count
+/// part of the input.)
+#[test]
+fn a_second_host_in_the_same_group_is_refused() {
+    let env = TestEnv::new("two-hosts");
+    env.create_topics(2);
+    let mut first = env.spawn_host("drink_count", &[]);
+    first.wait_for_log("ready: partitions assigned", Duration::from_secs(60));
+    let mut args = env.run_args("drink_count");
+    args.extend(["--state-dir".to_string(), env.dir.path().join("other-state").display().to_string()]);
+    let err = refused(&env, &args);
+    assert!(err.contains(&format!("consumer group `{}` is in use by another host", env.group)), "{err}");
+    assert!(first.is_running(), "the first host keeps running");
+    assert!(first.terminate().success());
+}

@@ -234,6 +234,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)
             .create_with_context(crate::config::HostContext)
             .context("creating the Kafka consumer")?;
+    check_group_is_ours(&consumer, &args.group, instance_id.as_deref())?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     if exactly_once && !restored {
         catch_up_with_changelog(&args, &store, &shutdown)?;
@@ -298,6 +299,36 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         "host running"
     );
     pipeline.run_until(&consumer, &shutdown)
+}
+
+/// Refuses to join a group that another host is consuming with: each host keeps the whole
+/// state, so two would each count part of the input and publish boards of part of it
+/// (spreading one job over several hosts is not supported yet). A member left by this host's
+/// own previous run (static membership: its member id starts with our instance id) is not
+/// another host.
+fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option<&str>) -> Result<()> {
+    let groups = consumer
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .with_context(|| format!("describing consumer group {group}"))?;
+    let ours = |member_id: &str| instance_id.is_some_and(|id| member_id.starts_with(&format!("{id}-")));
+    let others: Vec<String> = groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| g.members())
+        .filter(|m| !ours(m.id()))
+        .map(|m| format!("{} (from {})", m.id(), m.client_host()))
+        .collect();
+    if !others.is_empty() {
+        anyhow::bail!(
+            "consumer group `{group}` is in use by another host: {}. One host per group: every host keeps \
+             the whole state, so two would each count part of the input. Stop the other host or give this \
+             one another --group (and --state-dir). If the other member is this host's own previous run \
+             with --instance-id none, it leaves the group when its session times out (45 s)",
+            others.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Refuses state counted in other windows (or none) than this run's: its counters would not

@@ -155,3 +155,33 @@ fn the_board_page_shows_the_top_drinks() {
     eprintln!("board screenshot: {}", shot.display());
     assert!(host.terminate().success());
 }
+
+/// With `--window`, `/state/{key}` and `/top` answer for the window given by `window=START`,
+/// agreeing with `host dump`; late records show in the skipped counter under `reason="late"`.
+#[test]
+fn windowed_state_queries_agree_with_dump() {
+    let env = TestEnv::new("http-windows");
+    env.create_topics(1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let t0 = now - now % 60_000 - 3_600_000;
+    let order = |drink: &str| format!(r#"{{"items":[{{"drink":"{drink}","quantity":1}}]}}"#);
+    let input: Vec<(i64, String)> = [(1, "latte"), (2, "mocha"), (3, "latte"), (65, "tea"), (4, "latte")]
+        .map(|(s, drink)| (t0 + s * 1000, order(drink)))
+        .to_vec();
+    env.produce_at(&input);
+    let (host, addr) = spawn_with_http(&env, &["--window", "1m", "--window-retention", "1h"]);
+    env.wait_committed(Duration::from_secs(60));
+
+    let (status, body) = get(&addr, &format!("/top?n=5&window={t0}"));
+    assert_eq!(status, 200, "{body}");
+    let top: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(top["top"], serde_json::json!([{"key": "latte", "count": 2}, {"key": "mocha", "count": 1}]));
+    assert_eq!(get(&addr, &format!("/state/tea?window={}", t0 + 60_000)).1, r#"{"count":1,"key":"tea"}"#);
+    assert_eq!(get(&addr, "/state/latte").0, 404, "no cumulative counters with --window");
+    let metrics = get(&addr, "/metrics").1;
+    assert!(metrics.contains(r#"reason="late"} 1"#), "the order at 4 s came after stream time 65 s:\n{metrics}");
+    assert!(host.terminate().success());
+    let dump = env.dump();
+    assert_eq!(dump.windows.get(&(t0, "latte".to_string())), Some(&2));
+    assert_eq!(dump.records_skipped, 1);
+}

@@ -5,6 +5,8 @@
 //! - `GET /metrics`: Prometheus text format (`host/src/metrics.rs`).
 //! - `GET /state/{key}`: `{"key": ..., "count": N}` as last committed (404 for a key never counted).
 //! - `GET /top?n=N`: the N largest counters as last committed, by count then key.
+//!   With `--window`, both take `window=START_MS` (a window's start, as `host dump` and the
+//!   boards show it) and answer for that window's counters.
 //! - `GET /`: the live board page (`host/src/board.html`, no build step), which polls
 //!   `GET /board.json`: the last published board with each entry's change since the one
 //!   before, the totals, and the consumer lag.
@@ -137,23 +139,32 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
 }
 
 fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>> {
+    let param = |name: &str| query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='));
+    let window: Option<i64> =
+        param("window").map(|v| v.parse().map_err(|_| anyhow!("window must be a start in ms"))).transpose()?;
     if let Some(key) = path.strip_prefix("/state/") {
         let key = decode_path(key);
-        return Ok(match store.count(key.as_bytes())? {
+        let state_key = match window {
+            Some(start) => crate::window::state_key(start, key.as_bytes()),
+            None => key.as_bytes().to_vec(),
+        };
+        return Ok(match store.count(&state_key)? {
             0 => None,
             count => Some(serde_json::json!({ "key": key, "count": count }).to_string()),
         });
     }
     if path == "/top" {
-        let n: usize = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("n="))
+        let n: usize = param("n")
             .map(|v| v.parse().map_err(|_| anyhow!("n must be a number")))
             .transpose()?
             .unwrap_or(10)
             .min(10_000);
+        let counts: Box<dyn Iterator<Item = Result<(Box<[u8]>, u64)>>> = match window {
+            Some(start) => Box::new(store.window_counts(start)),
+            None => Box::new(store.counts()),
+        };
         let mut all: Vec<(String, u64)> = Vec::new();
-        for item in store.counts() {
+        for item in counts {
             let (key, count) = item?;
             all.push((String::from_utf8_lossy(&key).into_owned(), count));
         }

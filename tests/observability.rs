@@ -178,6 +178,19 @@ fn windowed_state_queries_agree_with_dump() {
     assert_eq!(top["top"], serde_json::json!([{"key": "latte", "count": 2}, {"key": "mocha", "count": 1}]));
     assert_eq!(get(&addr, &format!("/state/tea?window={}", t0 + 60_000)).1, r#"{"count":1,"key":"tea"}"#);
     assert_eq!(get(&addr, "/state/latte").0, 404, "no cumulative counters with --window");
+    // The board page's data names the window in progress, [60 s, 120 s).
+    let started = Instant::now();
+    let board = loop {
+        let board: serde_json::Value = serde_json::from_str(&get(&addr, "/board.json").1).unwrap();
+        if board["window"].is_object() {
+            break board;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no windowed board: {board}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let start = std::time::UNIX_EPOCH + Duration::from_millis((t0 + 60_000) as u64);
+    assert_eq!(board["window"]["start"], humantime::format_rfc3339_millis(start).to_string());
+    assert_eq!(board["top"][0]["key"], "tea");
     let metrics = get(&addr, "/metrics").1;
     assert!(metrics.contains(r#"reason="late"} 1"#), "the order at 4 s came after stream time 65 s:\n{metrics}");
     assert!(host.terminate().success());

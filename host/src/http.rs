@@ -47,7 +47,10 @@ impl BoardView {
     /// A new board: the current one becomes the one changes are measured against.
     pub fn publish(&mut self, snapshot: Snapshot, lag: BTreeMap<i32, i64>) {
         if let Some(old) = self.current.take() {
-            self.previous = old.top.into_iter().map(|e| (e.key, e.count)).collect();
+            // With --window, changes are within the window in progress: a new one starts afresh.
+            let same_window = old.windows.last().map(|w| w.start_ms) == snapshot.windows.last().map(|w| w.start_ms);
+            self.previous =
+                if same_window { old.top.into_iter().map(|e| (e.key, e.count)).collect() } else { BTreeMap::new() };
         }
         self.current = Some(snapshot);
         self.lag = lag;
@@ -73,6 +76,8 @@ impl BoardView {
             "lag": self.lag.values().sum::<i64>(),
             "lag_by_partition": self.lag,
             "top": top,
+            // With --window: the window `top` is of (the one in progress).
+            "window": board.windows.last().map(|w| serde_json::json!({ "start": w.start, "end": w.end })),
         })
     }
 }

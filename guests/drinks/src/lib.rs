@@ -16,11 +16,35 @@ struct Order<'a> {
     items: Vec<Item<'a>>,
 }
 
-#[derive(Deserialize)]
 struct Item<'a> {
+    drink: Cow<'a, str>,
+    quantity: serde_json::Number,
+}
+
+#[derive(Deserialize)]
+struct ItemFields<'a> {
     #[serde(borrow)]
     drink: Cow<'a, str>,
     quantity: serde_json::Number,
+}
+
+/// An item is a JSON object: serde would also build the struct from an array
+/// (`["latte", 2]`), which the contract does not allow.
+impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = Item<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an item object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Item<'de>, A::Error> {
+                let fields = ItemFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Item { drink: fields.drink, quantity: fields.quantity })
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
 }
 
 /// When an order was placed: its `created_at` field, in milliseconds since the Unix epoch,
@@ -142,6 +166,12 @@ mod tests {
         err(r#"{"items":null}"#);
         err(r#"{"items":{"drink":"a","quantity":1}}"#);
         err(r#"{"items":["latte"]}"#);
+    }
+
+    #[test]
+    fn an_item_must_be_an_object_not_an_array() {
+        assert!(err(r#"{"items":[["latte",2]]}"#).contains("an item object"));
+        err(r#"{"items":[{"drink":"latte","quantity":1},["mocha",1]]}"#);
     }
 
     #[test]

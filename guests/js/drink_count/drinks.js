@@ -17,9 +17,8 @@
 // What serde_json does that JSON.parse does not: it refuses `2.0`, `1e2` as a quantity
 // (`serde_json::Number` keeps them as floats), refuses a repeated field, refuses invalid
 // UTF-8 and lone surrogate escapes only in the strings it decodes (object keys of the order
-// and of its items, and drinks) but not in the values it skips, and, since serde accepts a
-// struct written as a sequence, takes an item `["latte", 2]` as `{"drink": "latte",
-// "quantity": 2}` (the reference refuses an array only for the whole order).
+// and of its items, and drinks) but not in the values it skips, and refuses an item written
+// as an array (`["latte", 2]`: the reference reads items from objects only).
 
 /** The largest quantity one item may carry. */
 export const MAX_QUANTITY = 1_000_000;
@@ -86,7 +85,7 @@ export function countOrder(record, totals) {
     const drink = item.drink;
     const quantity = item.quantity;
     if (typeof drink !== 'string') {
-      if (Array.isArray(item)) return countExact(record, totals); // serde reads ["latte", 2]
+      if (Array.isArray(item)) return invalid(`item ${i} is not an object`);
       return invalid(drink === undefined ? `item ${i}: missing field \`drink\`` : `item ${i}: drink is not a string`);
     }
     if (typeof quantity !== 'number') {
@@ -321,16 +320,7 @@ class OrderReader {
   item(i) {
     let drink;
     let quantity;
-    if (this.peek() === 0x5b /* [ */) {
-      // serde's visit_seq for a struct: its fields in order, nothing more.
-      const fields = this.seq((f) => {
-        if (f === 0) drink = this.string();
-        else if (f === 1) quantity = this.number();
-        else this.fail('trailing characters');
-      });
-      if (fields.length < 2) this.fail(`item ${i}: invalid length ${fields.length}, expected struct Item with 2 elements`);
-      return { drink, quantity };
-    }
+    if (this.peek() === 0x5b /* [ */) this.fail(`item ${i}: invalid type: sequence, expected an item object`);
     this.struct(`item ${i}`, ['drink', 'quantity'], (field) => {
       if (field === 'drink') drink = this.string();
       else quantity = this.number();

@@ -213,9 +213,8 @@ export function defineSuite(name, impl) {
     ok('{"\\u0069tems":[{"dr\\u0069nk":"a","quantity":1}]}', [['a', 1]]);
   });
 
-  test(`${name}: an item written as [drink, quantity] is an item (serde's struct from a sequence)`, () => {
-    ok('{"items":[["latte",2],{"drink":"latte","quantity":1}]}', [['latte', 3]]);
-    for (const r of ['{"items":[["latte"]]}', '{"items":[[]]}', '{"items":[["latte",2,3]]}', '{"items":[["latte","2"]]}', '{"items":[[2,"latte"]]}', '{"items":[["latte",2.0]]}', '{"items":[["",2]]}']) {
+  test(`${name}: an item written as an array is refused (the reference reads items from objects only)`, () => {
+    for (const r of ['{"items":[["latte",2],{"drink":"latte","quantity":1}]}', '{"items":[{"drink":"latte","quantity":1},["latte",2]]}', '{"items":[["latte"]]}', '{"items":[[]]}', '{"items":[["latte",2,3]]}', '{"items":[["latte","2"]]}', '{"items":[[2,"latte"]]}', '{"items":[["latte",2.0]]}', '{"items":[["",2]]}']) {
       refuse(r);
     }
   });
@@ -340,7 +339,7 @@ export function defineSuite(name, impl) {
       '{"items":[{"drink":"a","quantity":1000000}]}',
     ];
     const { refused } = countBoth(records);
-    assert.deepEqual(refused.map(([i]) => i), [1, 2, 5, 6]);
+    assert.deepEqual(refused.map(([i]) => i), [1, 2, 3, 5, 6]);
     const { counts } = countBoth([]);
     assert.equal(counts.size, 0);
   });

@@ -13,8 +13,8 @@ ways this module follows (each is tested against the Rust guest in test_app.py):
 - invalid UTF-8 and unpaired surrogate escapes refuse the order in the drink and in the
   keys of the order and its items, but not inside ignored values (serde skips those
   unchecked), nor does nesting depth there (serde skips it without recursing);
-- an item may also be a 2-element array ``[drink, quantity]`` (serde reads a struct from
-  an array; the Rust reference checks for ``{`` only at the start of the order);
+- an item must be an object: ``["latte", 2]`` is refused (the Rust reference makes serde
+  read items from objects only);
 - integers of any length are fine in ignored values (Python's int() has a digit limit);
 - the ``{`` check skips Rust's ASCII whitespace (space, tab, LF, FF, CR).
 The common record (valid UTF-8, no backslash, shallow) takes a fast path: one plain json
@@ -216,8 +216,6 @@ def _deltas(order, exact):
             objects += 1
             drink = item.get("drink", _MISSING)
             quantity = item.get("quantity", _MISSING)
-        elif type(item) is list and len(item) == 2:
-            drink, quantity = item
         else:
             raise Refused(f"order is not valid: item {i} is {_kind(item)}, not an object")
         if type(drink) is not str:

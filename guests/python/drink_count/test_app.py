@@ -247,8 +247,9 @@ class SerdeSide(unittest.TestCase):
         # A pair is one character.
         self.assertEqual(ok('{"items":[{"drink":"\\ud83d\\ude00","quantity":1}]}'), [("\U0001f600", 1)])
 
-    def test_an_item_may_be_a_pair_as_serde_reads_structs_from_arrays(self):
-        self.assertEqual(ok('{"items":[["latte",2],{"drink":"latte","quantity":1}]}'), [("latte", 3)])
+    def test_an_item_must_be_an_object_not_an_array(self):
+        err('{"items":[["latte",2],{"drink":"latte","quantity":1}]}')
+        err('{"items":[{"drink":"latte","quantity":1},["latte",2]]}')
         err('{"items":[["latte"]]}')
         err('{"items":[["latte",2,3]]}')
         err('{"items":[[2,"latte"]]}')
@@ -278,7 +279,7 @@ class SerdeSide(unittest.TestCase):
                 err('{"items":[{"drink":%s,"quantity":1}]}' % ("[" * depth + "]" * depth))
 
     def test_many_items(self):
-        many = ",".join(['{"drink":"a","quantity":1}'] * 500 + ['["b",2]'] * 500)
+        many = ",".join(['{"drink":"a","quantity":1}'] * 500 + ['{"drink":"b","quantity":2}'] * 500)
         self.assertEqual(ok('{"items":[%s]}' % many), [("a", 500), ("b", 1000)])
         err('{"items":[%s],"items":[]}' % many)
 

@@ -53,17 +53,21 @@ pub type TopN<'a> = dyn FnMut(&[Entry], u32) -> Result<Vec<Entry>> + 'a;
 pub struct Windows<'a> {
     pub spec: &'a WindowSpec,
     pub stream_times: BTreeMap<i32, Millis>,
-    /// Some assigned partition holds records but has delivered none yet: no window is
-    /// complete (see `pipeline`).
+    /// An input partition that held records at start-up has not delivered yet: no window
+    /// is complete (see `pipeline`).
     pub closing_blocked: bool,
 }
 
 impl Windows<'_> {
-    /// The slowest and the fastest partition's stream time (`None` before any record); the
-    /// slowest is before every window while closing is blocked.
-    fn range(&self) -> Option<(Millis, Millis)> {
-        let slowest = if self.closing_blocked { Millis::MIN / 2 } else { *self.stream_times.values().min()? };
-        Some((slowest, *self.stream_times.values().max()?))
+    /// The slowest partition's stream time, which windows complete by; `None` while closing
+    /// is blocked or before any record.
+    fn slowest(&self) -> Option<Millis> {
+        if self.closing_blocked { None } else { self.stream_times.values().min().copied() }
+    }
+
+    /// The fastest partition's stream time, which the window in progress follows.
+    fn fastest(&self) -> Option<Millis> {
+        self.stream_times.values().max().copied()
     }
 }
 
@@ -81,14 +85,16 @@ pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Wi
         Some(w) => {
             let mut boards = Vec::new();
             let mut keys = 0;
-            if let Some((slowest, fastest)) = w.range() {
+            if let Some(slowest) = w.slowest() {
                 let complete = w.spec.newest_complete(slowest);
-                if !w.closing_blocked && store.window_counts(complete).next().is_some() {
-                    let (board, k) = window_board(store, top_n, n, w.spec, complete, slowest)?;
+                if store.window_counts(complete).next().is_some() {
+                    let (board, k) = window_board(store, top_n, n, w.spec, complete, Some(slowest))?;
                     boards.push(board);
                     keys += k;
                 }
-                let (board, k) = window_board(store, top_n, n, w.spec, w.spec.newest_started(fastest), slowest)?;
+            }
+            if let Some(fastest) = w.fastest() {
+                let (board, k) = window_board(store, top_n, n, w.spec, w.spec.newest_started(fastest), w.slowest())?;
                 boards.push(board);
                 keys += k;
             }
@@ -127,12 +133,12 @@ pub fn emit_final(
     windows: &Windows<'_>,
     after: Option<Millis>,
 ) -> Result<Option<Millis>> {
-    let Some((slowest, _)) = windows.range().filter(|_| !windows.closing_blocked) else { return Ok(None) };
+    let Some(slowest) = windows.slowest() else { return Ok(None) };
     let through = windows.spec.newest_complete(slowest);
     let mut emitted = None;
     let mut next = store.first_window_from(after.map_or(Millis::MIN, |a| a.saturating_add(1)))?;
     while let Some(start) = next.filter(|s| *s <= through) {
-        let (board, keys) = window_board(store, top_n, n, windows.spec, start, slowest)?;
+        let (board, keys) = window_board(store, top_n, n, windows.spec, start, Some(slowest))?;
         tracing::info!(window = %board.start, keys, "window complete: final board produced");
         let value = serde_json::to_vec(&board)?;
         producer.send(topic, format!("window/{start}").as_bytes(), &value, None)?;
@@ -149,7 +155,7 @@ fn window_board(
     n: u32,
     spec: &WindowSpec,
     start: Millis,
-    slowest: Millis,
+    slowest: Option<Millis>,
 ) -> Result<(WindowBoard, usize)> {
     let (top, keys) = rank(as_strings(store.window_counts(start)), top_n, n)?;
     let board = WindowBoard {
@@ -157,7 +163,7 @@ fn window_board(
         end_ms: spec.end(start),
         start: window::rfc3339(start),
         end: window::rfc3339(spec.end(start)),
-        complete: spec.is_closed(start, slowest),
+        complete: slowest.is_some_and(|s| spec.is_closed(start, s)),
         top: board_entries(top),
     };
     Ok((board, keys))

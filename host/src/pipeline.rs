@@ -994,7 +994,7 @@ impl Pipeline {
     /// The batch as state changes: counters (and, with --window, the counters of expired
     /// windows deleted, and the stream times), totals, and the input offsets they reflect.
     fn changes(
-        &mut self,
+        &self,
         overlay: &HashMap<Vec<u8>, u64>,
         dropped: &[Vec<u8>],
         next_offsets: &BTreeMap<i32, i64>,

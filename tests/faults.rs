@@ -94,7 +94,8 @@ fn broker_outage_of_20_seconds_loses_nothing() {
     let expected = orders::generate(80, 30_000, 50);
     env.produce(&expected.values);
 
-    let mut host = env.spawn_host("drink_count", &["--max-batch", "100", "--ack-timeout", "30s"]);
+    let args = ["--max-batch", "100", "--ack-timeout", "30s", "--stall-timeout", "20s"];
+    let mut host = env.spawn_host("drink_count", &args);
     integration_tests::wait_until(Duration::from_secs(60), "some progress", || env.committed_total() > 3_000);
     broker.script("down");
     std::thread::sleep(Duration::from_secs(20));
@@ -104,26 +105,32 @@ fn broker_outage_of_20_seconds_loses_nothing() {
     // The host either rides out the outage, or (when the producer does not recover within
     // --ack-timeout) exits non-zero saying so; then a restart resumes exactly. Rarely (seen
     // once here, under a loaded machine) librdkafka's consumer never reconnects to the group
-    // coordinator after the broker restart and the host just waits: an operator (here, the
-    // test after 60 s without progress) kills and restarts it, and the counts stay exact.
+    // coordinator after the broker restart: the host's stall watchdog then exits after
+    // --stall-timeout for a restart. Should both fail, an operator (here, the test after
+    // 120 s without progress) kills and restarts it; the counts stay exact in every case.
     let mut outcome = "rode it out";
     let started = std::time::Instant::now();
     let (mut last_committed, mut last_progress) = (env.committed_total(), std::time::Instant::now());
     while env.committed_total() < expected.values.len() as i64 {
-        assert!(started.elapsed() < Duration::from_secs(240), "no progress after the outage");
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress after the outage");
         let committed = env.committed_total();
         if committed != last_committed {
             (last_committed, last_progress) = (committed, std::time::Instant::now());
         }
         if !host.is_running() {
             let err = host.stderr_text();
-            assert!(err.contains("--ack-timeout") && err.contains("restart the host"), "unexpected exit:\n{err}");
-            host = env.spawn_host("drink_count", &["--max-batch", "100"]);
-            outcome = "exited after --ack-timeout and was restarted";
+            outcome = if err.contains("--ack-timeout") && err.contains("restart the host") {
+                "exited after --ack-timeout and was restarted"
+            } else if err.contains("the Kafka consumer is stuck") {
+                "stalled (the client did not reconnect), exited by its watchdog and was restarted"
+            } else {
+                panic!("unexpected exit:\n{err}")
+            };
+            host = env.spawn_host("drink_count", &args);
             last_progress = std::time::Instant::now();
-        } else if last_progress.elapsed() > Duration::from_secs(60) {
+        } else if last_progress.elapsed() > Duration::from_secs(120) {
             host.kill9();
-            host = env.spawn_host("drink_count", &["--max-batch", "100"]);
+            host = env.spawn_host("drink_count", &args);
             outcome = "stalled (the client did not reconnect) and was killed and restarted";
             last_progress = std::time::Instant::now();
         }
@@ -150,4 +157,26 @@ impl Drop for KeepBrokerLog {
             }
         }
     }
+}
+
+/// An input that stops delivering while records wait on it (a stuck consumer; simulated by
+/// fault injection) makes the host exit with an error after `--stall-timeout`, instead of
+/// sitting idle; restarted, it counts exactly.
+#[test]
+fn a_stuck_input_makes_the_host_exit_for_a_restart() {
+    let env = TestEnv::new("stall");
+    env.create_topics(2);
+    let expected = orders::generate(91, 1_000, 50);
+    env.produce(&expected.values);
+    let args = ["--max-batch", "100", "--stall-timeout", "3s"];
+    let mut host = env.spawn_host_with_env("drink_count", &args, &[("STREAMHOST_FAULT", "stall-consumer:2")]);
+    let status = host.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "a stuck input is an error");
+    let log = host.stderr_text();
+    assert!(log.contains("the input delivered nothing for 3s while") && log.contains("records wait on it"), "{log}");
+
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
+    let dump = env.dump();
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }

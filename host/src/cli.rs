@@ -216,6 +216,11 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_ACK_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
 
+    /// Exit with an error when the input delivers nothing for this long while records wait
+    /// on it (a stuck Kafka consumer), so that a supervisor restarts the host; 0s turns it off.
+    #[arg(long, env = "STREAMHOST_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
+
     /// Exit 0 once every assigned input partition is consumed to its end (backfills,
     /// batch jobs, benchmarks), after committing and publishing a last board.
     #[arg(long, env = "STREAMHOST_STOP_AT_END")]

@@ -4,7 +4,9 @@
 //! under exactly-once `mid-transaction` (a batch sent into the open transaction). Under
 //! exactly-once, `after-changelog` is after the transaction's commit, before state.
 //! `abort-transaction:<n>` does not abort the process: the n-th transaction commit fails as
-//! an abortable error would, to exercise the abort-and-rewind path.
+//! an abortable error would, to exercise the abort-and-rewind path. `stall-consumer:<n>`
+//! neither: after the n-th batch the input delivers nothing more, as a stuck consumer would,
+//! to exercise the stall watchdog.
 //! Read once at start-up; unset, it costs one branch per step.
 
 use std::sync::OnceLock;
@@ -17,6 +19,7 @@ pub enum Step {
     AfterBoard,
     MidTransaction,
     AbortTransaction,
+    StallConsumer,
 }
 
 impl Step {
@@ -28,6 +31,7 @@ impl Step {
             "after-board" => Step::AfterBoard,
             "mid-transaction" => Step::MidTransaction,
             "abort-transaction" => Step::AbortTransaction,
+            "stall-consumer" => Step::StallConsumer,
             _ => return None,
         })
     }

@@ -271,6 +271,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
         board_view: http.board.clone(),
+        watchdog: Watchdog::default(),
     };
     // What the host that wrote state had dropped (it follows from state's stream times), so a
     // replayed batch finds the same windows gone as the first time. (With --emit final it
@@ -441,9 +442,31 @@ struct Pipeline {
     metrics: Arc<Metrics>,
     /// For /readyz: set once the consumer has partitions.
     ready: Arc<AtomicBool>,
+    watchdog: Watchdog,
     /// For the board page: the boards published, with the lag.
     board_view: Arc<std::sync::Mutex<crate::http::BoardView>>,
 }
+
+/// Notices an input that stops delivering while records wait on it (seen once: librdkafka's
+/// consumer never got back to its group coordinator after a broker restart, and the host sat
+/// idle with lag). Then the host exits with an error, so that its supervisor restarts it:
+/// state is intact, and a restart resumes exactly.
+struct Watchdog {
+    /// When records last arrived, or the input was last seen with nothing waiting.
+    last_progress: Instant,
+    last_check: Instant,
+    /// Fault injection (`stall-consumer:<n>`): the input stops delivering after the n-th batch.
+    stalled_by_fault: bool,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog { last_progress: Instant::now(), last_check: Instant::now(), stalled_by_fault: false }
+    }
+}
+
+/// How often a silent input's lag is looked at (a broker round trip per partition).
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// exactly-once: a transaction with batches in it, not yet committed.
 struct OpenTxn {
@@ -521,7 +544,13 @@ impl Pipeline {
             // With a batch under way, don't wait for input: moving it on is the better use of time.
             let idle = with_guest.is_none() && in_flight.is_none() && self.txn.is_none();
             let wait = if idle { POLL_WAIT } else { Duration::ZERO };
-            let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
+            let batch = if self.watchdog.stalled_by_fault {
+                std::thread::sleep(wait);
+                Vec::new()
+            } else {
+                poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end)
+            };
+            self.watch_for_stall(consumer, !batch.is_empty())?;
             if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::info!("ready: partitions assigned");
@@ -598,6 +627,37 @@ impl Pipeline {
             "stopped cleanly"
         );
         Ok(())
+    }
+
+    /// The watchdog (see [`Watchdog`]): an error once the input has delivered nothing for
+    /// `--stall-timeout` while records wait on it.
+    fn watch_for_stall(&mut self, consumer: &HostConsumer, delivered: bool) -> Result<()> {
+        let timeout = self.args.stall_timeout;
+        if delivered {
+            self.watchdog.last_progress = Instant::now();
+            self.watchdog.stalled_by_fault |= fault::due(Step::StallConsumer);
+            return Ok(());
+        }
+        if timeout.is_zero()
+            || self.watchdog.last_progress.elapsed() < timeout
+            || self.watchdog.last_check.elapsed() < STALL_CHECK_EVERY
+        {
+            return Ok(());
+        }
+        self.watchdog.last_check = Instant::now();
+        // Partitions whose end cannot be read (a broker down) are left out: that is an outage,
+        // which librdkafka rides out, not a stall.
+        let waiting: i64 = self.lag(consumer).values().sum();
+        if waiting == 0 {
+            self.watchdog.last_progress = Instant::now();
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the input delivered nothing for {} while {waiting} records wait on it: the Kafka consumer is \
+             stuck (seen after a broker restart). Exiting so that a supervisor restarts the host: state is \
+             intact and a restart resumes exactly (--stall-timeout sets the limit; 0 turns this off)",
+            humantime::format_duration(timeout)
+        )
     }
 
     /// Step 1: hands every record not yet counted to the guest thread. Writes nothing.

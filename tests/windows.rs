@@ -159,30 +159,45 @@ fn hopping_windows_count_each_record_in_every_window_holding_it() {
 }
 
 /// `--emit final`: one board per window, produced once, when the window is complete, under
-/// the key `window/<start ms>`; no periodic boards.
+/// the key `window/<start ms>`; no periodic boards. Under both guarantees (exactly-once: the
+/// boards and the record of what was emitted commit together).
 #[test]
 fn emit_final_produces_each_complete_window_once() {
-    let env = TestEnv::new("win-final");
-    env.create_topics(1);
-    env.produce_at(&tumbling_input());
-    run(&env, &["--window", "10s", "--grace", "2s", "--emit", "final", "--flush-interval", "100ms"]);
-    let boards = env.read(&env.output);
-    let keys: Vec<String> = boards.iter().map(|r| String::from_utf8_lossy(&r.key).into_owned()).collect();
-    assert_eq!(keys, [format!("window/{}", t0()), format!("window/{}", t0() + 10 * S)]);
-    let first: serde_json::Value = serde_json::from_slice(&boards[0].value).unwrap();
-    assert_eq!(first["complete"], true);
-    assert_eq!(
-        first["top"],
-        serde_json::json!([{"key": "mocha", "count": 2}, {"key": "latte", "count": 1}, {"key": "tea", "count": 1}])
-    );
-    // Retention waited for the board: [0 s, 10 s) is still there, past its 12 s.
-    assert!(env.dump().windows.keys().any(|(start, _)| *start == t0()));
+    for guarantee in ["at-least-once", "exactly-once"] {
+        let env = TestEnv::new(&format!("win-final-{guarantee}"));
+        env.create_topics(1);
+        env.produce_at(&tumbling_input());
+        let args = [
+            "--window",
+            "10s",
+            "--grace",
+            "2s",
+            "--emit",
+            "final",
+            "--flush-interval",
+            "100ms",
+            "--guarantee",
+            guarantee,
+        ];
+        run(&env, &args);
+        let boards = env.read(&env.output);
+        let keys: Vec<String> = boards.iter().map(|r| String::from_utf8_lossy(&r.key).into_owned()).collect();
+        assert_eq!(keys, [format!("window/{}", t0()), format!("window/{}", t0() + 10 * S)], "{guarantee}");
+        let first: serde_json::Value = serde_json::from_slice(&boards[0].value).unwrap();
+        assert_eq!(first["complete"], true);
+        assert_eq!(
+            first["top"],
+            serde_json::json!([{"key": "mocha", "count": 2}, {"key": "latte", "count": 1}, {"key": "tea", "count": 1}])
+        );
+        // Retention waited for the board: [0 s, 10 s) is still there, past its 12 s.
+        assert!(env.dump().windows.keys().any(|(start, _)| *start == t0()), "{guarantee}");
 
-    // A restart with one more record: the next batch drops it; nothing is emitted twice.
-    env.produce_at(&[(t0() + 26 * S, order("chai", 1))]);
-    run(&env, &["--window", "10s", "--grace", "2s", "--emit", "final", "--flush-interval", "100ms"]);
-    assert!(!env.dump().windows.keys().any(|(start, _)| *start == t0()), "dropped after its board");
-    assert_eq!(env.read(&env.output).len(), 2, "each window's final board once");
+        // A restart with one more record: the next batch drops it; nothing is emitted twice.
+        env.produce_at(&[(t0() + 26 * S, order("chai", 1))]);
+        run(&env, &args);
+        assert!(!env.dump().windows.keys().any(|(start, _)| *start == t0()), "{guarantee}: dropped after its board");
+        assert_eq!(env.read(&env.output).len(), 2, "{guarantee}: each window's final board once");
+    }
 }
 
 /// Many windows over many batches, a crash in the middle of a window under each guarantee:

@@ -471,6 +471,8 @@ pub struct Record {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record timestamp (ms), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -516,6 +518,7 @@ pub fn read_topic_with(brokers: &str, topic: &str, isolation: &str) -> Vec<Recor
                     offset: m.offset(),
                     key: m.key().unwrap_or_default().to_vec(),
                     value: m.payload().unwrap_or_default().to_vec(),
+                    timestamp: m.timestamp().to_millis(),
                     headers,
                 });
                 if pending.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {

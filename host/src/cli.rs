@@ -244,21 +244,21 @@ pub struct WindowArgs {
 
     /// Hopping windows: a new window every STEP (e.g. 5m; the size must be a multiple of it).
     /// Default: the window size (tumbling windows).
-    #[arg(long, env = "STREAMHOST_ADVANCE", value_parser = humantime::parse_duration, requires = "size",
+    #[arg(long, env = "STREAMHOST_ADVANCE", value_name = "STEP", value_parser = humantime::parse_duration, requires = "size",
           help_heading = "Windows")]
     pub advance: Option<Duration>,
 
     /// How long after a window's end records may still arrive for it (measured in event time:
     /// the partition's largest timestamp seen). Older records are late: skipped, counted,
     /// dead-lettered. Default: 0s.
-    #[arg(long, env = "STREAMHOST_GRACE", value_parser = humantime::parse_duration, requires = "size",
+    #[arg(long, env = "STREAMHOST_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "size",
           help_heading = "Windows")]
     pub grace: Option<Duration>,
 
     /// How long after its end a window stays in state (then its counters are deleted and
     /// tombstoned in the changelog). Default: window size + grace, so the newest complete
     /// window stays until the next one completes.
-    #[arg(long, env = "STREAMHOST_WINDOW_RETENTION", value_parser = humantime::parse_duration,
+    #[arg(long, env = "STREAMHOST_WINDOW_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration,
           requires = "size", help_heading = "Windows")]
     pub window_retention: Option<Duration>,
 

@@ -277,8 +277,21 @@ impl AckedProducer {
                 {
                     return self.send_trimmed(back.delivery_opaque - 1);
                 }
-                Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
+                Err((e, _)) => return Err(anyhow!("producing to {topic}: {}", self.explain(&e))),
             }
+        }
+    }
+
+    /// A produce error, with the producer's fatal error when there is one: a fenced
+    /// transactional producer fails its next send with a bare "Fatal", and the reason is
+    /// only there (another host with the same transactional id took over).
+    fn explain(&self, error: &KafkaError) -> String {
+        match self.inner.client().fatal_error() {
+            Some((RDKafkaErrorCode::Fenced, reason)) => {
+                format!("{}", TxnError::Fenced(format!("{reason}; stopping (state is intact)")))
+            }
+            Some((code, reason)) => format!("{error} ({code:?}: {reason})"),
+            None => error.to_string(),
         }
     }
 
@@ -313,7 +326,13 @@ impl AckedProducer {
         let failure = lock(&self.inner.context().first_failure).take();
         match failure {
             None => Ok(()),
-            Some(f) => Err(anyhow!("Kafka did not acknowledge a record: {f}")),
+            Some(f) => Err(match self.inner.client().fatal_error() {
+                // Purged because the producer was fenced: say so, that is what to act on.
+                Some((RDKafkaErrorCode::Fenced, reason)) => {
+                    anyhow!("{}", TxnError::Fenced(format!("{reason}; stopping (state is intact)")))
+                }
+                _ => anyhow!("Kafka did not acknowledge a record: {f}"),
+            }),
         }
     }
 

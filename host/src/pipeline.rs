@@ -185,6 +185,15 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     if windows.is_none() && args.windows.emit == Emit::Final {
         anyhow::bail!("--emit final needs --window: without windows there is no window to complete");
     }
+    if windows.is_some() && args.windows.event_time == EventTime::Guest && !guest.has_event_time() {
+        anyhow::bail!(
+            "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
+             guest SDK and an event-time function (counting_guest!(Name, count, event_time = when)), or use \
+             --event-time kafka",
+            guest.describe(),
+            crate::WIT_PACKAGE
+        );
+    }
     let mut store = Store::open(&args.state.state_dir)?;
     check_windows_match_state(&store, windows.as_ref())?;
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
@@ -234,6 +243,10 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)
             .create_with_context(crate::config::HostContext)
             .context("creating the Kafka consumer")?;
+    // Closed only after a clean run. On an error the process exits right away (like a crash:
+    // state is intact), and closing a consumer whose group join is under way can hang in
+    // rust-rdkafka's rebalance handling (seen: a start-up refusal that never exited).
+    let consumer = std::mem::ManuallyDrop::new(consumer);
     check_group_is_ours(&consumer, &args.group, instance_id.as_deref())?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     if exactly_once && !restored {
@@ -279,15 +292,6 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     if pipeline.args.windows.emit == Emit::Changes {
         pipeline.kept_from = pipeline.keep_from(&pipeline.stream_times);
     }
-    if pipeline.needs_event_time() && !pipeline.guest.has_event_time() {
-        anyhow::bail!(
-            "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
-             guest SDK and an event-time function (counting_guest!(Name, count, event_time = when)), or use \
-             --event-time kafka",
-            pipeline.guest.describe(),
-            crate::WIT_PACKAGE
-        );
-    }
     tracing::info!(
         guest = %pipeline.guest.describe(),
         guarantee = pipeline.args.guarantee.name(),
@@ -299,7 +303,9 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         records_processed = pipeline.totals.records_processed,
         "host running"
     );
-    pipeline.run_until(&consumer, &shutdown)
+    pipeline.run_until(&consumer, &shutdown)?;
+    drop(std::mem::ManuallyDrop::into_inner(consumer));
+    Ok(())
 }
 
 /// Refuses to join a group that another host is consuming with: each host keeps the whole

@@ -122,8 +122,45 @@ impl TestEnv {
     }
 
     /// Runs a host subcommand to completion.
+    /// A command that does not finish within 3 minutes fails the test (and is killed), so that
+    /// a hang shows as a failure instead of stalling the whole run.
     pub fn host<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
-        Command::new(host_bin()).args(args).env("RUST_LOG", "info").output().expect("running host")
+        let mut child = Command::new(host_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running host");
+        // Drain the pipes on threads, so a chatty command cannot block on a full pipe.
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for host") {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+                panic!(
+                    "host {:?} did not finish within 3 minutes:\n{err}",
+                    args.iter().map(|a| a.as_ref()).collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
     }
 
     /// Arguments of `host run` for this test's topics, group and state dir.

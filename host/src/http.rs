@@ -143,6 +143,9 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
     }
 }
 
+/// A counter as the store yields it: (key, count).
+type Counter = (Box<[u8]>, u64);
+
 fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>> {
     let param = |name: &str| query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='));
     let window: Option<i64> =
@@ -164,7 +167,7 @@ fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>>
             .transpose()?
             .unwrap_or(10)
             .min(10_000);
-        let counts: Box<dyn Iterator<Item = Result<(Box<[u8]>, u64)>>> = match window {
+        let counts: Box<dyn Iterator<Item = Result<Counter>>> = match window {
             Some(start) => Box::new(store.window_counts(start)),
             None => Box::new(store.counts()),
         };

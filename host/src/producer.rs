@@ -286,12 +286,21 @@ impl AckedProducer {
     /// transactional producer fails its next send with a bare "Fatal", and the reason is
     /// only there (another host with the same transactional id took over).
     fn explain(&self, error: &KafkaError) -> String {
-        match self.inner.client().fatal_error() {
-            Some((RDKafkaErrorCode::Fenced, reason)) => {
-                format!("{}", TxnError::Fenced(format!("{reason}; stopping (state is intact)")))
+        match (self.fenced(), self.inner.client().fatal_error()) {
+            (Some(fenced), _) => fenced.to_string(),
+            (None, Some((code, reason))) => format!("{error} ({code:?}: {reason})"),
+            (None, None) => error.to_string(),
+        }
+    }
+
+    /// The producer's fatal error when it is a fencing (another host with the same
+    /// transactional id took over): what the caller must report, whatever call met it.
+    fn fenced(&self) -> Option<TxnError> {
+        match self.inner.client().fatal_error()? {
+            (RDKafkaErrorCode::Fenced, reason) => {
+                Some(TxnError::Fenced(format!("{reason}; stopping (state is intact)")))
             }
-            Some((code, reason)) => format!("{error} ({code:?}: {reason})"),
-            None => error.to_string(),
+            _ => None,
         }
     }
 
@@ -326,12 +335,10 @@ impl AckedProducer {
         let failure = lock(&self.inner.context().first_failure).take();
         match failure {
             None => Ok(()),
-            Some(f) => Err(match self.inner.client().fatal_error() {
-                // Purged because the producer was fenced: say so, that is what to act on.
-                Some((RDKafkaErrorCode::Fenced, reason)) => {
-                    anyhow!("{}", TxnError::Fenced(format!("{reason}; stopping (state is intact)")))
-                }
-                _ => anyhow!("Kafka did not acknowledge a record: {f}"),
+            // Purged because the producer was fenced: say so, that is what to act on.
+            Some(f) => Err(match self.fenced() {
+                Some(fenced) => anyhow!("{fenced}"),
+                None => anyhow!("Kafka did not acknowledge a record: {f}"),
             }),
         }
     }

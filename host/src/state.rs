@@ -52,8 +52,8 @@ pub mod meta {
     pub fn parse_stream_time(name: &str) -> Option<(&str, i32)> {
         parse_position("stream_time/", name)
     }
-    /// The windows state is counted in (`WindowSpec::describe`), or `none`: a restart with
-    /// other windows is refused.
+    /// The windows state is counted in (`WindowSpec::describe`; absent for cumulative
+    /// counters): a restart with other windows is refused.
     pub const WINDOWS: &str = "windows";
     /// --emit final: the start of the newest window whose final board was produced.
     pub const EMITTED_THROUGH: &str = "emitted_through";
@@ -142,8 +142,13 @@ impl Store {
     }
 
     fn meta_u64(&self, name: &str) -> Result<u64> {
+        Ok(self.meta_i64(name)?.map_or(0, |v| v as u64))
+    }
+
+    /// A metadata entry's bytes, decoded by `decode`, if present.
+    fn meta<T>(&self, name: &str, decode: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let cf = self.db.cf_handle(META).expect("meta column family");
-        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| decode_u64(&v)).unwrap_or(0))
+        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| decode(&v)))
     }
 
     /// Next input offset per partition of `topic` that the state already reflects.
@@ -193,8 +198,7 @@ impl Store {
 
     /// The guarantee the last writer ran under, if recorded.
     pub fn written_under(&self) -> Result<Option<String>> {
-        let cf = self.db.cf_handle(META).expect("meta column family");
-        Ok(self.db.get_pinned_cf(&cf, meta::WRITTEN_UNDER)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        self.meta_text(meta::WRITTEN_UNDER)
     }
 
     /// Applies changes in one atomic write batch; `durable` fsyncs the WAL before returning.
@@ -283,14 +287,12 @@ impl Store {
 
     /// A metadata entry as text, if present.
     pub fn meta_text(&self, name: &str) -> Result<Option<String>> {
-        let cf = self.db.cf_handle(META).expect("meta column family");
-        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        self.meta(name, |v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// A metadata entry as a big-endian i64, if present.
     pub fn meta_i64(&self, name: &str) -> Result<Option<i64>> {
-        let cf = self.db.cf_handle(META).expect("meta column family");
-        Ok(self.db.get_pinned_cf(&cf, name)?.map(|v| decode_u64(&v) as i64))
+        self.meta(name, |v| decode_u64(v) as i64)
     }
 
     /// True when the store must be (re)built from the changelog before use: it is new or

@@ -9,14 +9,14 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guest::Entry;
 use crate::producer::AckedProducer;
 use crate::state::{Store, Totals};
 use crate::window::{self, Millis, WindowSpec};
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 pub struct Snapshot {
     pub generated_at_ms: u64,
     pub records_processed: u64,
@@ -24,11 +24,11 @@ pub struct Snapshot {
     /// The cumulative top-N; with --window, the top-N of the window in progress.
     pub top: Vec<BoardEntry>,
     /// With --window: the newest complete window (if it has counts), then the one in progress.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub windows: Vec<WindowBoard>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 pub struct BoardEntry {
     pub key: String,
     pub count: u64,
@@ -36,7 +36,7 @@ pub struct BoardEntry {
 
 /// One window's board. `complete`: every input partition is past its end plus the grace
 /// period, so its counts are final.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 pub struct WindowBoard {
     pub start_ms: Millis,
     pub end_ms: Millis,
@@ -103,7 +103,7 @@ pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Wi
         }
     };
     let snapshot = Snapshot {
-        generated_at_ms: now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        generated_at_ms: now_ms(now),
         records_processed: totals.records_processed,
         records_skipped: totals.records_skipped,
         top,
@@ -116,9 +116,54 @@ pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Wi
 
 /// Produces a board to `topic`, under the key `board`.
 pub fn produce(producer: &AckedProducer, topic: &str, snapshot: &Snapshot) -> Result<()> {
-    producer.send(topic, b"board", &serde_json::to_vec(snapshot)?, None)?;
+    produce_as(producer, topic, BOARD_KEY, snapshot)
+}
+
+/// The output topic's key of a single host's board.
+pub const BOARD_KEY: &str = "board";
+
+/// The output topic's key of a scale-out shard's local board.
+pub fn shard_key(partition: i32) -> String {
+    format!("shard/{partition}")
+}
+
+/// Produces a board to `topic` under `key`.
+pub fn produce_as(producer: &AckedProducer, topic: &str, key: &str, snapshot: &Snapshot) -> Result<()> {
+    producer.send(topic, key.as_bytes(), &serde_json::to_vec(snapshot)?, None)?;
     producer.poll();
     Ok(())
+}
+
+/// A scale-out shard's local board (not printed): its top-N and the totals it holds.
+pub fn local_snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32) -> Result<Snapshot> {
+    let totals = store.totals()?;
+    let (top, _) = rank(as_strings(store.counts()), top_n, n)?;
+    Ok(Snapshot {
+        generated_at_ms: now_ms(SystemTime::now()),
+        records_processed: totals.records_processed,
+        records_skipped: totals.records_skipped,
+        top: board_entries(top),
+        windows: Vec::new(),
+    })
+}
+
+/// The global board of a scale-out job from the shards' latest local boards: totals summed,
+/// and the guest's top-N over the union of the local top-Ns. Exact because each key is
+/// counted in one shard only, so a key of the global top-N is in its own shard's top-N.
+pub fn merge(locals: &[Snapshot], top_n: &mut TopN<'_>, n: u32) -> Result<Snapshot> {
+    let entries = locals.iter().flat_map(|s| &s.top).map(|e| Ok((e.key.clone(), e.count)));
+    let (top, _) = rank(entries, top_n, n)?;
+    Ok(Snapshot {
+        generated_at_ms: locals.iter().map(|s| s.generated_at_ms).min().unwrap_or(0),
+        records_processed: locals.iter().map(|s| s.records_processed).sum(),
+        records_skipped: locals.iter().map(|s| s.records_skipped).sum(),
+        top: board_entries(top),
+        windows: Vec::new(),
+    })
+}
+
+fn now_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// --emit final: produces the board of every window with counts that completed after
@@ -237,4 +282,79 @@ fn print_entries(text: &mut String, entries: &[BoardEntry]) {
     if entries.is_empty() {
         text.push_str("      (nothing counted yet)\n");
     }
+}
+
+/// `host board`: the newest board on the output topic; for a scale-out job, the global
+/// board merged from every shard's newest local board.
+pub fn board_command(args: crate::cli::BoardArgs) -> Result<()> {
+    use anyhow::Context;
+    let latest = latest_boards(&args.kafka, &args.output)?;
+    let shards: Vec<Snapshot> = latest
+        .iter()
+        .filter(|(key, _)| key.starts_with("shard/"))
+        .map(|(key, value)| serde_json::from_slice(value).with_context(|| format!("board `{key}` is not a board")))
+        .collect::<Result<_>>()?;
+    let (snapshot, keys) = if shards.is_empty() {
+        let Some(value) = latest.get(BOARD_KEY) else {
+            anyhow::bail!("no board on `{}` yet: is a host running with --output {0}?", args.output);
+        };
+        let snapshot: Snapshot = serde_json::from_slice(value).context("the newest board is not a board")?;
+        let keys = snapshot.top.len();
+        (snapshot, keys)
+    } else {
+        let mut guest = crate::guest::Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
+        let merged = merge(&shards, &mut |counts, n| guest.top_n(counts, n), args.top_n)?;
+        (merged, shards.iter().map(|s| s.top.len()).sum())
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&snapshot)?);
+    } else {
+        let totals =
+            Totals { records_processed: snapshot.records_processed, records_skipped: snapshot.records_skipped };
+        let at = UNIX_EPOCH + std::time::Duration::from_millis(snapshot.generated_at_ms);
+        print(&snapshot, &totals, at, keys);
+        if !shards.is_empty() {
+            println!("   (merged from the local boards of {} shards)", shards.len());
+        }
+    }
+    Ok(())
+}
+
+/// The newest value of every key on `topic` (read_committed), read to its current end.
+fn latest_boards(kafka: &crate::cli::KafkaArgs, topic: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+    use anyhow::Context;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer = crate::changelog::topic_reader(kafka)?;
+    let mut pending: BTreeMap<i32, i64> = crate::changelog::end_offsets(&consumer, topic)?
+        .into_iter()
+        .filter(|(_, (low, high))| high > low)
+        .map(|(p, (_, high))| (p, high))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    for partition in pending.keys() {
+        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment).context("assigning the output topic")?;
+    let mut latest = BTreeMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pending.is_empty() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "reading `{topic}` took over a minute");
+        match consumer.poll(std::time::Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                pending.remove(&partition);
+            }
+            Some(Err(e)) => anyhow::bail!("reading `{topic}`: {e}"),
+            Some(Ok(message)) => {
+                if let (Some(key), Some(value)) = (message.key(), message.payload()) {
+                    latest.insert(String::from_utf8_lossy(key).into_owned(), value.to_vec());
+                }
+                if pending.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+                    pending.remove(&message.partition());
+                }
+            }
+        }
+    }
+    Ok(latest)
 }

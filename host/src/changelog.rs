@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -116,15 +116,42 @@ fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
 /// cleared first. Until the restore completes, the store carries a marker that makes the
 /// next start restore again (an interrupted restore must not pass for complete state).
 pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shutdown) -> Result<RestoreReport> {
+    restore_partitions(kafka, topic, None, store, shutdown)
+}
+
+/// Scale-out: brings a shard (the state of changelog partition `partition`) up to the
+/// changelog's end: restored in full when it is new, lost or half-restored, else only the
+/// tail past the position it holds is replayed (another host may have owned it since).
+pub fn catch_up_shard(
+    kafka: &KafkaArgs,
+    topic: &str,
+    partition: i32,
+    store: &mut Store,
+    shutdown: &Shutdown,
+) -> Result<RestoreReport> {
+    if store.needs_restore()? {
+        restore_partitions(kafka, topic, Some(partition), store, shutdown)
+    } else {
+        replay_partitions(kafka, topic, Some(partition), store, shutdown)
+    }
+}
+
+fn restore_partitions(
+    kafka: &KafkaArgs,
+    topic: &str,
+    only: Option<i32>,
+    store: &mut Store,
+    shutdown: &Shutdown,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     store.clear()?;
     let marker = |value: Option<Vec<u8>>| Change::Meta { name: meta::RESTORE_INCOMPLETE.into(), value };
     store.apply([marker(Some(b"1".to_vec()))], true)?;
-    tracing::info!(topic, "restoring state from the changelog");
+    tracing::info!(topic, partition = only, "restoring state from the changelog");
     // Written to the WAL without syncing; the final write (which removes the marker) syncs
     // the WAL, and with it every write before it. Until then a crash means starting over.
     let (mut report, positions) =
-        read_into(kafka, topic, &BTreeMap::new(), shutdown, |changes| store.apply(changes, false))?;
+        read_into(kafka, topic, only, &BTreeMap::new(), shutdown, |changes| store.apply(changes, false))?;
     store.apply(position_changes(topic, &positions).chain([marker(None)]), true)?;
     (report.keys, report.keys_exact) = store.key_count()?;
     report.elapsed = started.elapsed();
@@ -132,6 +159,7 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
         keys = report.keys,
         records_read = report.records_read,
         records_unreadable = report.records_unreadable,
+        partition = only,
         seconds = report.elapsed.as_secs_f64(),
         "restore finished"
     );
@@ -141,9 +169,20 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
 /// Brings `store` up to the end of `topic` by reading only what lies past the positions it
 /// already holds (all of it where it holds none).
 pub fn replay_tail(kafka: &KafkaArgs, topic: &str, store: &Store, shutdown: &Shutdown) -> Result<RestoreReport> {
+    replay_partitions(kafka, topic, None, store, shutdown)
+}
+
+fn replay_partitions(
+    kafka: &KafkaArgs,
+    topic: &str,
+    only: Option<i32>,
+    store: &Store,
+    shutdown: &Shutdown,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let from = store.changelog_positions(topic)?;
-    let (mut report, positions) = read_into(kafka, topic, &from, shutdown, |changes| store.apply(changes, false))?;
+    let (mut report, positions) =
+        read_into(kafka, topic, only, &from, shutdown, |changes| store.apply(changes, false))?;
     store.apply(position_changes(topic, &positions), true)?;
     report.elapsed = started.elapsed();
     tracing::info!(
@@ -164,18 +203,20 @@ pub fn position_changes<'a>(topic: &'a str, positions: &'a BTreeMap<i32, i64>) -
     })
 }
 
-/// Reads every partition of `topic` from `from` (the beginning where absent) to the end
-/// offsets it has now, handing decoded changes to `write` in chunks. Returns what it read
-/// and, per partition, the offset it read up to.
+/// Reads every partition of `topic` (or `only` one) from `from` (the beginning where absent)
+/// to the end offsets it has now, handing decoded changes to `write` in chunks. Returns what
+/// it read and, per partition, the offset it read up to.
 fn read_into(
     kafka: &KafkaArgs,
     topic: &str,
+    only: Option<i32>,
     from: &BTreeMap<i32, i64>,
     shutdown: &Shutdown,
     mut write: impl FnMut(Vec<Change>) -> Result<()> + Send,
 ) -> Result<(RestoreReport, BTreeMap<i32, i64>)> {
     let consumer = topic_reader(kafka)?;
-    let ends = end_offsets(&consumer, topic)?;
+    let mut ends = end_offsets(&consumer, topic)?;
+    ends.retain(|p, _| only.is_none_or(|only| *p == only));
     let start = |partition: &i32, low: i64| from.get(partition).copied().unwrap_or(low).max(low);
     let to_read: i64 = ends.iter().map(|(p, (low, high))| (high - start(p, *low)).max(0)).sum();
     // Where each partition's reading ends: its end offset, or where it already is.
@@ -274,7 +315,7 @@ fn read_loop(
 }
 
 /// A consumer that reads topics by assignment, outside any consumer group's offsets.
-fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
+pub(crate) fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
     crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
         .create_with_context(crate::config::HostContext)
         .context("creating a topic reader")
@@ -293,7 +334,7 @@ pub fn non_empty_partitions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeSet<i
 }
 
 /// (low, high) watermarks of every partition of `topic`.
-pub fn end_offsets(consumer: &HostConsumer, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
+pub fn end_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
     let timeout = Duration::from_secs(10);
     let metadata =
         consumer.fetch_metadata(Some(topic), timeout).with_context(|| format!("fetching metadata of {topic}"))?;

@@ -62,6 +62,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Print the local state as JSON lines sorted by key (works while the host is running).
     Dump(DumpArgs),
+    /// Print the board from the output topic: with --scale-out, the global top-N merged
+    /// from every shard's latest local board.
+    Board(BoardArgs),
     /// Create the input, changelog (compacted) and output topics.
     CreateTopics(CreateTopicsArgs),
     /// Delete the input, changelog and output topics.
@@ -138,6 +141,24 @@ pub struct TopicArgs {
     /// partition and offset in headers. Off unless set.
     #[arg(long, visible_alias = "dead-letter-topic", env = "STREAMHOST_DEAD_LETTER")]
     pub dead_letter: Option<String>,
+
+    /// Spread one job over several hosts in one consumer group (README, "Scale-out"): each
+    /// host keeps the state of the partitions it is assigned, and the guest's deltas are
+    /// re-keyed through a repartition topic so every key is counted in one place.
+    #[arg(long, env = "STREAMHOST_SCALE_OUT", help_heading = "Scale-out")]
+    pub scale_out: bool,
+
+    /// With --scale-out: the repartition topic (as many partitions as the input).
+    /// Default: the changelog topic's name plus `.repartition`.
+    #[arg(long, env = "STREAMHOST_REPARTITION", value_name = "TOPIC", help_heading = "Scale-out")]
+    pub repartition: Option<String>,
+}
+
+impl TopicArgs {
+    /// The repartition topic of a --scale-out job.
+    pub fn repartition_topic(&self) -> String {
+        self.repartition.clone().unwrap_or_else(|| format!("{}.repartition", self.changelog))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -397,6 +418,27 @@ pub struct RestoreArgs {
     /// Replace a non-empty state dir (its contents are deleted first).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BoardArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Output topic of the board snapshots.
+    #[arg(long, env = "STREAMHOST_OUTPUT", default_value = "brew.drink-counts")]
+    pub output: String,
+
+    /// Entries on the board.
+    #[arg(long, env = "STREAMHOST_TOP_N", default_value_t = 10)]
+    pub top_n: u32,
+
+    /// Print the board as JSON (the output topic's format) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

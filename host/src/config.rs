@@ -1,9 +1,9 @@
 //! librdkafka client configurations. Every non-default setting says why on its line.
 
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::cli::KafkaArgs;
 
@@ -119,6 +119,16 @@ pub fn default_instance_id(group: &str, state_dir: &std::path::Path) -> String {
     format!("{group}-{}-{:08x}", hostname.trim(), hash as u32)
 }
 
+/// The static membership id of a host: `--instance-id` as given (`none`: dynamic
+/// membership), else [`default_instance_id`].
+pub fn instance_id(given: Option<&str>, group: &str, state_dir: &std::path::Path) -> Option<String> {
+    match given {
+        Some("none") => None,
+        Some(id) => Some(id.to_owned()),
+        None => Some(default_instance_id(group, state_dir)),
+    }
+}
+
 /// The user's pass-through properties (SASL/SSL and the like) are applied last, so they win
 /// over our defaults.
 fn apply_overrides(config: &mut ClientConfig, kafka: &KafkaArgs) {
@@ -153,3 +163,93 @@ impl ConsumerContext for HostContext {
 
 /// A consumer with [`HostContext`].
 pub type HostConsumer = rdkafka::consumer::BaseConsumer<HostContext>;
+
+/// The consumer of a `--scale-out` host: cooperative-sticky assignment always (a revocation
+/// must take only the partitions that move), with static membership as for `host run`.
+pub fn scale_out_consumer(
+    kafka: &KafkaArgs,
+    group: &str,
+    instance_id: Option<&str>,
+    stop_at_end: bool,
+) -> ClientConfig {
+    let mut config = consumer(kafka, group, instance_id, stop_at_end);
+    // After the user's overrides: the revocation handling below needs incremental rebalances.
+    config.set("partition.assignment.strategy", "cooperative-sticky");
+    config
+}
+
+/// Partitions a rebalance gave or took, for the scale-out loop to act on between batches.
+#[derive(Default, Debug)]
+pub struct Rebalances {
+    /// Assigned (already `incremental_assign`ed): their shards are to be opened.
+    pub assigned: Vec<(String, i32)>,
+    /// Taken away, but NOT yet unassigned: the loop finishes and commits what it has of
+    /// them, closes their shards, then calls `incremental_unassign` (and the group moves them
+    /// only then). `lost`: the group already gave them away (session timeout): nothing of
+    /// them may be committed.
+    pub revoked: Option<TopicPartitionList>,
+    pub lost: bool,
+}
+
+/// Context of a `--scale-out` host's consumer: like [`HostContext`], and it defers
+/// revocations to the loop (see [`Rebalances`]). librdkafka calls `rebalance` from `poll`, on
+/// the loop's own thread.
+#[derive(Default)]
+pub struct ScaleOutContext {
+    pub rebalances: std::sync::Mutex<Rebalances>,
+}
+
+impl ScaleOutContext {
+    /// What rebalances happened since the last call.
+    pub fn take(&self) -> Rebalances {
+        std::mem::take(&mut *self.rebalances.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl ClientContext for ScaleOutContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        HostContext.error(error, reason)
+    }
+}
+
+impl ConsumerContext for ScaleOutContext {
+    fn rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::types::RDKafkaRespErr::{
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS,
+        };
+        let mut rebalances = self.rebalances.lock().unwrap_or_else(|p| p.into_inner());
+        let partitions = || tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>();
+        match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(partitions = ?partitions(), "partitions assigned");
+                if let Err(e) = consumer.incremental_assign(tpl) {
+                    tracing::error!(error = %e, "incremental assign failed");
+                }
+                rebalances.assigned.extend(partitions());
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?partitions(), lost, "partitions revoked: finishing them first");
+                let revoked = rebalances.revoked.get_or_insert_with(TopicPartitionList::new);
+                for e in tpl.elements() {
+                    let _ = revoked.add_partition(e.topic(), e.partition());
+                }
+                rebalances.lost |= lost;
+            }
+            other => tracing::error!(error = ?other, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &rdkafka::TopicPartitionList) {
+        HostContext.commit_callback(result, offsets)
+    }
+}
+
+/// A consumer with [`ScaleOutContext`].
+pub type ScaleOutConsumer = rdkafka::consumer::BaseConsumer<ScaleOutContext>;

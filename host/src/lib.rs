@@ -42,6 +42,7 @@ pub mod producer;
 pub mod progress;
 pub mod reload;
 pub mod sandbox;
+pub mod scaleout;
 pub mod shutdown;
 pub mod state;
 pub mod stats;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Run(args) => host::pipeline::run(*args),
         Command::Restore(args) => host::changelog::restore_command(args),
         Command::Dump(args) => host::state::dump_command(args),
+        Command::Board(args) => host::board::board_command(args),
         Command::CreateTopics(args) => host::topics::create_command(args),
         Command::DeleteTopics(args) => host::topics::delete_command(args),
         Command::Check(args) => host::offline::check_command(args),

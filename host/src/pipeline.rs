@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -79,7 +79,7 @@ use crate::stats::RunStats;
 use crate::window::{self, Millis, WindowSpec};
 
 /// Why a record without a value is skipped.
-const NO_VALUE: &str = "record has no value";
+pub(crate) const NO_VALUE: &str = "record has no value";
 
 /// How the reason a late record is skipped begins (with --window).
 const LATE: &str = "late record";
@@ -91,8 +91,8 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Waits up to `wait` for a first record, then takes whatever else is already
 /// fetched, up to `max` records. Partitions that reported their end (with `--stop-at-end`)
 /// are added to `at_end`; a partition that delivers a record leaves it.
-fn poll_batch<'c>(
-    consumer: &'c HostConsumer,
+pub(crate) fn poll_batch<'c, C: ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
     max: usize,
     wait: Duration,
     errors: &mut LogLimit,
@@ -181,6 +181,16 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     if let Some(addr) = &args.http {
         crate::http::serve(addr, http.clone())?;
     }
+    if args.topics.scale_out {
+        return crate::scaleout::run(args, guest, reload, &shutdown, &http);
+    }
+    if !crate::scaleout::shard_dirs(&args.state.state_dir)?.is_empty() {
+        anyhow::bail!(
+            "state dir {} holds the shards of a --scale-out host: run with --scale-out, or give this host \
+             another --state-dir (and a new changelog topic and group)",
+            args.state.state_dir.display()
+        );
+    }
     let windows = args.windows.spec()?;
     if windows.is_none() && args.windows.emit == Emit::Final {
         anyhow::bail!("--emit final needs --window: without windows there is no window to complete");
@@ -232,11 +242,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         }
     }
 
-    let instance_id = match args.instance_id.as_deref() {
-        Some("none") => None,
-        Some(id) => Some(id.to_owned()),
-        None => Some(crate::config::default_instance_id(&args.group, store.dir())),
-    };
+    let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, store.dir());
     // Subscribed before the (short) changelog catch-up, so that joining the group overlaps it;
     // nothing is consumed before the loop starts.
     let consumer: HostConsumer =
@@ -1019,42 +1025,8 @@ impl Pipeline {
     /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
     fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
         self.totals.records_skipped += 1;
-        self.metrics.records_skipped.inc();
-        let kind = if reason.starts_with("guest trapped") {
-            self.metrics.guest_traps.inc();
-            "trapped"
-        } else if reason == NO_VALUE {
-            "no_value"
-        } else if reason.starts_with(LATE) {
-            "late"
-        } else {
-            "refused"
-        };
-        self.metrics.skipped_by_reason.get_or_create(&vec![("reason", kind)]).inc();
-        if let Some(suppressed) = self.rejected_log.allow() {
-            tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                reason,
-                suppressed,
-                "skipping malformed record"
-            );
-        }
-        if let Some(topic) = &self.args.topics.dead_letter {
-            let partition = message.partition().to_string();
-            let offset = message.offset().to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "error", value: Some(reason) })
-                .insert(Header { key: "source.topic", value: Some(message.topic()) })
-                .insert(Header { key: "source.partition", value: Some(&partition) })
-                .insert(Header { key: "source.offset", value: Some(&offset) });
-            let (key, value) = (message.key().unwrap_or_default(), message.payload().unwrap_or_default());
-            // Too large for the dead-letter topic: sent without its value rather than stalling
-            // the partition; the source coordinates in the headers still find the original.
-            self.producer.send_trimmable(topic, key, value, headers)?;
-            self.metrics.records_dead_lettered.inc();
-        }
-        Ok(())
+        let dead_letter = self.args.topics.dead_letter.as_deref();
+        skip_record(&self.producer, dead_letter, &self.metrics, &mut self.rejected_log, message, reason)
     }
 
     /// The batch as state changes: counters (and, with --window, the counters of expired
@@ -1285,6 +1257,54 @@ impl Pipeline {
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }
     }
+}
+
+/// A malformed record (the caller counts it in its totals): in the metrics by reason,
+/// logged at a bounded rate, and copied to the dead-letter topic when one is set.
+pub(crate) fn skip_record(
+    producer: &AckedProducer,
+    dead_letter: Option<&str>,
+    metrics: &Metrics,
+    log: &mut LogLimit,
+    message: &BorrowedMessage<'_>,
+    reason: &str,
+) -> Result<()> {
+    metrics.records_skipped.inc();
+    let kind = if reason.starts_with("guest trapped") {
+        metrics.guest_traps.inc();
+        "trapped"
+    } else if reason == NO_VALUE {
+        "no_value"
+    } else if reason.starts_with(LATE) {
+        "late"
+    } else {
+        "refused"
+    };
+    metrics.skipped_by_reason.get_or_create(&vec![("reason", kind)]).inc();
+    if let Some(suppressed) = log.allow() {
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            suppressed,
+            "skipping malformed record"
+        );
+    }
+    if let Some(topic) = dead_letter {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "error", value: Some(reason) })
+            .insert(Header { key: "source.topic", value: Some(message.topic()) })
+            .insert(Header { key: "source.partition", value: Some(&partition) })
+            .insert(Header { key: "source.offset", value: Some(&offset) });
+        let (key, value) = (message.key().unwrap_or_default(), message.payload().unwrap_or_default());
+        // Too large for the dead-letter topic: sent without its value rather than stalling
+        // the partition; the source coordinates in the headers still find the original.
+        producer.send_trimmable(topic, key, value, headers)?;
+        metrics.records_dead_lettered.inc();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -162,15 +162,19 @@ impl Store {
     }
 
     fn positions(&self, topic: &str, parse: fn(&str) -> Option<(&str, i32)>) -> Result<BTreeMap<i32, i64>> {
+        let named = self.positions_named(parse)?;
+        Ok(named.into_iter().filter(|(t, _, _)| t == topic).map(|(_, p, at)| (p, at)).collect())
+    }
+
+    /// Every position entry `parse` recognises: (topic, partition, offset).
+    fn positions_named(&self, parse: fn(&str) -> Option<(&str, i32)>) -> Result<Vec<(String, i32, i64)>> {
         let cf = self.db.cf_handle(META).expect("meta column family");
-        let mut out = BTreeMap::new();
+        let mut out = Vec::new();
         for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key);
-            if let Some((t, partition)) = parse(&name)
-                && t == topic
-            {
-                out.insert(partition, decode_u64(&value) as i64);
+            if let Some((topic, partition)) = parse(&name) {
+                out.push((topic.to_owned(), partition, decode_u64(&value) as i64));
             }
         }
         Ok(out)
@@ -348,22 +352,44 @@ pub fn decode_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-/// `host dump`: JSON lines `{"key", "count"}` in key order, then the totals.
+/// `host dump`: JSON lines `{"key", "count"}` in key order, then the totals. For a
+/// `--scale-out` state dir, every shard's, each line with its `"shard"`, and each shard's
+/// totals line with the next repartition offset it reflects (`"next_offset"`): a shard a
+/// host no longer owns stays on its disk, behind the current owner's copy.
 pub fn dump_command(args: DumpArgs) -> Result<()> {
-    let store = Store::open_read_only(&args.state.state_dir)?;
+    let dir = &args.state.state_dir;
+    let shards = crate::scaleout::shard_dirs(dir)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if shards.is_empty() || dir.join("CURRENT").exists() {
+        dump_store(&mut out, dir, None)?;
+    }
+    for (partition, shard_dir) in shards {
+        dump_store(&mut out, &shard_dir, Some(partition))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn dump_store(out: &mut impl Write, dir: &Path, shard: Option<i32>) -> Result<()> {
+    let store = Store::open_read_only(dir)?;
     if store.needs_restore()? && !store.is_empty()? {
         bail!(
             "{} holds an interrupted restore, not usable state: `host run` restores it again by itself, \
              or run `host restore --force`",
-            args.state.state_dir.display()
+            dir.display()
         );
     }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let tagged = |mut line: serde_json::Value| {
+        if let Some(partition) = shard {
+            line["shard"] = partition.into();
+        }
+        line
+    };
     for item in store.counts() {
         let (key, count) = item?;
         let line = serde_json::json!({ "key": String::from_utf8_lossy(&key), "count": count });
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", tagged(line))?;
     }
     for item in store.windowed_counts() {
         let (start, key, count) = item?;
@@ -373,15 +399,19 @@ pub fn dump_command(args: DumpArgs) -> Result<()> {
             "key": String::from_utf8_lossy(&key),
             "count": count,
         });
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", tagged(line))?;
     }
     let totals = store.totals()?;
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "records_processed": totals.records_processed,
         "records_skipped": totals.records_skipped,
     });
-    writeln!(out, "{line}")?;
-    out.flush()?;
+    if let Some(partition) = shard {
+        // A shard holds one input offset: that of its repartition partition.
+        let next = store.positions_named(meta::parse_input_offset)?.into_iter().find(|(_, p, _)| *p == partition);
+        line["next_offset"] = next.map_or(0, |(_, _, next)| next).into();
+    }
+    writeln!(out, "{}", tagged(line))?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ enum Role {
     Changelog,
     Output,
     DeadLetter,
+    Repartition,
 }
 
 impl Role {
@@ -31,18 +32,22 @@ impl Role {
             Role::Changelog => "changelog",
             Role::Output => "output",
             Role::DeadLetter => "dead-letter",
+            Role::Repartition => "repartition",
         }
     }
 }
 
-fn roles(args: &TopicArgs) -> Vec<(Role, &str)> {
+fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
     let mut topics = vec![
-        (Role::Input, args.input.as_str()),
-        (Role::Changelog, args.changelog.as_str()),
-        (Role::Output, args.output.as_str()),
+        (Role::Input, args.input.clone()),
+        (Role::Changelog, args.changelog.clone()),
+        (Role::Output, args.output.clone()),
     ];
     if let Some(dlq) = &args.dead_letter {
-        topics.push((Role::DeadLetter, dlq.as_str()));
+        topics.push((Role::DeadLetter, dlq.clone()));
+    }
+    if args.scale_out {
+        topics.push((Role::Repartition, args.repartition_topic()));
     }
     topics
 }
@@ -67,9 +72,10 @@ pub struct Checked {
 pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked> {
     let admin = admin(&args.kafka)?;
     let mut missing = Vec::new();
-    for (role, topic) in roles(args) {
+    let roles = roles(args);
+    for (role, topic) in &roles {
         if !exists(&admin, topic, &args.kafka.brokers)? {
-            missing.push((role, topic));
+            missing.push((*role, topic.as_str()));
         }
     }
     if !missing.is_empty() {
@@ -82,12 +88,19 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
                 args.kafka.brokers
             );
         }
+        // A scale-out job's state topics follow the input's partitions when it exists.
+        let input_exists = !missing.iter().any(|(r, _)| *r == Role::Input);
+        let partitions =
+            if args.scale_out && input_exists { partition_count(&admin, &args.input)? } else { partitions };
         create_topics(&admin, &missing, partitions)?;
     }
     check_compacted(&admin, &args.changelog, &args.kafka.brokers)?;
+    if args.scale_out {
+        check_partitioned_like_input(&admin, args)?;
+    }
     let mut max_message_bytes = usize::MAX;
-    for (role, topic) in roles(args) {
-        if role != Role::Input {
+    for (role, topic) in &roles {
+        if *role != Role::Input {
             let limit = config_value(&admin, topic, "max.message.bytes", &args.kafka.brokers)?;
             // Unknown: Kafka's default (1 MiB + 12 bytes of overhead).
             max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(1_048_588));
@@ -134,6 +147,37 @@ fn config_value(admin: &AdminClient<DefaultClientContext>, topic: &str, name: &s
     }
 }
 
+/// With --scale-out, shard p is fed by repartition partition p and written to changelog
+/// partition p, one shard per input partition: the three topics must agree.
+fn check_partitioned_like_input(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs) -> Result<()> {
+    let input = partition_count(admin, &args.input)?;
+    for (role, topic) in [(Role::Changelog, args.changelog.clone()), (Role::Repartition, args.repartition_topic())] {
+        let count = partition_count(admin, &topic)?;
+        if count != input {
+            bail!(
+                "{} topic `{topic}` has {count} partitions but input `{}` has {input}: with --scale-out, the \
+                 state of shard p comes from repartition partition p and is written to changelog partition p, so \
+                 both need as many partitions as the input. Create the job's topics afresh with \
+                 `host create-topics --scale-out --partitions {input}` (new names, or after `host delete-topics \
+                 --scale-out`)",
+                role.name(),
+                args.input
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The number of partitions of an existing topic.
+fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<i32> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("asking for the partitions of `{topic}`"))?;
+    let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    Ok(count as i32)
+}
+
 fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<()> {
     let policy = config_value(admin, topic, "cleanup.policy", brokers)?;
     if policy != "compact" {
@@ -153,7 +197,7 @@ fn create_topics(admin: &AdminClient<DefaultClientContext>, topics: &[(Role, &st
         .map(|(role, name)| {
             // The board and dead letters need no parallelism; input and changelog share a count
             // (as in Kafka Streams, state is partitioned like its input).
-            let count = if matches!(role, Role::Input | Role::Changelog) { partitions } else { 1 };
+            let count = if matches!(role, Role::Input | Role::Changelog | Role::Repartition) { partitions } else { 1 };
             // -1: the broker's default replication factor.
             let mut topic = NewTopic::new(name, count, TopicReplication::Fixed(-1));
             if *role == Role::Changelog {
@@ -177,13 +221,16 @@ fn create_topics(admin: &AdminClient<DefaultClientContext>, topics: &[(Role, &st
 /// `host create-topics`.
 pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
     let admin = admin(&args.topics.kafka)?;
-    create_topics(&admin, &roles(&args.topics), args.partitions)
+    let roles = roles(&args.topics);
+    let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
+    create_topics(&admin, &topics, args.partitions)
 }
 
 /// `host delete-topics`.
 pub fn delete_command(args: TopicArgs) -> Result<()> {
     let admin = admin(&args.kafka)?;
-    let names: Vec<&str> = roles(&args).into_iter().map(|(_, t)| t).collect();
+    let roles = roles(&args);
+    let names: Vec<&str> = roles.iter().map(|(_, t)| t.as_str()).collect();
     for result in block_on(admin.delete_topics(&names, &options())).context("deleting topics")? {
         match result {
             Ok(name) => tracing::info!(topic = name, "deleted topic"),

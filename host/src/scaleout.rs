@@ -1,0 +1,705 @@
+//! The data path of `host run --scale-out`: several hosts in one consumer group share one
+//! job, each keeping the state of the partitions Kafka assigns it (docs/scale-out.md).
+//!
+//! Every poll, top to bottom:
+//! - **stage A**, records of input partitions: the guest -> its deltas, summed per key, are
+//!   produced to the repartition topic keyed by counter key (murmur2, as Java clients do,
+//!   so a key always lands in the same partition). Records counted and skipped travel the
+//!   same way, as deltas of reserved keys (`0xFF` + name). Stage A keeps no state.
+//! - **stage B**, records of repartition partition p: shard p (a RocksDB of its own,
+//!   `<state-dir>/shard-<p>`) adds the deltas; the new values go to changelog partition p,
+//!   then into the shard with the repartition offset they reflect, in one atomic write.
+//! - **commit**: the offsets of both stages, once all of the above is durable.
+//!
+//! So each key's counter lives in exactly one shard (Kafka Streams' `groupBy().count()`), and
+//! the global board is the guest's top-n over the shards' local top-Ns (`host board`).
+//!
+//! # Guarantees
+//!
+//! **at-least-once**: per poll, the repartition, changelog and dead-letter records are
+//! acknowledged, then the shards written, then the offsets committed. Stage B is exact as a
+//! single host is (a shard skips repartition records below the offset it holds; a shard
+//! behind its changelog replays the tail when opened), with one exception: a crash while a
+//! shard's changelog records are being acknowledged can leave part of them there, and the
+//! batch's deltas are then added again on top for those keys. Stage A holds no offsets in
+//! state: a crash between its acknowledgements and its commit sends the deltas of that poll
+//! again. So counts never fall below the truth, and exceed it by at most the deltas in
+//! flight at a crash (Kafka Streams' at-least-once has the same shape).
+//!
+//! **exactly-once**: one Kafka transaction per `--commit-interval` carries the repartition,
+//! changelog, dead-letter and board records and the offsets of both stages, sent with the
+//! group's metadata so a host that lost its partitions is fenced. Shards apply a transaction
+//! after it commits; a crash in between is repaired by the tail replay when the shard is
+//! opened again, here or on another host. Exact.
+//!
+//! # Rebalances (cooperative-sticky)
+//!
+//! Revoked partitions are finished before they are given up: the poll under way is written
+//! and committed (the open transaction too), their shards closed, and only then
+//! `incremental_unassign` lets the group move them, so the next owner starts exactly where
+//! this one stopped. An assigned repartition partition's shard is opened and brought up to
+//! its changelog partition's end (only the tail when the shard already holds state) before
+//! any of its records is counted; partitions that stay keep their shards.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::changelog;
+use crate::cli::{Guarantee, RunArgs};
+use crate::config::{ScaleOutConsumer, ScaleOutContext};
+use crate::guest::{Counter, Records};
+use crate::guest_thread::GuestThread;
+use crate::log_limit::LogLimit;
+use crate::metrics::Metrics;
+use crate::pipeline::{NO_VALUE, poll_batch, skip_record};
+use crate::producer::{AckedProducer, TxnError};
+use crate::reload::GuestReload;
+use crate::shutdown::Shutdown;
+use crate::state::{Change, Store, Totals, decode_u64, meta};
+use crate::stats::RunStats;
+
+/// How long one poll waits for the first record when nothing is under way.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// How often an idle host with `--stop-at-end` asks whether the whole job is done.
+const DONE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// A shard's directory under the state dir.
+pub fn shard_dir(state_dir: &Path, partition: i32) -> PathBuf {
+    state_dir.join(format!("shard-{partition}"))
+}
+
+/// The shards found under a state dir, by partition.
+pub fn shard_dirs(state_dir: &Path) -> Result<BTreeMap<i32, PathBuf>> {
+    let mut shards = BTreeMap::new();
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(shards),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", state_dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(partition) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|p| p.parse().ok()) {
+            shards.insert(partition, entry.path());
+        }
+    }
+    Ok(shards)
+}
+
+/// `host run --scale-out`.
+pub fn run(
+    args: RunArgs,
+    guest: Box<dyn Counter + Send>,
+    reload: Option<GuestReload>,
+    shutdown: &Shutdown,
+    http: &crate::http::Shared,
+) -> Result<()> {
+    if args.windows.size.is_some() {
+        bail!("--window is not supported with --scale-out yet: run a windowed job on one host");
+    }
+    let state_dir = args.state.state_dir.clone();
+    if state_dir.join("CURRENT").exists() {
+        bail!(
+            "state dir {} holds a single host's state; a --scale-out host keeps one shard per partition \
+             under its state dir. Give this host another --state-dir (and a new changelog topic and group)",
+            state_dir.display()
+        );
+    }
+    let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
+    let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, &state_dir);
+    let transactional_id = exactly_once.then(|| {
+        args.transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("streamhost-{}", crate::config::default_instance_id(&args.group, &state_dir)))
+    });
+    // Keys go to repartition partitions the way Java clients place them.
+    let mut kafka = args.topics.kafka.clone();
+    kafka.kafka_config.insert(0, ("partitioner".into(), "murmur2_random".into()));
+    let producer = AckedProducer::new(
+        &kafka,
+        &args.topics.changelog,
+        transactional_id.as_deref(),
+        checked.max_message_bytes,
+        args.ack_timeout,
+    )?;
+    if exactly_once {
+        producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
+    }
+    let consumer: ScaleOutConsumer =
+        crate::config::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
+            .create_with_context(ScaleOutContext::default())
+            .context("creating the Kafka consumer")?;
+    // Never closed: see `pipeline::run_pipeline` (closing during a rebalance can hang), and a
+    // close would revoke partitions that this loop no longer serves.
+    let consumer = std::mem::ManuallyDrop::new(consumer);
+    let repartition = args.topics.repartition_topic();
+    consumer
+        .subscribe(&[&args.topics.input, &repartition])
+        .context("subscribing to the input and repartition topics")?;
+    tracing::info!(
+        guest = %guest.describe(),
+        guarantee = args.guarantee.name(),
+        input = %args.topics.input,
+        repartition = %repartition,
+        group = %args.group,
+        instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
+        state_dir = %state_dir.display(),
+        "host running (scale-out)"
+    );
+    let mut job = ScaleOut {
+        repartition,
+        producer,
+        guest: GuestThread::spawn(guest)?,
+        shards: BTreeMap::new(),
+        processed: BTreeMap::new(),
+        txn: None,
+        rejected_log: LogLimit::new(Duration::from_secs(1)),
+        consumer_log: LogLimit::new(Duration::from_secs(5)),
+        stats: RunStats::default(),
+        metrics: http.metrics.clone(),
+        ready: http.ready.clone(),
+        reload,
+        args,
+    };
+    job.run_until(&consumer, shutdown)
+}
+
+/// Everything the loop owns except the consumer.
+struct ScaleOut {
+    args: RunArgs,
+    repartition: String,
+    producer: AckedProducer,
+    guest: GuestThread,
+    /// The shards of the repartition partitions this host owns.
+    shards: BTreeMap<i32, Shard>,
+    /// Next offset per (topic, partition) whose records are processed (what a commit sends).
+    processed: BTreeMap<(String, i32), i64>,
+    /// exactly-once: the open transaction.
+    txn: Option<OpenTxn>,
+    rejected_log: LogLimit,
+    consumer_log: LogLimit,
+    stats: RunStats,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    reload: Option<GuestReload>,
+}
+
+/// The state of one repartition partition.
+struct Shard {
+    store: Store,
+    /// The next repartition offset the shard reflects: records below it are counted.
+    applied: i64,
+}
+
+/// What a poll (or, under exactly-once, the open transaction) changes in one shard: new
+/// counter values, totals and the next repartition offset, not yet in the shard.
+struct ShardBatch {
+    counts: HashMap<Vec<u8>, u64>,
+    totals: Totals,
+    next: i64,
+}
+
+/// exactly-once: a transaction under way.
+struct OpenTxn {
+    opened: Instant,
+    shards: BTreeMap<i32, ShardBatch>,
+    offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl ScaleOut {
+    fn run_until(&mut self, consumer: &ScaleOutConsumer, shutdown: &Shutdown) -> Result<()> {
+        let mut last_board = Instant::now();
+        let mut last_done_check = Instant::now();
+        let mut at_end = BTreeSet::new();
+        while !shutdown.requested() {
+            let wait = if self.txn.is_none() { POLL_WAIT } else { Duration::ZERO };
+            let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
+            let rebalances = consumer.context().take();
+            // Shards first: a partition's records are counted only on its caught-up shard.
+            for (topic, partition) in &rebalances.assigned {
+                if *topic == self.repartition {
+                    self.open_shard(*partition, shutdown)?;
+                }
+            }
+            if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                self.ready.store(true, Ordering::Relaxed);
+                tracing::info!("ready: partitions assigned");
+            }
+            let idle = batch.is_empty();
+            if !idle {
+                self.process(consumer, &batch, shutdown)?;
+            }
+            drop(batch);
+            let revoking = rebalances.revoked.is_some();
+            if self.txn.as_ref().is_some_and(|t| idle || revoking || t.opened.elapsed() >= self.args.commit_interval)
+                && !rebalances.lost
+            {
+                self.commit_txn(consumer)?;
+            }
+            if let Some(revoked) = rebalances.revoked {
+                self.give_up(consumer, &revoked, rebalances.lost)?;
+            }
+            if last_board.elapsed() >= self.args.flush_interval {
+                last_board = Instant::now();
+                self.publish_boards(consumer)?;
+            }
+            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(shutdown.take_reload())) {
+                tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
+                self.guest.swap(Box::new(next))?;
+            }
+            self.producer.poll();
+            if self.args.stop_at_end && idle && self.txn.is_none() && last_done_check.elapsed() >= DONE_CHECK_EVERY {
+                last_done_check = Instant::now();
+                if self.job_done(consumer)? {
+                    tracing::info!("the input is counted to its end, and this host's partitions too (--stop-at-end)");
+                    break;
+                }
+            }
+        }
+        self.commit_txn(consumer)?;
+        if self.args.guarantee == Guarantee::AtLeastOnce {
+            self.commit_offsets(consumer, None, CommitMode::Sync);
+        }
+        tracing::info!("shutting down: committed, publishing last boards");
+        self.publish_boards(consumer)?;
+        self.commit_txn(consumer)?;
+        self.producer.wait_acks()?;
+        self.stats.log();
+        tracing::info!(shards = ?self.shards.keys().collect::<Vec<_>>(), "stopped cleanly");
+        Ok(())
+    }
+
+    /// One poll's records: stage A for input records, stage B for repartition records, then
+    /// (at-least-once) acknowledgements -> shards -> offsets, or (exactly-once) all of it
+    /// into the open transaction.
+    fn process(
+        &mut self,
+        consumer: &ScaleOutConsumer,
+        batch: &[BorrowedMessage<'_>],
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        self.stats.batch_polled(batch.len());
+        self.metrics.records_consumed.inc_by(batch.len() as u64);
+        self.metrics.batch_records.observe(batch.len() as f64);
+        let exactly_once = self.args.guarantee == Guarantee::ExactlyOnce;
+        if exactly_once && self.txn.is_none() {
+            self.begin_txn()?;
+        }
+        // Records below what was processed come again after a rewind or a rebalance: skipped.
+        let fresh = batch.iter().filter(|m| {
+            self.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
+        });
+        let (input, repartitioned): (Vec<&BorrowedMessage<'_>>, Vec<&BorrowedMessage<'_>>) =
+            fresh.partition(|m| m.topic() == self.args.topics.input);
+        // Stage A.
+        self.repartition_deltas(&input)?;
+        // Stage B, per shard.
+        let mut by_partition: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
+        for message in repartitioned {
+            by_partition.entry(message.partition()).or_default().push(message);
+        }
+        let mut counted: BTreeMap<i32, ShardBatch> = BTreeMap::new();
+        for (partition, messages) in by_partition {
+            if !self.shards.contains_key(&partition) {
+                // Assigned in the middle of this poll: catch the shard up before counting.
+                self.open_shard(partition, shutdown)?;
+            }
+            let pending = match &mut self.txn {
+                Some(txn) => txn.shards.remove(&partition),
+                None => None,
+            };
+            let shard_batch = self.count_in_shard(partition, pending, &messages)?;
+            counted.insert(partition, shard_batch);
+        }
+        let offsets: BTreeMap<(String, i32), i64> =
+            batch.iter().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
+        let timestamps: Vec<i64> = batch.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+        if let Some(txn) = &mut self.txn {
+            txn.shards.extend(counted);
+            txn.offsets.extend(offsets.clone());
+            self.processed.extend(offsets);
+            return Ok(());
+        }
+        // at-least-once: 1. every record acknowledged, 2. shards, 3. offsets.
+        self.producer.wait_acks().context("repartition and changelog write")?;
+        self.stats.acknowledged(timestamps.into_iter());
+        crate::fault::point(crate::fault::Step::AfterChangelog);
+        for (partition, shard_batch) in counted {
+            self.apply(partition, shard_batch, Guarantee::AtLeastOnce)?;
+        }
+        crate::fault::point(crate::fault::Step::AfterState);
+        self.processed.extend(offsets.clone());
+        self.commit_offsets(consumer, Some(&offsets), CommitMode::Async);
+        self.stats.committed();
+        crate::fault::point(crate::fault::Step::AfterCommit);
+        Ok(())
+    }
+
+    /// Stage A: the guest counts the input records; their deltas, summed per key, and the
+    /// records counted and skipped go to the repartition topic keyed by counter key.
+    fn repartition_deltas(&mut self, messages: &[&BorrowedMessage<'_>]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut records = Records::default();
+        let mut positions = Vec::with_capacity(messages.len());
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            match message.payload() {
+                Some(value) => {
+                    records.push(value);
+                    positions.push(index);
+                }
+                None => rejected.push((index, NO_VALUE.to_owned())),
+            }
+        }
+        self.guest.submit(vec![records])?;
+        let (results, guest_ms) = self.guest.receive()?;
+        self.metrics.step("guest", guest_ms / 1000.0);
+        let mut sums: HashMap<String, u64> = HashMap::new();
+        for result in results? {
+            for r in result.rejected {
+                let index = *positions.get(r.index as usize).context("guest rejected a record index out of range")?;
+                rejected.push((index, r.reason));
+            }
+            for delta in result.deltas {
+                let sum = sums.entry(delta.key).or_insert(0);
+                *sum = sum.saturating_add(delta.amount);
+            }
+        }
+        rejected.sort_by_key(|(index, _)| *index);
+        let dead_letter = self.args.topics.dead_letter.as_deref();
+        for (index, reason) in &rejected {
+            skip_record(&self.producer, dead_letter, &self.metrics, &mut self.rejected_log, messages[*index], reason)?;
+        }
+        let counted = (messages.len() - rejected.len()) as u64;
+        self.metrics.records_counted.inc_by(counted);
+        for (key, amount) in &sums {
+            self.producer.send(&self.repartition, key.as_bytes(), &amount.to_be_bytes(), None)?;
+        }
+        for (name, amount) in [(meta::RECORDS_PROCESSED, counted), (meta::RECORDS_SKIPPED, rejected.len() as u64)] {
+            if amount > 0 {
+                self.producer.send(&self.repartition, &changelog::meta_key(name), &amount.to_be_bytes(), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage B for one shard: adds the deltas of its repartition records not yet counted to
+    /// `pending` (the open transaction's changes to it, else a fresh batch) and sends the new
+    /// values, totals and repartition offset to its changelog partition.
+    fn count_in_shard(
+        &mut self,
+        partition: i32,
+        pending: Option<ShardBatch>,
+        messages: &[&BorrowedMessage<'_>],
+    ) -> Result<ShardBatch> {
+        let shard = self.shards.get(&partition).context("a repartition record for a shard not open")?;
+        let mut batch = match pending {
+            Some(batch) => batch,
+            None => ShardBatch { counts: HashMap::new(), totals: shard.store.totals()?, next: shard.applied },
+        };
+        let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let totals_before = batch.totals;
+        for message in messages {
+            if message.offset() < batch.next {
+                continue; // counted already (a re-delivery after a crash or a rebalance)
+            }
+            batch.next = message.offset() + 1;
+            let (Some(key), Some(value)) = (message.key(), message.payload().filter(|v| v.len() == 8)) else {
+                if let Some(suppressed) = self.consumer_log.allow() {
+                    tracing::warn!(
+                        partition,
+                        offset = message.offset(),
+                        suppressed,
+                        "repartition record is not a (key, 8-byte amount) delta: ignored (written by another program?)"
+                    );
+                }
+                continue;
+            };
+            let amount = decode_u64(value);
+            if key == changelog::meta_key(meta::RECORDS_PROCESSED).as_slice() {
+                batch.totals.records_processed += amount;
+            } else if key == changelog::meta_key(meta::RECORDS_SKIPPED).as_slice() {
+                batch.totals.records_skipped += amount;
+            } else {
+                let current = match batch.counts.get(key) {
+                    Some(value) => *value,
+                    None => shard.store.count(key)?,
+                };
+                batch.counts.insert(key.to_vec(), current.saturating_add(amount));
+                changed.insert(key.to_vec());
+            }
+        }
+        let topic = &self.args.topics.changelog;
+        for key in &changed {
+            self.producer.send_to(topic, partition, key, Some(&batch.counts[key].to_be_bytes()), None)?;
+        }
+        let mut metas = vec![(meta::input_offset(&self.repartition, partition), batch.next as u64)];
+        if batch.totals != totals_before {
+            metas.push((meta::RECORDS_PROCESSED.to_owned(), batch.totals.records_processed));
+            metas.push((meta::RECORDS_SKIPPED.to_owned(), batch.totals.records_skipped));
+        }
+        for (name, value) in metas {
+            let headers = Some(changelog::meta_headers(&name));
+            self.producer.send_to(
+                topic,
+                partition,
+                &changelog::meta_key(&name),
+                Some(&value.to_be_bytes()),
+                headers,
+            )?;
+        }
+        self.metrics.changelog_records.inc_by(changed.len() as u64 + 1);
+        Ok(batch)
+    }
+
+    /// Writes a shard's batch in one atomic, fsynced write, with the changelog position its
+    /// records reached (its changelog records are acknowledged or committed by now).
+    fn apply(&mut self, partition: i32, batch: ShardBatch, guarantee: Guarantee) -> Result<()> {
+        let position = self.producer.changelog_positions().get(&partition).copied();
+        let shard = self.shards.get_mut(&partition).context("applying to a shard not open")?;
+        let mut changes: Vec<Change> =
+            batch.counts.into_iter().map(|(key, value)| Change::Count { key, value: Some(value) }).collect();
+        changes.push(u64_meta(meta::RECORDS_PROCESSED, batch.totals.records_processed));
+        changes.push(u64_meta(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
+        changes.push(u64_meta(&meta::input_offset(&self.repartition, partition), batch.next as u64));
+        if let Some(position) = position {
+            changes.push(u64_meta(&meta::changelog_position(&self.args.topics.changelog, partition), position as u64));
+        }
+        changes.push(Change::Meta { name: meta::WRITTEN_UNDER.into(), value: Some(guarantee.name().into()) });
+        shard.store.apply(changes, true).with_context(|| format!("writing shard {partition}"))?;
+        shard.applied = batch.next;
+        Ok(())
+    }
+
+    /// Opens shard `partition` and brings it up to its changelog partition's end: restored in
+    /// full if new (or lost), else only the tail another owner wrote since.
+    fn open_shard(&mut self, partition: i32, shutdown: &Shutdown) -> Result<()> {
+        if self.shards.contains_key(&partition) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let dir = shard_dir(&self.args.state.state_dir, partition);
+        let mut store = Store::open(&dir)?;
+        let report = changelog::catch_up_shard(
+            &self.args.topics.kafka,
+            &self.args.topics.changelog,
+            partition,
+            &mut store,
+            shutdown,
+        )?;
+        let applied = store.input_offsets(&self.repartition)?.get(&partition).copied().unwrap_or(0);
+        tracing::info!(
+            shard = partition,
+            changelog_records_read = report.records_read,
+            next_offset = applied,
+            ms = started.elapsed().as_millis() as u64,
+            "shard open"
+        );
+        self.shards.insert(partition, Shard { store, applied });
+        Ok(())
+    }
+
+    /// Revoked partitions: what is under way of them is committed (unless they are lost
+    /// already), their shards are closed, and only then are they given up.
+    fn give_up(&mut self, consumer: &ScaleOutConsumer, revoked: &TopicPartitionList, lost: bool) -> Result<()> {
+        if lost {
+            // The group has given them to another host: nothing of ours may count.
+            if self.txn.is_some() {
+                self.abort_txn(consumer, "partitions lost (session timed out)")?;
+            }
+        } else {
+            self.commit_txn(consumer)?;
+            if self.args.guarantee == Guarantee::AtLeastOnce {
+                let revoked: BTreeMap<(String, i32), i64> = revoked
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let key = (e.topic().to_owned(), e.partition());
+                        self.processed.get(&key).map(|next| (key, *next))
+                    })
+                    .collect();
+                self.commit_offsets(consumer, Some(&revoked), CommitMode::Sync);
+            }
+        }
+        for element in revoked.elements() {
+            self.processed.remove(&(element.topic().to_owned(), element.partition()));
+            if element.topic() == self.repartition && self.shards.remove(&element.partition()).is_some() {
+                tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
+            }
+        }
+        consumer.incremental_unassign(revoked).context("giving up revoked partitions")?;
+        Ok(())
+    }
+
+    fn begin_txn(&mut self) -> Result<()> {
+        self.producer.begin().map_err(|e| anyhow!("{e}"))?;
+        self.txn = Some(OpenTxn { opened: Instant::now(), shards: BTreeMap::new(), offsets: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// exactly-once: commits the open transaction with the offsets of both stages, then
+    /// applies it to the shards. An abortable failure aborts and rewinds instead.
+    fn commit_txn(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
+        let Some(txn) = self.txn.take() else { return Ok(()) };
+        let started = Instant::now();
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &txn.offsets {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let group = consumer.group_metadata().context("the consumer has no group metadata")?;
+        match self.producer.commit(&offsets, &group) {
+            Ok(()) => {}
+            Err(TxnError::Abortable(reason)) => {
+                self.txn = Some(txn);
+                return self.abort_txn(consumer, &reason);
+            }
+            Err(e) => return Err(anyhow!("{e}; stopping (state is intact: a restart resumes exactly)")),
+        }
+        self.metrics.step("commit", started.elapsed().as_secs_f64());
+        let carries_batches = !txn.offsets.is_empty();
+        if carries_batches {
+            crate::fault::point(crate::fault::Step::AfterChangelog);
+        }
+        for (partition, batch) in txn.shards {
+            self.apply(partition, batch, Guarantee::ExactlyOnce)?;
+        }
+        if carries_batches {
+            self.stats.committed();
+            crate::fault::point(crate::fault::Step::AfterState);
+            crate::fault::point(crate::fault::Step::AfterCommit);
+        }
+        Ok(())
+    }
+
+    /// exactly-once: aborts the open transaction and rewinds every assigned partition to
+    /// what is committed (input) or in its shard (repartition).
+    fn abort_txn(&mut self, consumer: &ScaleOutConsumer, reason: &str) -> Result<()> {
+        tracing::warn!(reason, "aborting the transaction; the partitions are rewound to the last commit");
+        self.metrics.transactions_aborted.inc();
+        self.producer.abort().map_err(|e| anyhow!("{e}; stopping (state is intact: a restart resumes exactly)"))?;
+        self.txn = None;
+        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
+        let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(10))?;
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let offset = match self.shards.get(&partition).filter(|_| topic == self.repartition) {
+                Some(shard) => Offset::Offset(shard.applied),
+                None => match element.offset() {
+                    Offset::Offset(next) => Offset::Offset(next),
+                    _ => Offset::Beginning,
+                },
+            };
+            self.processed.remove(&(topic.to_owned(), partition));
+            consumer
+                .seek(topic, partition, offset, Duration::from_secs(10))
+                .with_context(|| format!("rewinding {topic} [{partition}]"))?;
+        }
+        Ok(())
+    }
+
+    /// at-least-once: commits `offsets` (all processed ones when `None`).
+    fn commit_offsets(
+        &mut self,
+        consumer: &ScaleOutConsumer,
+        offsets: Option<&BTreeMap<(String, i32), i64>>,
+        mode: CommitMode,
+    ) {
+        let offsets = offsets.unwrap_or(&self.processed);
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if let Err(e) = consumer.commit(&list, mode)
+            && let Some(suppressed) = self.consumer_log.allow()
+        {
+            tracing::warn!(error = %e, suppressed, "offset commit failed; the next poll commits again");
+        }
+    }
+
+    /// Every shard's local board (from its committed state) to the output topic under
+    /// `shard/<p>`; under exactly-once, inside a transaction.
+    fn publish_boards(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
+        if self.shards.is_empty() {
+            return Ok(());
+        }
+        if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
+            self.begin_txn()?;
+        }
+        let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
+        let started = Instant::now();
+        let mut summary = Vec::new();
+        for (partition, shard) in &self.shards {
+            let guest = &mut self.guest;
+            let snapshot = crate::board::local_snapshot(&shard.store, &mut |c, n| guest.top_n(c, n), n)?;
+            crate::board::produce_as(&self.producer, &topic, &crate::board::shard_key(*partition), &snapshot)?;
+            summary.push(format!("{partition}: {}", snapshot.top.first().map_or("-".into(), |e| e.key.clone())));
+        }
+        self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::info!(shards = %summary.join(", "), "local boards published (`host board` shows the global one)");
+        if self.txn.as_ref().is_some_and(|t| t.offsets.is_empty()) {
+            self.commit_txn(consumer)?;
+        }
+        crate::fault::point(crate::fault::Step::AfterBoard);
+        Ok(())
+    }
+
+    /// `--stop-at-end`: true once every input partition (this host's or not) has its offset
+    /// committed at its end, so every delta is in the repartition topic, and then every
+    /// partition this host owns is consumed to its end.
+    fn job_done(&self, consumer: &ScaleOutConsumer) -> Result<bool> {
+        let timeout = Duration::from_secs(10);
+        let input = &self.args.topics.input;
+        let ends = changelog::end_offsets(consumer, input)?;
+        let mut all = TopicPartitionList::new();
+        for partition in ends.keys() {
+            all.add_partition(input, *partition);
+        }
+        let committed = consumer.committed_offsets(all, timeout)?;
+        for element in committed.elements() {
+            let (low, high) = ends[&element.partition()];
+            let next = match element.offset() {
+                Offset::Offset(next) => next,
+                _ => low,
+            };
+            if next < high {
+                return Ok(false);
+            }
+        }
+        // The consumer's position passes transaction markers too; a partition with nothing
+        // new to read has none, and then its committed offset says where it is.
+        let positions = consumer.position()?;
+        let committed = consumer.committed(timeout)?;
+        for element in positions.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+            let committed_at = committed.find_partition(topic, partition).map(|e| e.offset());
+            let at = match (element.offset(), committed_at) {
+                (Offset::Offset(at), _) | (_, Some(Offset::Offset(at))) => at,
+                _ => low,
+            };
+            if at < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn u64_meta(name: &str, value: u64) -> Change {
+    Change::Meta { name: name.to_owned(), value: Some(value.to_be_bytes().to_vec()) }
+}

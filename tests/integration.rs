@@ -12,6 +12,7 @@ mod pipeline;
 mod poison;
 mod restart;
 mod restore;
+mod scale_out;
 mod soak;
 mod startup;
 mod windows;

@@ -247,6 +247,11 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_STOP_AT_END")]
     pub stop_at_end: bool,
 
+    /// Most input records consumed per second (0: no limit), e.g. to backfill without
+    /// saturating what reads the board, or to spread a demo out. Per host.
+    #[arg(long, env = "STREAMHOST_MAX_RATE", value_name = "RECORDS_PER_S", default_value_t = 0)]
+    pub max_rate: u64,
+
     /// Most records in one batch (one guest call, one changelog flush, one state write, one commit).
     #[arg(long, env = "STREAMHOST_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

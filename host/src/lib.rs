@@ -37,6 +37,7 @@ pub mod http;
 pub mod log_limit;
 pub mod metrics;
 pub mod offline;
+pub mod pace;
 pub mod pipeline;
 pub mod producer;
 pub mod progress;

@@ -269,6 +269,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         None => BTreeSet::new(),
     };
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
+    let pace = crate::pace::Pace::new(args.max_rate);
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
         applied,
@@ -291,6 +292,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         ready: http.ready.clone(),
         board_view: http.board.clone(),
         watchdog: Watchdog::default(),
+        pace,
     };
     // What the host that wrote state had dropped (it follows from state's stream times), so a
     // replayed batch finds the same windows gone as the first time. (With --emit final it
@@ -455,6 +457,7 @@ struct Pipeline {
     /// For /readyz: set once the consumer has partitions.
     ready: Arc<AtomicBool>,
     watchdog: Watchdog,
+    pace: crate::pace::Pace,
     /// For the board page: the boards published, with the lag.
     board_view: Arc<std::sync::Mutex<crate::http::BoardView>>,
 }
@@ -562,6 +565,7 @@ impl Pipeline {
             } else {
                 poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end)
             };
+            self.pace.consumed(batch.len());
             self.watch_for_stall(consumer, !batch.is_empty())?;
             if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 self.ready.store(true, Ordering::Relaxed);

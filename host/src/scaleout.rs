@@ -169,6 +169,7 @@ pub fn run(
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
         reload,
+        pace: crate::pace::Pace::new(args.max_rate),
         args,
     };
     job.run_until(&consumer, shutdown)
@@ -192,6 +193,7 @@ struct ScaleOut {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     reload: Option<GuestReload>,
+    pace: crate::pace::Pace,
 }
 
 /// The state of one repartition partition.
@@ -224,6 +226,7 @@ impl ScaleOut {
         while !shutdown.requested() {
             let wait = if self.txn.is_none() { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
+            self.pace.consumed(batch.iter().filter(|m| m.topic() == self.args.topics.input).count());
             let rebalances = consumer.context().take();
             // Shards first: a partition's records are counted only on its caught-up shard.
             for (topic, partition) in &rebalances.assigned {

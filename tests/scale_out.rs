@@ -1,0 +1,222 @@
+//! `host run --scale-out`: several host processes in one group share a job over six
+//! partitions; each key is counted in one shard, the global board is merged from the
+//! shards' local boards. Killed and added hosts: partitions move, counts stay as promised.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use integration_tests::{Dump, HostProcess, TestEnv, orders};
+
+const PARTITIONS: u32 = 6;
+
+/// Flags of every scale-out host here: partitions of a dead host move after 6 s (the
+/// broker's minimum session timeout) instead of 45.
+const SCALE_OUT: [&str; 5] = ["--scale-out", "--kafka-config", "session.timeout.ms=6000", "--flush-interval", "300ms"];
+
+fn create_topics(env: &TestEnv) {
+    let mut args =
+        vec!["create-topics".to_string(), "--scale-out".into(), "--partitions".into(), PARTITIONS.to_string()];
+    args.extend(env.topic_args());
+    let out = env.host(&args);
+    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn state_dir(env: &TestEnv, host: usize) -> PathBuf {
+    env.dir.path().join(format!("host-{host}"))
+}
+
+/// Host number `host` of the job, with its own state dir.
+fn spawn(env: &TestEnv, host: usize, extra: &[&str]) -> HostProcess {
+    let dir = state_dir(env, host).display().to_string();
+    let mut args: Vec<&str> = SCALE_OUT.to_vec();
+    args.extend(["--state-dir", &dir]);
+    args.extend(extra);
+    env.spawn_host("drink_count", &args)
+}
+
+/// The job's state from every host's `host dump`: per shard, the copy that reflects the most
+/// repartition records (a host keeps the shards it gave up, behind their new owner's copy).
+fn union_of_dumps(env: &TestEnv, hosts: usize) -> Dump {
+    let mut newest: BTreeMap<i64, (i64, Vec<serde_json::Value>)> = BTreeMap::new();
+    for host in 0..hosts {
+        let out = env.host(&["dump", "--state-dir", &state_dir(env, host).display().to_string()]);
+        assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut shards: BTreeMap<i64, (i64, Vec<serde_json::Value>)> = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let shard = v["shard"].as_i64().expect("scale-out dump lines name their shard");
+            let entry = shards.entry(shard).or_default();
+            if let Some(next) = v.get("next_offset") {
+                entry.0 = next.as_i64().unwrap();
+            }
+            entry.1.push(v);
+        }
+        for (shard, copy) in shards {
+            if newest.get(&shard).is_none_or(|(next, _)| copy.0 > *next) {
+                newest.insert(shard, copy);
+            }
+        }
+    }
+    let mut dump = Dump::default();
+    for (_, lines) in newest.into_values() {
+        for v in lines {
+            if let Some(key) = v.get("key") {
+                let previous = dump.counts.insert(key.as_str().unwrap().to_owned(), v["count"].as_u64().unwrap());
+                assert!(previous.is_none(), "key {key} is counted in two shards");
+            } else {
+                dump.records_processed += v["records_processed"].as_u64().unwrap();
+                dump.records_skipped += v["records_skipped"].as_u64().unwrap();
+            }
+        }
+    }
+    dump
+}
+
+/// `host board --json`: the global board merged from the shards' local boards.
+fn global_board(env: &TestEnv) -> serde_json::Value {
+    let guest = integration_tests::guest("drink_count").display().to_string();
+    let out = env.host(&["board", "--guest", &guest, "--brokers", &env.brokers, "--output", &env.output, "--json"]);
+    assert!(out.status.success(), "board failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn board_top(board: &serde_json::Value) -> Vec<(String, u64)> {
+    let top = board["top"].as_array().unwrap();
+    top.iter().map(|e| (e["key"].as_str().unwrap().to_owned(), e["count"].as_u64().unwrap())).collect()
+}
+
+/// Shards a host opened (from its log), in order.
+fn shards_opened(host: &HostProcess) -> Vec<String> {
+    host.stderr_text().lines().filter(|l| l.contains("shard open")).map(str::to_owned).collect()
+}
+
+fn wait_all(hosts: &mut [HostProcess]) {
+    for host in hosts.iter_mut() {
+        let status = host.wait_exit(Duration::from_secs(150));
+        assert!(status.success(), "a host failed ({status}):\n{}", host.stderr_text());
+    }
+}
+
+/// Three hosts, six partitions, a known input (malformed orders too): the union of the
+/// hosts' dumps and the merged board equal the expected counts, each key in one shard.
+#[test]
+fn three_hosts_count_six_partitions_exactly() {
+    let env = TestEnv::new("scale-three");
+    create_topics(&env);
+    let expected = orders::generate(31, 12_000, 50);
+    env.produce(&expected.values);
+    let mut hosts: Vec<HostProcess> =
+        (0..3).map(|h| spawn(&env, h, &["--stop-at-end", "--max-rate", "3000"])).collect();
+    wait_all(&mut hosts);
+    let working = hosts.iter().filter(|h| !shards_opened(h).is_empty()).count();
+    assert!(working >= 2, "the partitions were shared: {working} of 3 hosts opened shards");
+    let dump = union_of_dumps(&env, 3);
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    let board = global_board(&env);
+    assert_eq!(board_top(&board), expected.top(10));
+    assert_eq!(board["records_processed"].as_u64(), Some(expected.valid));
+    assert_eq!(board["records_skipped"].as_u64(), Some(expected.malformed));
+    // Dead letters: every malformed order, once.
+    assert_eq!(env.read(&env.dead_letter).len() as u64, expected.malformed);
+}
+
+/// Under exactly-once, one of three hosts is killed with `kill -9` mid-stream: its
+/// partitions move to the other two, which restore its shards from the changelog and
+/// finish. Every count is exact.
+#[test]
+fn a_killed_host_s_partitions_move_and_counts_stay_exact_under_exactly_once() {
+    let counts = killed_host(
+        "scale-kill-eos",
+        &["--guarantee", "exactly-once", "--commit-interval", "100ms", "--max-batch", "200"],
+    );
+    assert_eq!(counts.inflation, 0, "exactly-once is exact");
+}
+
+/// The same under at-least-once: nothing is lost; what is counted twice is bounded by the
+/// records the killed host had in flight (one poll of input, and one of repartitioned deltas).
+#[test]
+fn a_killed_host_s_partitions_move_and_nothing_is_lost_under_at_least_once() {
+    let counts = killed_host("scale-kill-alo", &["--max-batch", "200"]);
+    assert!(counts.records_inflation <= 2 * 200, "records counted twice: {}", counts.records_inflation);
+}
+
+struct Inflation {
+    inflation: u64,
+    records_inflation: u64,
+}
+
+fn killed_host(name: &str, mode: &[&str]) -> Inflation {
+    let env = TestEnv::new(name);
+    create_topics(&env);
+    let expected = orders::generate(47, 40_000, 97);
+    env.produce(&expected.values);
+    let args: Vec<&str> = ["--stop-at-end", "--max-rate", "2000"].iter().chain(mode).copied().collect();
+    let mut hosts: Vec<HostProcess> = (0..3).map(|h| spawn(&env, h, &args)).collect();
+    // Mid-stream: every host has counted for a while (the input lasts ~7 s at this rate).
+    for host in &mut hosts {
+        host.wait_for_log("local boards published", Duration::from_secs(60));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let victim = hosts.remove(1);
+    let victim_shards = shards_opened(&victim);
+    assert!(!victim_shards.is_empty(), "the victim owned shards");
+    victim.kill9();
+    wait_all(&mut hosts);
+    // The survivors took the victim's partitions over: more shards opened than at the start.
+    let reopened: usize = hosts.iter().map(|h| shards_opened(h).len()).sum();
+    assert!(reopened > PARTITIONS as usize - victim_shards.len(), "the survivors opened the victim's shards too");
+
+    let dump = union_of_dumps(&env, 3);
+    let mut inflation = 0;
+    for (key, want) in &expected.counts {
+        let got = dump.counts.get(key).copied().unwrap_or(0);
+        assert!(got >= *want, "{key}: {got} is below the expected {want}");
+        inflation += got - want;
+    }
+    assert_eq!(dump.counts.len(), expected.counts.len(), "no unexpected keys");
+    let counted = dump.records_processed + dump.records_skipped;
+    assert!(counted >= expected.valid + expected.malformed, "records lost: {counted}");
+    let records_inflation = counted - expected.valid - expected.malformed;
+    let board = global_board(&env);
+    let board_total = board["records_processed"].as_u64().unwrap() + board["records_skipped"].as_u64().unwrap();
+    assert_eq!(board_total, counted, "the merged board shows the shards' totals");
+    if inflation == 0 {
+        assert_eq!(board_top(&board), expected.top(10));
+    }
+    eprintln!("{name}: inflation {inflation} (counts), {records_inflation} (records)");
+    if mode.contains(&"exactly-once") {
+        assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    }
+    Inflation { inflation, records_inflation }
+}
+
+/// A third host joins two that are counting: some partitions move to it (it opens their
+/// shards), the two others only give partitions up (they restore nothing), and the counts
+/// are exact.
+#[test]
+fn an_added_host_takes_partitions_without_the_others_restoring() {
+    let env = TestEnv::new("scale-add");
+    create_topics(&env);
+    let expected = orders::generate(53, 30_000, 0);
+    env.produce(&expected.values);
+    let mode = ["--stop-at-end", "--max-rate", "2500", "--guarantee", "exactly-once"];
+    let mut hosts: Vec<HostProcess> = (0..2).map(|h| spawn(&env, h, &mode)).collect();
+    for host in &mut hosts {
+        host.wait_for_log("local boards published", Duration::from_secs(60));
+    }
+    let before: Vec<usize> = hosts.iter().map(|h| shards_opened(h).len()).collect();
+    let mut added = spawn(&env, 2, &mode);
+    added.wait_for_log("shard open", Duration::from_secs(60));
+    hosts.push(added);
+    wait_all(&mut hosts);
+    for (host, opened) in hosts.iter().zip(&before) {
+        assert_eq!(shards_opened(host).len(), *opened, "a host already running restored nothing");
+        assert!(host.stderr_text().contains("shard closed"), "it gave partitions to the new host");
+    }
+    let dump = union_of_dumps(&env, 3);
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    assert_eq!(board_top(&global_board(&env)), expected.top(10));
+}

@@ -314,6 +314,39 @@ fn read_loop(
     Ok(report)
 }
 
+/// True when `topic` holds no record a read_committed reader would see in any of the given
+/// ranges (partition -> (from, to)): only transaction markers, or records of aborted
+/// transactions. False as soon as one is seen, or when a range is not yet stable (an open
+/// transaction: it may still commit).
+pub fn only_markers_after(kafka: &KafkaArgs, topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> Result<bool> {
+    let consumer = topic_reader(kafka)?;
+    let stable = end_offsets(&consumer, topic)?;
+    if ranges.iter().any(|(p, (_, to))| stable.get(p).is_none_or(|(_, lso)| lso < to)) {
+        return Ok(false);
+    }
+    let mut assignment = TopicPartitionList::new();
+    for (partition, (from, _)) in ranges {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(*from))?;
+    }
+    consumer.assign(&assignment).context("assigning partitions to look past their commits")?;
+    let mut pending: BTreeSet<i32> = ranges.keys().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pending.is_empty() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) if message.offset() < ranges[&message.partition()].1 => return Ok(false),
+            Some(Ok(message)) => {
+                pending.remove(&message.partition());
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                pending.remove(&partition);
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+        }
+    }
+    Ok(pending.is_empty())
+}
+
 /// A consumer that reads topics by assignment, outside any consumer group's offsets.
 pub(crate) fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
     crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))

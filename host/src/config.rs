@@ -105,6 +105,15 @@ pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
     config
 }
 
+/// A client for high watermarks (the ends of partitions, open transactions included): a
+/// read_committed consumer is given the last stable offset instead.
+pub fn watermark_reader(kafka: &KafkaArgs) -> anyhow::Result<HostConsumer> {
+    use anyhow::Context;
+    let mut config = reader(kafka, &format!("streamhost-watermarks-{}", std::process::id()));
+    config.set("isolation.level", "read_uncommitted");
+    config.create_with_context(HostContext).context("creating a watermark reader")
+}
+
 /// The default static membership id: stable across restarts of the host that owns
 /// `state_dir` on this machine, different for every other state dir or machine.
 pub fn default_instance_id(group: &str, state_dir: &std::path::Path) -> String {

@@ -69,6 +69,9 @@ use crate::stats::RunStats;
 /// How long one poll waits for the first record when nothing is under way.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
+/// exactly-once: Kafka's transaction.timeout.ms for scale-out hosts (see `run`).
+const TRANSACTION_TIMEOUT_MS: &str = "10000";
+
 /// How often an idle host with `--stop-at-end` asks whether the whole job is done.
 const DONE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -122,9 +125,15 @@ pub fn run(
             .clone()
             .unwrap_or_else(|| format!("streamhost-{}", crate::config::default_instance_id(&args.group, &state_dir)))
     });
-    // Keys go to repartition partitions the way Java clients place them.
+    // Keys go to repartition partitions the way Java clients place them. A host that dies
+    // with a transaction open holds back every read_committed reader of the partitions it
+    // wrote to until the transaction times out (nobody else can fence its id): 10 s, as Kafka
+    // Streams does, rather than librdkafka's 60 s. (Both can be overridden by --kafka-config.)
     let mut kafka = args.topics.kafka.clone();
     kafka.kafka_config.insert(0, ("partitioner".into(), "murmur2_random".into()));
+    if exactly_once {
+        kafka.kafka_config.insert(0, ("transaction.timeout.ms".into(), TRANSACTION_TIMEOUT_MS.into()));
+    }
     let producer = AckedProducer::new(
         &kafka,
         &args.topics.changelog,
@@ -161,6 +170,7 @@ pub fn run(
         producer,
         guest: GuestThread::spawn(guest)?,
         shards: BTreeMap::new(),
+        opening: BTreeMap::new(),
         processed: BTreeMap::new(),
         txn: None,
         rejected_log: LogLimit::new(Duration::from_secs(1)),
@@ -170,6 +180,7 @@ pub fn run(
         ready: http.ready.clone(),
         reload,
         pace: crate::pace::Pace::new(args.max_rate),
+        watermarks: None,
         args,
     };
     job.run_until(&consumer, shutdown)
@@ -181,8 +192,10 @@ struct ScaleOut {
     repartition: String,
     producer: AckedProducer,
     guest: GuestThread,
-    /// The shards of the repartition partitions this host owns.
+    /// The shards of the repartition partitions this host owns and counts.
     shards: BTreeMap<i32, Shard>,
+    /// Shards being opened (caught up with the changelog) while their partition is paused.
+    opening: BTreeMap<i32, std::thread::JoinHandle<Result<Shard>>>,
     /// Next offset per (topic, partition) whose records are processed (what a commit sends).
     processed: BTreeMap<(String, i32), i64>,
     /// exactly-once: the open transaction.
@@ -194,6 +207,8 @@ struct ScaleOut {
     ready: Arc<AtomicBool>,
     reload: Option<GuestReload>,
     pace: crate::pace::Pace,
+    /// `--stop-at-end`: a client that reads high watermarks (see `job_done`).
+    watermarks: Option<crate::config::HostConsumer>,
 }
 
 /// The state of one repartition partition.
@@ -228,19 +243,23 @@ impl ScaleOut {
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
             self.pace.consumed(batch.iter().filter(|m| m.topic() == self.args.topics.input).count());
             let rebalances = consumer.context().take();
-            // Shards first: a partition's records are counted only on its caught-up shard.
+            // A partition's records are counted only on its caught-up shard.
             for (topic, partition) in &rebalances.assigned {
                 if *topic == self.repartition {
-                    self.open_shard(*partition, shutdown)?;
+                    self.start_opening(consumer, *partition, shutdown)?;
                 }
             }
-            if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            self.finish_opening(consumer, false)?;
+            if !self.ready.load(Ordering::Relaxed)
+                && self.opening.is_empty()
+                && consumer.assignment().is_ok_and(|a| a.count() > 0)
+            {
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::info!("ready: partitions assigned");
             }
             let idle = batch.is_empty();
             if !idle {
-                self.process(consumer, &batch, shutdown)?;
+                self.process(consumer, &batch)?;
             }
             drop(batch);
             let revoking = rebalances.revoked.is_some();
@@ -261,9 +280,19 @@ impl ScaleOut {
                 self.guest.swap(Box::new(next))?;
             }
             self.producer.poll();
-            if self.args.stop_at_end && idle && self.txn.is_none() && last_done_check.elapsed() >= DONE_CHECK_EVERY {
+            if self.args.stop_at_end
+                && idle
+                && self.txn.is_none()
+                && self.opening.is_empty()
+                && last_done_check.elapsed() >= DONE_CHECK_EVERY
+            {
                 last_done_check = Instant::now();
-                if self.job_done(consumer)? {
+                // A failed look (a broker busy or away) only means: not known to be done yet.
+                let done = self.job_done(consumer).unwrap_or_else(|e| {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot tell whether the job is done yet");
+                    false
+                });
+                if done {
                     tracing::info!("the input is counted to its end, and this host's partitions too (--stop-at-end)");
                     break;
                 }
@@ -285,12 +314,7 @@ impl ScaleOut {
     /// One poll's records: stage A for input records, stage B for repartition records, then
     /// (at-least-once) acknowledgements -> shards -> offsets, or (exactly-once) all of it
     /// into the open transaction.
-    fn process(
-        &mut self,
-        consumer: &ScaleOutConsumer,
-        batch: &[BorrowedMessage<'_>],
-        shutdown: &Shutdown,
-    ) -> Result<()> {
+    fn process(&mut self, consumer: &ScaleOutConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
         self.stats.batch_polled(batch.len());
         self.metrics.records_consumed.inc_by(batch.len() as u64);
         self.metrics.batch_records.observe(batch.len() as f64);
@@ -299,11 +323,17 @@ impl ScaleOut {
             self.begin_txn()?;
         }
         // Records below what was processed come again after a rewind or a rebalance: skipped.
-        let fresh = batch.iter().filter(|m| {
-            self.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
-        });
+        // So are those of a shard still opening, fetched before its partition was paused: the
+        // seek when it opens reads them again.
+        let fresh: Vec<&BorrowedMessage<'_>> = batch
+            .iter()
+            .filter(|m| {
+                self.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
+            })
+            .filter(|m| m.topic() == self.args.topics.input || self.shards.contains_key(&m.partition()))
+            .collect();
         let (input, repartitioned): (Vec<&BorrowedMessage<'_>>, Vec<&BorrowedMessage<'_>>) =
-            fresh.partition(|m| m.topic() == self.args.topics.input);
+            fresh.iter().partition(|m| m.topic() == self.args.topics.input);
         // Stage A.
         self.repartition_deltas(&input)?;
         // Stage B, per shard.
@@ -313,10 +343,6 @@ impl ScaleOut {
         }
         let mut counted: BTreeMap<i32, ShardBatch> = BTreeMap::new();
         for (partition, messages) in by_partition {
-            if !self.shards.contains_key(&partition) {
-                // Assigned in the middle of this poll: catch the shard up before counting.
-                self.open_shard(partition, shutdown)?;
-            }
             let pending = match &mut self.txn {
                 Some(txn) => txn.shards.remove(&partition),
                 None => None,
@@ -325,8 +351,8 @@ impl ScaleOut {
             counted.insert(partition, shard_batch);
         }
         let offsets: BTreeMap<(String, i32), i64> =
-            batch.iter().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
-        let timestamps: Vec<i64> = batch.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+            fresh.iter().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
+        let timestamps: Vec<i64> = fresh.iter().filter_map(|m| m.timestamp().to_millis()).collect();
         if let Some(txn) = &mut self.txn {
             txn.shards.extend(counted);
             txn.offsets.extend(offsets.clone());
@@ -486,32 +512,46 @@ impl ScaleOut {
         Ok(())
     }
 
-    /// Opens shard `partition` and brings it up to its changelog partition's end: restored in
-    /// full if new (or lost), else only the tail another owner wrote since.
-    fn open_shard(&mut self, partition: i32, shutdown: &Shutdown) -> Result<()> {
-        if self.shards.contains_key(&partition) {
+    /// Starts opening shard `partition` on a thread of its own while its repartition
+    /// partition is paused, so the partitions this host already counts keep flowing.
+    fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32, shutdown: &Shutdown) -> Result<()> {
+        if self.shards.contains_key(&partition) || self.opening.contains_key(&partition) {
             return Ok(());
         }
-        let started = Instant::now();
+        consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
+        let kafka = self.args.topics.kafka.clone();
+        let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
         let dir = shard_dir(&self.args.state.state_dir, partition);
-        let mut store = Store::open(&dir)?;
-        let report = changelog::catch_up_shard(
-            &self.args.topics.kafka,
-            &self.args.topics.changelog,
-            partition,
-            &mut store,
-            shutdown,
-        )?;
-        let applied = store.input_offsets(&self.repartition)?.get(&partition).copied().unwrap_or(0);
-        tracing::info!(
-            shard = partition,
-            changelog_records_read = report.records_read,
-            next_offset = applied,
-            ms = started.elapsed().as_millis() as u64,
-            "shard open"
-        );
-        self.shards.insert(partition, Shard { store, applied });
+        let shutdown = shutdown.clone();
+        let opening = std::thread::Builder::new()
+            .name(format!("shard-{partition}"))
+            .spawn(move || open_shard(&kafka, &changelog, &repartition, &dir, partition, &shutdown))
+            .context("starting a shard's restore")?;
+        self.opening.insert(partition, opening);
         Ok(())
+    }
+
+    /// Shards whose catching up is over start counting: their partition is sought to the
+    /// offset the shard holds (records fetched before the pause were dropped) and resumed.
+    fn finish_opening(&mut self, consumer: &ScaleOutConsumer, wait: bool) -> Result<()> {
+        let done: Vec<i32> =
+            self.opening.iter().filter(|(_, thread)| wait || thread.is_finished()).map(|(p, _)| *p).collect();
+        for partition in done {
+            let thread = self.opening.remove(&partition).expect("listed above");
+            let shard = thread.join().map_err(|_| anyhow!("the restore of shard {partition} panicked"))??;
+            consumer
+                .seek(&self.repartition, partition, Offset::Offset(shard.applied), Duration::from_secs(10))
+                .with_context(|| format!("seeking repartition partition {partition}"))?;
+            consumer.resume(&self.repartition_partition(partition)?).context("resuming a repartition partition")?;
+            self.shards.insert(partition, shard);
+        }
+        Ok(())
+    }
+
+    fn repartition_partition(&self, partition: i32) -> Result<TopicPartitionList> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.repartition, partition, Offset::Invalid)?;
+        Ok(list)
     }
 
     /// Revoked partitions: what is under way of them is committed (unless they are lost
@@ -536,6 +576,8 @@ impl ScaleOut {
                 self.commit_offsets(consumer, Some(&revoked), CommitMode::Sync);
             }
         }
+        // A shard still opening is waited for (its restore is bounded), then closed.
+        self.finish_opening(consumer, true)?;
         for element in revoked.elements() {
             self.processed.remove(&(element.topic().to_owned(), element.partition()));
             if element.topic() == self.repartition && self.shards.remove(&element.partition()).is_some() {
@@ -661,46 +703,80 @@ impl ScaleOut {
         Ok(())
     }
 
-    /// `--stop-at-end`: true once every input partition (this host's or not) has its offset
-    /// committed at its end, so every delta is in the repartition topic, and then every
-    /// partition this host owns is consumed to its end.
-    fn job_done(&self, consumer: &ScaleOutConsumer) -> Result<bool> {
-        let timeout = Duration::from_secs(10);
+    /// `--stop-at-end`: true once the whole job is counted, by every host: every input
+    /// partition has its offset committed at its end (so every delta is in the repartition
+    /// topic), and every repartition partition has its offset committed past its last record
+    /// (so every delta is in a shard). Waiting for the group's commits, not this host's own
+    /// positions, keeps a host running while a dead one still holds partitions.
+    fn job_done(&mut self, consumer: &ScaleOutConsumer) -> Result<bool> {
+        let watermarks = match &self.watermarks {
+            Some(client) => client,
+            None => self.watermarks.insert(crate::config::watermark_reader(&self.args.topics.kafka)?),
+        };
         let input = &self.args.topics.input;
-        let ends = changelog::end_offsets(consumer, input)?;
-        let mut all = TopicPartitionList::new();
-        for partition in ends.keys() {
-            all.add_partition(input, *partition);
+        if !committed_to_end(consumer, watermarks, input)?.is_empty() {
+            return Ok(false);
         }
-        let committed = consumer.committed_offsets(all, timeout)?;
-        for element in committed.elements() {
-            let (low, high) = ends[&element.partition()];
-            let next = match element.offset() {
-                Offset::Offset(next) => next,
-                _ => low,
-            };
-            if next < high {
-                return Ok(false);
-            }
+        let behind = committed_to_end(consumer, watermarks, &self.repartition)?;
+        if behind.is_empty() {
+            return Ok(true);
         }
-        // The consumer's position passes transaction markers too; a partition with nothing
-        // new to read has none, and then its committed offset says where it is.
-        let positions = consumer.position()?;
-        let committed = consumer.committed(timeout)?;
-        for element in positions.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-            let committed_at = committed.find_partition(topic, partition).map(|e| e.offset());
-            let at = match (element.offset(), committed_at) {
-                (Offset::Offset(at), _) | (_, Some(Offset::Offset(at))) => at,
-                _ => low,
-            };
-            if at < high {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        // Under exactly-once a partition ends with transaction markers, which no offset
+        // commit passes: behind only by markers is at the end.
+        changelog::only_markers_after(&self.args.topics.kafka, &self.repartition, &behind)
     }
+}
+
+/// The partitions of `topic` whose committed offset in the group is short of the high
+/// watermark (the end, open transactions included; a read_committed consumer would be told
+/// the last stable offset instead): partition -> (committed, high watermark).
+fn committed_to_end(
+    consumer: &ScaleOutConsumer,
+    watermarks: &crate::config::HostConsumer,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>> {
+    let ends = changelog::end_offsets(watermarks, topic)?;
+    let mut all = TopicPartitionList::new();
+    for partition in ends.keys() {
+        all.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(all, Duration::from_secs(10))?;
+    let mut behind = BTreeMap::new();
+    for element in committed.elements() {
+        let (low, high) = ends[&element.partition()];
+        let next = match element.offset() {
+            Offset::Offset(next) => next.max(low),
+            _ => low,
+        };
+        if next < high {
+            behind.insert(element.partition(), (next, high));
+        }
+    }
+    Ok(behind)
+}
+
+/// Opens shard `partition` and brings it up to its changelog partition's end: restored in
+/// full if new (or lost), else only the tail another owner wrote since.
+fn open_shard(
+    kafka: &crate::cli::KafkaArgs,
+    changelog: &str,
+    repartition: &str,
+    dir: &Path,
+    partition: i32,
+    shutdown: &Shutdown,
+) -> Result<Shard> {
+    let started = Instant::now();
+    let mut store = Store::open(dir)?;
+    let report = changelog::catch_up_shard(kafka, changelog, partition, &mut store, shutdown)?;
+    let applied = store.input_offsets(repartition)?.get(&partition).copied().unwrap_or(0);
+    tracing::info!(
+        shard = partition,
+        changelog_records_read = report.records_read,
+        next_offset = applied,
+        ms = started.elapsed().as_millis() as u64,
+        "shard open"
+    );
+    Ok(Shard { store, applied })
 }
 
 fn u64_meta(name: &str, value: u64) -> Change {

@@ -14,7 +14,11 @@ Modes, each from its first consumed record until everything is committed:
           the retention, however long the run).
   python, javascript  the host with the drink count in Python (componentize-py) and in
           JavaScript (componentize-js): what a guest author pays per language (one run each).
-  restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it).
+  scale1, scale2, scale3  `--scale-out` with 1, 2 and 3 host processes in one group on this
+          machine (README, "Scale-out"): the job from its first consumed record (any host) to
+          its last commit (any host), and the CPU of all its hosts.
+  restore `host restore` of a changelog holding 1,000,000 distinct keys (vs raw drain of it);
+          and of one shard of it (`--scale-out --partition 0`: a sixth of the keys).
   restart exactly-once restart with those keys in state, after a crash between a transaction's
           commit and its state write: time to ready (tail replayed) and to the first commit.
   latency wasm host at a fixed offered load; record timestamp -> changelog acknowledged
@@ -238,6 +242,39 @@ def kstreams_restart():
     return {"first_record": seconds}
 
 
+def scale_out(hosts, name):
+    """`hosts` scale-out host processes at once on the input; rate of the whole job."""
+    flags = ["--brokers", BROKERS, "--input", f"bench-{RUN_ID}.orders", "--changelog", f"bench-{RUN_ID}.{name}.changelog",
+             "--output", f"bench-{RUN_ID}.{name}.board", "--scale-out"]
+    run([HOST, "create-topics", "--partitions", "6"] + flags)
+    procs = []
+    for h in range(hosts):
+        out, err = (open(os.path.join(WORK, f"{name}-{h}.{kind}"), "w+") for kind in ("out", "err"))
+        cmd = [HOST, "run", "--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir",
+               os.path.join(WORK, f"state-{name}-{h}"), "--stop-at-end", "--log-format", "json"] + flags
+        procs.append((subprocess.Popen(cmd, stdout=out, stderr=err), err))
+    cpu, rss, first, last = 0.0, 0.0, math.inf, 0.0
+    for proc, err in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        err.seek(0)
+        text = err.read()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"bench: scale-out host failed:\n{text[-3000:]}")
+        cpu += usage.ru_utime + usage.ru_stime
+        rss = max(rss, usage.ru_maxrss / 1024)
+        line = next(json.loads(l) for l in text.splitlines() if '"run summary' in l)
+        if line["fields"]["records"] == 0:
+            continue  # a host that got no partition
+        end = datetime.datetime.fromisoformat(line["timestamp"]).timestamp()
+        first, last = min(first, end - line["fields"]["seconds"]), max(last, end)
+    board = json.loads(run([HOST, "board", "--guest", GUEST, "--brokers", BROKERS, "--output",
+                            f"bench-{RUN_ID}.{name}.board", "--json"]).out)
+    for h in range(hosts):
+        shutil.rmtree(os.path.join(WORK, f"state-{name}-{h}"), ignore_errors=True)
+    return {"rate": ORDERS / (last - first), "cpu": cpu, "rss": rss, "records": ORDERS,
+            "totals": (board["records_processed"], board["records_skipped"])}
+
+
 def raw(topic, name):
     m = run([LOADGEN, "--brokers", BROKERS, "--topic", topic, "drain", "--group", f"bench-{RUN_ID}-{name}"])
     d = json.loads(m.out.strip().splitlines()[-1])
@@ -310,7 +347,8 @@ def main():
     run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", str(ORDERS), "--event-time-step", f"{EVENT_TIME_STEP_MS}ms"]
         + ORDER_FLAGS)
 
-    results = {"raw": [], "native": [], "wasm": [], "eos": [], "window": [], "hopping": [], "python": [], "javascript": []}
+    results = {"raw": [], "native": [], "wasm": [], "eos": [], "window": [], "hopping": [], "python": [], "javascript": [],
+               "scale1": [], "scale2": [], "scale3": []}
     if PEERS:
         results.update({"kstreams": [], "go-seed": []})
         for path in (GO_SEED, KSTREAMS_CP.split(":")[0]):
@@ -321,9 +359,12 @@ def main():
             for mode, r in run_peers(input_topic, i).items():
                 results[mode].append(r)
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
-        for mode in PROBE or ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript"):
+        for mode in PROBE or ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript",
+                              "scale1", "scale2", "scale3"):
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
+            elif mode.startswith("scale"):
+                r = scale_out(int(mode[-1]), f"{mode}{i}")
             elif mode == "eos":
                 r = pipeline(HOST, f"{mode}{i}", ["--guarantee", "exactly-once"])
             elif mode in WINDOW_FLAGS:
@@ -361,6 +402,14 @@ def main():
                "cpu": m.cpu, "rss": m.rss_mib}
     restore["rate"] = restore["records"] / restore["seconds"]
     log(f"restore: {restore['rate']:,.0f} records/s ({restore['keys']} keys)")
+    # One shard of the same changelog (what a scale-out host restores when a partition moves).
+    shard_state = os.path.join(WORK, "state-shard")
+    m = run([HOST, "restore", "--brokers", BROKERS, "--changelog", keys_topic, "--state-dir", shard_state,
+             "--scale-out", "--partition", "0"])
+    found = re.search(r"restored (?:about )?(\d+) keys from (\d+) changelog records .* in ([\d.]+)s", m.out)
+    restore["shard"] = {"keys": int(found.group(1)), "seconds": float(found.group(3))}
+    shutil.rmtree(shard_state, ignore_errors=True)
+    log(f"restore of one shard: {restore['shard']['keys']} keys in {restore['shard']['seconds']:.2f} s")
     restart = eos_restart(state, keys_topic)
     shutil.rmtree(state, ignore_errors=True)
     if PEERS:
@@ -447,9 +496,19 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
         row("go-seed", results["go-seed"], "the tutorial's design: franz-go + Pebble, ProduceSync per poll, "
             "Pebble batch with Sync, CommitUncommittedOffsets; one changelog record per delta"),
     ] if PEERS else []) + [
+        row("scale1", results["scale1"], "`--scale-out`, 1 host: the job re-keyed through the repartition topic "
+            "(stage A: guest -> repartition; stage B: shards -> changelog), at-least-once"),
+        row("scale2", results["scale2"], "`--scale-out`, 2 host processes in one group on this machine (CPU: both)"),
+        row("scale3", results["scale3"], "`--scale-out`, 3 host processes in one group on this machine (CPU: all three)"),
         f"| restore | {restore['rate']:,.0f} records/s | {restore['cpu']:.1f} | {restore['rss']:.0f} | – | "
         f"`host restore` of {restore['keys']:,} keys in {restore['seconds']:.2f} s (raw drain of that changelog: "
         f"{keys_raw['rate']:,.0f} records/s) |",
+        "",
+        f"Scale-out restore: one shard (changelog partition 0 of 6: {restore['shard']['keys']:,} keys) in "
+        f"{restore['shard']['seconds']:.2f} s, against {restore['seconds']:.2f} s for the whole state "
+        f"({restore['keys']:,} keys): a partition that moves costs its new owner the restore of its shard only. "
+        "Scale-out rates run from the first record any host consumed to the last commit of any host (each host "
+        "exits once the group has committed every input and repartition partition, checked every 0.5 s).",
         "",
         f"Restart under exactly-once after a crash between a transaction's commit and its state write, with "
         f"{restore['keys']:,} keys in state: ready (the changelog's tail replayed: {restart['tail']} records) "

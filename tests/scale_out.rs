@@ -37,9 +37,9 @@ fn spawn(env: &TestEnv, host: usize, extra: &[&str]) -> HostProcess {
 
 /// The job's state from every host's `host dump`: per shard, the copy that reflects the most
 /// repartition records (a host keeps the shards it gave up, behind their new owner's copy).
-fn union_of_dumps(env: &TestEnv, hosts: usize) -> Dump {
+fn union_of_dumps(env: &TestEnv, hosts: &[usize]) -> Dump {
     let mut newest: BTreeMap<i64, (i64, Vec<serde_json::Value>)> = BTreeMap::new();
-    for host in 0..hosts {
+    for &host in hosts {
         if !state_dir(env, host).exists() {
             continue; // it never owned a repartition partition (no shard)
         }
@@ -122,7 +122,7 @@ fn three_hosts_count_six_partitions_exactly() {
     wait_all(&mut hosts);
     let working = hosts.iter().filter(|h| h.stderr_text().contains(GIVEN_PARTITIONS)).count();
     assert!(working >= 2, "the partitions were shared: {working} of 3 hosts had some");
-    let dump = union_of_dumps(&env, 3);
+    let dump = union_of_dumps(&env, &[0, 1, 2]);
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
     let board = global_board(&env);
@@ -131,6 +131,22 @@ fn three_hosts_count_six_partitions_exactly() {
     assert_eq!(board["records_skipped"].as_u64(), Some(expected.malformed));
     // Dead letters: every malformed order, once.
     assert_eq!(env.read(&env.dead_letter).len() as u64, expected.malformed);
+    // Every shard is whole in its changelog partition: `host restore --scale-out` into a new
+    // dir (as a new machine would) gives the same state.
+    let restored = state_dir(&env, 9);
+    let dir = restored.display().to_string();
+    let out = env.host(&[
+        "restore",
+        "--brokers",
+        &env.brokers,
+        "--changelog",
+        &env.changelog,
+        "--state-dir",
+        &dir,
+        "--scale-out",
+    ]);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(union_of_dumps(&env, &[9]), dump);
 }
 
 /// Under exactly-once, one of three hosts is killed with `kill -9` mid-stream: its
@@ -179,7 +195,7 @@ fn killed_host(name: &str, mode: &[&str]) -> Inflation {
     let reopened: usize = hosts.iter().map(|h| shards_opened(h).len()).sum();
     assert!(reopened > PARTITIONS as usize - victim_shards.len(), "the survivors opened the victim's shards too");
 
-    let dump = union_of_dumps(&env, 3);
+    let dump = union_of_dumps(&env, &[0, 1, 2]);
     let mut inflation = 0;
     for (key, want) in &expected.counts {
         let got = dump.counts.get(key).copied().unwrap_or(0);
@@ -231,7 +247,7 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
         assert!(restored_since.is_empty(), "a host already running restored nothing: {restored_since:?}");
         assert!(host.stderr_text().contains("partitions revoked"), "it gave partitions to the new host");
     }
-    let dump = union_of_dumps(&env, 3);
+    let dump = union_of_dumps(&env, &[0, 1, 2]);
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
     assert_eq!(board_top(&global_board(&env)), expected.top(10));

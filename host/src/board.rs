@@ -320,12 +320,48 @@ pub fn board_command(args: crate::cli::BoardArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long `host board` waits for transactions open on the output topic to end.
+const OPEN_TRANSACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Under exactly-once, a host that died with a transaction open holds back every board
+/// produced after its own until the transaction times out (10 s for scale-out hosts): waits
+/// for that (the read_committed end reaching the end as it is now), for a while.
+fn wait_for_open_transactions(
+    kafka: &crate::cli::KafkaArgs,
+    consumer: &crate::config::HostConsumer,
+    topic: &str,
+) -> Result<()> {
+    let watermarks = crate::config::watermark_reader(kafka)?;
+    let ends = crate::changelog::end_offsets(&watermarks, topic)?;
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let stable = crate::changelog::end_offsets(consumer, topic)?;
+        let behind: i64 = ends.iter().map(|(p, (_, end))| end - stable.get(p).map_or(0, |(_, s)| *s)).sum();
+        if behind <= 0 {
+            return Ok(());
+        }
+        if started.elapsed() > OPEN_TRANSACTION_WAIT {
+            eprintln!(
+                "note: {behind} newer records on `{topic}` are still in an open transaction; showing what is committed"
+            );
+            return Ok(());
+        }
+        if !said {
+            eprintln!("waiting for a transaction open on `{topic}` to end (a host died in it?)…");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// The newest value of every key on `topic` (read_committed), read to its current end.
 fn latest_boards(kafka: &crate::cli::KafkaArgs, topic: &str) -> Result<BTreeMap<String, Vec<u8>>> {
     use anyhow::Context;
     use rdkafka::consumer::Consumer;
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer = crate::changelog::topic_reader(kafka)?;
+    wait_for_open_transactions(kafka, &consumer, topic)?;
     let mut pending: BTreeMap<i32, i64> = crate::changelog::end_offsets(&consumer, topic)?
         .into_iter()
         .filter(|(_, (low, high))| high > low)

@@ -77,9 +77,38 @@ pub struct RestoreReport {
 
 /// `host restore`.
 pub fn restore_command(args: RestoreArgs) -> Result<()> {
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    if args.scale_out {
+        return restore_shards(&args, &shutdown);
+    }
     let dir = &args.state.state_dir;
+    let mut store = open_for_restore(dir, args.force)?;
+    let report = restore(&args.kafka, &args.changelog, &mut store, &shutdown)?;
+    print_report(&report, dir);
+    Ok(())
+}
+
+/// `host restore --scale-out [--partition P]`: each changelog partition into its shard dir.
+fn restore_shards(args: &RestoreArgs, shutdown: &Shutdown) -> Result<()> {
+    let partitions: Vec<i32> = match args.partition {
+        Some(partition) => vec![partition],
+        None => end_positions(&args.kafka, &args.changelog)?.into_keys().collect(),
+    };
+    let started = Instant::now();
+    for partition in partitions {
+        let dir = crate::scaleout::shard_dir(&args.state.state_dir, partition);
+        let mut store = open_for_restore(&dir, args.force)?;
+        let report = restore_partitions(&args.kafka, &args.changelog, Some(partition), &mut store, shutdown)?;
+        print_report(&report, &dir);
+    }
+    println!("done in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The store to restore into: refused when it holds anything, unless `force` (then emptied).
+fn open_for_restore(dir: &std::path::Path, force: bool) -> Result<Store> {
     if dir_has_entries(dir)? {
-        if !args.force {
+        if !force {
             bail!(
                 "state dir {} is not empty; restore would overwrite it. Delete it, or pass --force \
                  to replace its contents",
@@ -90,9 +119,10 @@ pub fn restore_command(args: RestoreArgs) -> Result<()> {
         drop(Store::open(dir)?);
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
-    let mut store = Store::open(dir)?;
-    let report = restore(&args.kafka, &args.changelog, &mut store, &shutdown)?;
+    Store::open(dir)
+}
+
+fn print_report(report: &RestoreReport, dir: &std::path::Path) {
     println!(
         "restored {}{} keys from {} changelog records into {} in {:.2}s",
         if report.keys_exact { "" } else { "about " },
@@ -101,7 +131,6 @@ pub fn restore_command(args: RestoreArgs) -> Result<()> {
         dir.display(),
         report.elapsed.as_secs_f64()
     );
-    Ok(())
 }
 
 fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {

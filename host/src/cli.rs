@@ -423,6 +423,16 @@ pub struct RestoreArgs {
     /// Replace a non-empty state dir (its contents are deleted first).
     #[arg(long)]
     pub force: bool,
+
+    /// Restore the shards of a --scale-out host: changelog partition p into
+    /// `<state-dir>/shard-<p>`, every partition or the one given with --partition (e.g. to
+    /// prepare a machine before its host joins; a host restores its shards by itself too).
+    #[arg(long)]
+    pub scale_out: bool,
+
+    /// With --scale-out: only this partition's shard.
+    #[arg(long, requires = "scale_out")]
+    pub partition: Option<i32>,
 }
 
 #[derive(Args, Debug, Clone)]

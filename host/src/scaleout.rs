@@ -85,7 +85,10 @@ pub fn shard_dirs(state_dir: &Path) -> Result<BTreeMap<i32, PathBuf>> {
     let mut shards = BTreeMap::new();
     let entries = match std::fs::read_dir(state_dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(shards),
+        // Not there (or not a directory: opening the store says so, naming the path).
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(shards);
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", state_dir.display())),
     };
     for entry in entries {

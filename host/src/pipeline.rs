@@ -318,7 +318,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
 
 /// Refuses to join a group that another host is consuming with: each host keeps the whole
 /// state, so two would each count part of the input and publish boards of part of it
-/// (spreading one job over several hosts is not supported yet). A member left by this host's
+/// (several hosts share a job with `--scale-out`, in `scaleout.rs`). A member left by this host's
 /// own previous run (static membership: its member id starts with our instance id) is not
 /// another host.
 fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option<&str>) -> Result<()> {
@@ -336,10 +336,12 @@ fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option
         .collect();
     if !others.is_empty() {
         anyhow::bail!(
-            "consumer group `{group}` is in use by another host: {}. One host per group: every host keeps \
-             the whole state, so two would each count part of the input. Stop the other host or give this \
-             one another --group (and --state-dir). If the other member is this host's own previous run \
-             with --instance-id none, it leaves the group when its session times out (45 s)",
+            "consumer group `{group}` is in use by another host: {}. Without --scale-out, one host per \
+             group: each keeps the whole state, so two would each count part of the input. Stop the other \
+             host, give this one another --group (and --state-dir), or spread the job over several hosts \
+             with --scale-out (on a new changelog, README \"Scale-out\"). If the other member is this \
+             host's own previous run with --instance-id none, it leaves the group when its session times \
+             out (45 s)",
             others.join(", ")
         );
     }

@@ -374,7 +374,8 @@ impl Drop for TestEnv {
         } else if self.brokers == brokers() {
             // A passed test's topics go, so that the shared broker stays lean run after run
             // (a test's own broker is gone by now).
-            let mut args = vec!["delete-topics".to_string()];
+            // (--scale-out: a scale-out test's repartition topic too; a missing one is fine.)
+            let mut args = vec!["delete-topics".to_string(), "--scale-out".to_string()];
             args.extend(self.topic_args());
             let _ = self.host(&args);
         }

@@ -498,8 +498,10 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
     ] if PEERS else []) + [
         row("scale1", results["scale1"], "`--scale-out`, 1 host: the job re-keyed through the repartition topic "
             "(stage A: guest -> repartition; stage B: shards -> changelog), at-least-once"),
-        row("scale2", results["scale2"], "`--scale-out`, 2 host processes in one group on this machine (CPU: both)"),
-        row("scale3", results["scale3"], "`--scale-out`, 3 host processes in one group on this machine (CPU: all three)"),
+        row("scale2", results["scale2"], "`--scale-out`, 2 host processes in one group on this machine (CPU: both; "
+            "RSS: the larger)"),
+        row("scale3", results["scale3"], "`--scale-out`, 3 host processes in one group on this machine (CPU: all three; "
+            "RSS: the largest)"),
         f"| restore | {restore['rate']:,.0f} records/s | {restore['cpu']:.1f} | {restore['rss']:.0f} | – | "
         f"`host restore` of {restore['keys']:,} keys in {restore['seconds']:.2f} s (raw drain of that changelog: "
         f"{keys_raw['rate']:,.0f} records/s) |",

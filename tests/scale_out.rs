@@ -252,3 +252,34 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
     assert_eq!(board_top(&global_board(&env)), expected.top(10));
 }
+
+/// A changelog or repartition topic with another partition count than the input's is refused
+/// at start-up, naming both counts and how to fix it; so are a single host's state dir and
+/// windows, which scale-out does not do.
+#[test]
+fn scale_out_misconfigurations_are_refused() {
+    let env = TestEnv::new("scale-refuse");
+    // Input and changelog with 3 partitions, then a repartition topic of 6.
+    env.create_topics(3);
+    let mut args = vec!["create-topics".to_string(), "--scale-out".into(), "--partitions".into(), "6".into()];
+    args.extend(env.topic_args());
+    assert!(env.host(&args).status.success());
+    let run = |extra: &[&str]| {
+        let mut args = env.run_args("drink_count");
+        args.extend(["--scale-out", "--stop-at-end"].iter().chain(extra).map(|s| s.to_string()));
+        let out = env.host(&args);
+        assert!(!out.status.success(), "must be refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[]);
+    assert!(err.contains("repartition topic") && err.contains("has 6 partitions but input"), "{err}");
+    assert!(err.contains("has 3") && err.contains("host create-topics --scale-out --partitions 3"), "{err}");
+    let err = run(&["--window", "1m"]);
+    assert!(err.contains("--window is not supported with --scale-out"), "{err}");
+    // A single host's state dir.
+    let single = env.state_dir();
+    std::fs::create_dir_all(&single).unwrap();
+    std::fs::write(single.join("CURRENT"), "MANIFEST-000001\n").unwrap();
+    let err = run(&[]);
+    assert!(err.contains("holds a single host's state"), "{err}");
+}

@@ -447,7 +447,8 @@ pub struct BoardArgs {
     #[arg(long, env = "STREAMHOST_OUTPUT", default_value = "brew.drink-counts")]
     pub output: String,
 
-    /// Entries on the board.
+    /// Entries on the board. For a scale-out job at most the hosts' --top-n: each shard
+    /// publishes its own top-N only.
     #[arg(long, env = "STREAMHOST_TOP_N", default_value_t = 10)]
     pub top_n: u32,
 

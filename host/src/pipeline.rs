@@ -209,24 +209,8 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
-    let transactional_id = exactly_once.then(|| {
-        args.transactional_id
-            .clone()
-            .unwrap_or_else(|| format!("streamhost-{}", crate::config::default_instance_id(&args.group, store.dir())))
-    });
-    let producer = AckedProducer::new(
-        &args.topics.kafka,
-        &args.topics.changelog,
-        transactional_id.as_deref(),
-        checked.max_message_bytes,
-        args.ack_timeout,
-    )?;
-    if exactly_once {
-        // Before reading the changelog: this fences an older host with the same id and aborts
-        // the transaction a crashed one left open, so read_committed readers see its end.
-        producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
-        tracing::debug!("transactions initialised");
-    }
+    // Before reading the changelog (see `AckedProducer::for_run`).
+    let (producer, transactional_id) = AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes)?;
 
     let restored = store.needs_restore()?;
     if restored {

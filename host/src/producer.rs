@@ -165,6 +165,31 @@ impl AckedProducer {
         Ok(AckedProducer { inner, ack_timeout })
     }
 
+    /// The producer of `host run` (on `kafka`, which may add to the run's own settings):
+    /// under exactly-once transactional, with the id `--transactional-id` or one derived from
+    /// the host's instance, and its transactions initialised, which fences an older host with
+    /// the same id and aborts the transaction a crashed one left open (so read_committed
+    /// readers see its end). Returns the id too.
+    pub fn for_run(
+        args: &crate::cli::RunArgs,
+        kafka: &KafkaArgs,
+        max_message_bytes: usize,
+    ) -> Result<(Self, Option<String>)> {
+        let exactly_once = args.guarantee == crate::cli::Guarantee::ExactlyOnce;
+        let transactional_id = exactly_once.then(|| {
+            args.transactional_id.clone().unwrap_or_else(|| {
+                format!("streamhost-{}", crate::config::default_instance_id(&args.group, &args.state.state_dir))
+            })
+        });
+        let producer =
+            Self::new(kafka, &args.topics.changelog, transactional_id.as_deref(), max_message_bytes, args.ack_timeout)?;
+        if exactly_once {
+            producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
+            tracing::debug!("transactions initialised");
+        }
+        Ok((producer, transactional_id))
+    }
+
     /// Per changelog partition, the offset after the last record Kafka acknowledged.
     pub fn changelog_positions(&self) -> BTreeMap<i32, i64> {
         lock(&self.inner.context().changelog_positions).clone()

@@ -123,11 +123,6 @@ pub fn run(
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, &state_dir);
-    let transactional_id = exactly_once.then(|| {
-        args.transactional_id
-            .clone()
-            .unwrap_or_else(|| format!("streamhost-{}", crate::config::default_instance_id(&args.group, &state_dir)))
-    });
     // Keys go to repartition partitions the way Java clients place them. A host that dies
     // with a transaction open holds back every read_committed reader of the partitions it
     // wrote to until the transaction times out (nobody else can fence its id): 10 s, as Kafka
@@ -137,16 +132,7 @@ pub fn run(
     if exactly_once {
         kafka.kafka_config.insert(0, ("transaction.timeout.ms".into(), TRANSACTION_TIMEOUT_MS.into()));
     }
-    let producer = AckedProducer::new(
-        &kafka,
-        &args.topics.changelog,
-        transactional_id.as_deref(),
-        checked.max_message_bytes,
-        args.ack_timeout,
-    )?;
-    if exactly_once {
-        producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
-    }
+    let (producer, _) = AckedProducer::for_run(&args, &kafka, checked.max_message_bytes)?;
     let consumer: ScaleOutConsumer =
         crate::config::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
             .create_with_context(ScaleOutContext::default())
@@ -306,7 +292,9 @@ impl ScaleOut {
                     false
                 });
                 if done {
-                    tracing::info!("the input is counted to its end, and this host's partitions too (--stop-at-end)");
+                    tracing::info!(
+                        "the whole job is counted to its end: the group committed every input and repartition partition (--stop-at-end)"
+                    );
                     break;
                 }
             }
@@ -328,9 +316,11 @@ impl ScaleOut {
     /// (at-least-once) acknowledgements -> shards -> offsets, or (exactly-once) all of it
     /// into the open transaction.
     fn process(&mut self, consumer: &ScaleOutConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
-        self.stats.batch_polled(batch.len());
-        self.metrics.records_consumed.inc_by(batch.len() as u64);
-        self.metrics.batch_records.observe(batch.len() as f64);
+        // Records of the input (the repartition topic's are the job's own traffic).
+        let input_records = batch.iter().filter(|m| m.topic() == self.args.topics.input).count();
+        self.stats.batch_polled(input_records);
+        self.metrics.records_consumed.inc_by(input_records as u64);
+        self.metrics.batch_records.observe(input_records as f64);
         let exactly_once = self.args.guarantee == Guarantee::ExactlyOnce;
         if exactly_once && self.txn.is_none() {
             self.begin_txn()?;

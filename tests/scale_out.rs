@@ -259,11 +259,29 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
 #[test]
 fn scale_out_misconfigurations_are_refused() {
     let env = TestEnv::new("scale-refuse");
-    // Input and changelog with 3 partitions, then a repartition topic of 6.
+    // Input and changelog with 3 partitions, then a repartition topic of 6 (made beside
+    // another input: create-topics --scale-out gives new topics an existing input's count).
     env.create_topics(3);
-    let mut args = vec!["create-topics".to_string(), "--scale-out".into(), "--partitions".into(), "6".into()];
-    args.extend(env.topic_args());
-    assert!(env.host(&args).status.success());
+    let repartition = format!("{}.repartition", env.changelog);
+    let other_input = format!("{}.other", env.input);
+    let create = [
+        "create-topics",
+        "--scale-out",
+        "--partitions",
+        "6",
+        "--brokers",
+        &env.brokers,
+        "--input",
+        &other_input,
+        "--changelog",
+        &env.changelog,
+        "--output",
+        &env.output,
+        "--repartition",
+        &repartition,
+    ];
+    let out = env.host(&create);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = |extra: &[&str]| {
         let mut args = env.run_args("drink_count");
         args.extend(["--scale-out", "--stop-at-end"].iter().chain(extra).map(|s| s.to_string()));
@@ -282,4 +300,17 @@ fn scale_out_misconfigurations_are_refused() {
     std::fs::write(single.join("CURRENT"), "MANIFEST-000001\n").unwrap();
     let err = run(&[]);
     assert!(err.contains("holds a single host's state"), "{err}");
+    // (Every topic flag given: a default would name the demo's topics.)
+    let args = [
+        "delete-topics",
+        "--brokers",
+        &env.brokers,
+        "--input",
+        &other_input,
+        "--changelog",
+        &env.changelog,
+        "--output",
+        &env.output,
+    ];
+    assert!(env.host(&args).status.success(), "the other input topic is deleted");
 }

@@ -65,9 +65,10 @@ pub enum Command {
     /// Print the board from the output topic: with --scale-out, the global top-N merged
     /// from every shard's latest local board.
     Board(BoardArgs),
-    /// Create the input, changelog (compacted) and output topics.
+    /// Create the input, changelog (compacted) and output topics (with --scale-out, the
+    /// repartition topic too, all with the input's partition count).
     CreateTopics(CreateTopicsArgs),
-    /// Delete the input, changelog and output topics.
+    /// Delete the input, changelog and output topics (with --scale-out, the repartition topic too).
     DeleteTopics(TopicArgs),
     /// Check that a guest fits this host (WIT version, exports, no imports); print what it
     /// exports, its size and its load time, cold and cached.

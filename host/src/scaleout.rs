@@ -444,6 +444,8 @@ impl ScaleOut {
         };
         let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
         let totals_before = batch.totals;
+        let (processed_key, skipped_key) =
+            (changelog::meta_key(meta::RECORDS_PROCESSED), changelog::meta_key(meta::RECORDS_SKIPPED));
         for message in messages {
             if message.offset() < batch.next {
                 continue; // counted already (a re-delivery after a crash or a rebalance)
@@ -461,9 +463,9 @@ impl ScaleOut {
                 continue;
             };
             let amount = decode_u64(value);
-            if key == changelog::meta_key(meta::RECORDS_PROCESSED).as_slice() {
+            if key == processed_key.as_slice() {
                 batch.totals.records_processed += amount;
-            } else if key == changelog::meta_key(meta::RECORDS_SKIPPED).as_slice() {
+            } else if key == skipped_key.as_slice() {
                 batch.totals.records_skipped += amount;
             } else {
                 let current = match batch.counts.get(key) {

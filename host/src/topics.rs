@@ -88,10 +88,7 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
                 args.kafka.brokers
             );
         }
-        // A scale-out job's state topics follow the input's partitions when it exists.
-        let input_exists = !missing.iter().any(|(r, _)| *r == Role::Input);
-        let partitions =
-            if args.scale_out && input_exists { partition_count(&admin, &args.input)? } else { partitions };
+        let partitions = partitions_for(&admin, args, partitions)?;
         create_topics(&admin, &missing, partitions)?;
     }
     check_compacted(&admin, &args.changelog, &args.kafka.brokers)?;
@@ -223,7 +220,21 @@ pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
     let admin = admin(&args.topics.kafka)?;
     let roles = roles(&args.topics);
     let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
-    create_topics(&admin, &topics, args.partitions)
+    let partitions = partitions_for(&admin, &args.topics, args.partitions)?;
+    create_topics(&admin, &topics, partitions)
+}
+
+/// How many partitions new topics get: with --scale-out, as many as an existing input has
+/// (a shard per input partition), else `asked`.
+fn partitions_for(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs, asked: i32) -> Result<i32> {
+    if !args.scale_out || !exists(admin, &args.input, &args.kafka.brokers)? {
+        return Ok(asked);
+    }
+    let count = partition_count(admin, &args.input)?;
+    if count != asked {
+        tracing::info!(input = %args.input, partitions = count, "new topics get the existing input's partition count");
+    }
+    Ok(count)
 }
 
 /// `host delete-topics`.

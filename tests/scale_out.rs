@@ -314,3 +314,57 @@ fn scale_out_misconfigurations_are_refused() {
     ];
     assert!(env.host(&args).status.success(), "the other input topic is deleted");
 }
+
+/// Soak under exactly-once: orders arrive for ~20 s while one of three hosts after another is
+/// killed with `kill -9` at random moments and started again on its state dir (at least 6
+/// kills); then the job is drained. Every count is exact.
+#[test]
+fn random_kill_9_soak_of_three_hosts_counts_exactly_under_exactly_once() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("scale-out soak seed {seed}");
+    let mut rng = seed | 1;
+    let mut random = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let env = TestEnv::new("scale-soak");
+    create_topics(&env);
+    let expected = orders::generate(61, 60_000, 97);
+    let chunks: Vec<Vec<String>> = expected.values.chunks(3_000).map(<[String]>::to_vec).collect();
+    let (input, brokers) = (env.input.clone(), env.brokers.clone());
+    let producer = std::thread::spawn(move || {
+        for chunk in chunks {
+            let values: Vec<Option<Vec<u8>>> = chunk.into_iter().map(|v| Some(v.into_bytes())).collect();
+            integration_tests::produce(&brokers, &input, &values);
+            std::thread::sleep(Duration::from_millis(1_000));
+        }
+    });
+    let mode = ["--guarantee", "exactly-once", "--commit-interval", "50ms", "--max-batch", "500"];
+    let mut hosts: Vec<HostProcess> = (0..3).map(|h| spawn(&env, h, &mode)).collect();
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    while kills < 6 || !producer.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(120), "soak took too long");
+        std::thread::sleep(Duration::from_millis(1_000 + random(3_000)));
+        let victim = random(3) as usize;
+        let host = std::mem::replace(&mut hosts[victim], spawn(&env, victim, &mode));
+        host.kill9();
+        kills += 1;
+    }
+    producer.join().unwrap();
+    eprintln!("scale-out soak: {kills} kills in {:?}", started.elapsed());
+    for mut host in hosts.drain(..) {
+        // (A host started a moment ago may not handle signals yet.)
+        host.wait_for_log("host running", Duration::from_secs(60));
+        assert!(host.terminate().success(), "a clean stop exits 0");
+    }
+    let mut hosts: Vec<HostProcess> =
+        (0..3).map(|h| spawn(&env, h, &[&mode[..], &["--stop-at-end"]].concat())).collect();
+    wait_all(&mut hosts);
+    let dump = union_of_dumps(&env, &[0, 1, 2]);
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    assert_eq!(board_top(&global_board(&env)), expected.top(10));
+}

@@ -218,6 +218,24 @@ struct ShardBatch {
     next: i64,
 }
 
+/// A poll's records to process, its input records with the guest (see `submit`).
+struct Submitted<'b> {
+    input: Vec<&'b BorrowedMessage<'b>>,
+    /// Index in `input` of each record given to the guest, in order.
+    positions: Vec<usize>,
+    /// Input records refused without asking the guest (no value).
+    rejected: Vec<(usize, String)>,
+    repartitioned: Vec<&'b BorrowedMessage<'b>>,
+    with_guest: bool,
+}
+
+/// at-least-once: a poll whose records are sent, not yet known to be acknowledged.
+struct InFlight {
+    counted: BTreeMap<i32, ShardBatch>,
+    offsets: BTreeMap<(String, i32), i64>,
+    timestamps: Vec<i64>,
+}
+
 /// exactly-once: a transaction under way.
 struct OpenTxn {
     opened: Instant,
@@ -230,6 +248,7 @@ impl ScaleOut {
         let mut last_board = Instant::now();
         let mut last_done_check = Instant::now();
         let mut at_end = BTreeSet::new();
+        let mut in_flight: Option<InFlight> = None;
         while !shutdown.requested() {
             let wait = if self.txn.is_none() { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
@@ -249,17 +268,32 @@ impl ScaleOut {
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::info!("ready: partitions assigned");
             }
+            // Three polls move at once: this one's input is with the guest thread while the
+            // previous one is finished (acknowledged, written, committed), and only then is this
+            // one's output sent, computed on shards that hold every earlier poll.
             let idle = batch.is_empty();
-            if !idle {
-                self.process(consumer, &batch)?;
+            let mut submitted = if idle { None } else { Some(self.submit(&batch)?) };
+            if let Some(poll) = in_flight.take() {
+                self.finish(consumer, poll)?;
             }
-            drop(batch);
             let revoking = rebalances.revoked.is_some();
             if self.txn.as_ref().is_some_and(|t| idle || revoking || t.opened.elapsed() >= self.args.commit_interval)
                 && !rebalances.lost
+                && !self.commit_txn(consumer)?
+                && let Some(dropped) = submitted.take()
             {
-                self.commit_txn(consumer)?;
+                // Aborted and rewound: this poll's records are read again.
+                self.discard(dropped)?;
             }
+            if let Some(poll) = submitted {
+                in_flight = self.send(poll)?;
+            }
+            if in_flight.is_some() && rebalances.revoked.is_some() {
+                // Revoked partitions are finished before they are given up.
+                let poll = in_flight.take().expect("checked");
+                self.finish(consumer, poll)?;
+            }
+            drop(batch);
             // at-least-once: asynchronous commits can fail (e.g. during a rebalance) and no
             // later poll may bring the partition's records to commit again: once idle, the
             // processed offsets are committed and confirmed (the group's offsets are what
@@ -299,6 +333,9 @@ impl ScaleOut {
                 }
             }
         }
+        if let Some(poll) = in_flight.take() {
+            self.finish(consumer, poll)?;
+        }
         self.commit_txn(consumer)?;
         if self.args.guarantee == Guarantee::AtLeastOnce {
             self.commit_offsets(consumer, None, CommitMode::Sync);
@@ -312,22 +349,11 @@ impl ScaleOut {
         Ok(())
     }
 
-    /// One poll's records: stage A for input records, stage B for repartition records, then
-    /// (at-least-once) acknowledgements -> shards -> offsets, or (exactly-once) all of it
-    /// into the open transaction.
-    fn process(&mut self, consumer: &ScaleOutConsumer, batch: &[BorrowedMessage<'_>]) -> Result<()> {
-        // Records of the input (the repartition topic's are the job's own traffic).
-        let input_records = batch.iter().filter(|m| m.topic() == self.args.topics.input).count();
-        self.stats.batch_polled(input_records);
-        self.metrics.records_consumed.inc_by(input_records as u64);
-        self.metrics.batch_records.observe(input_records as f64);
-        let exactly_once = self.args.guarantee == Guarantee::ExactlyOnce;
-        if exactly_once && self.txn.is_none() {
-            self.begin_txn()?;
-        }
-        // Records below what was processed come again after a rewind or a rebalance: skipped.
-        // So are those of a shard still opening, fetched before its partition was paused: the
-        // seek when it opens reads them again.
+    /// A poll's records not yet processed (records below what was processed come again after a
+    /// rewind or a rebalance; those of a shard still opening, fetched before its partition was
+    /// paused, are read again after the seek when it opens); its input records go to the guest
+    /// thread. Writes nothing.
+    fn submit<'b>(&mut self, batch: &'b [BorrowedMessage<'b>]) -> Result<Submitted<'b>> {
         let fresh: Vec<&BorrowedMessage<'_>> = batch
             .iter()
             .filter(|m| {
@@ -336,12 +362,55 @@ impl ScaleOut {
             .filter(|m| m.topic() == self.args.topics.input || self.shards.contains_key(&m.partition()))
             .collect();
         let (input, repartitioned): (Vec<&BorrowedMessage<'_>>, Vec<&BorrowedMessage<'_>>) =
-            fresh.iter().partition(|m| m.topic() == self.args.topics.input);
+            fresh.into_iter().partition(|m| m.topic() == self.args.topics.input);
+        // Records of the input (the repartition topic's are the job's own traffic).
+        self.stats.batch_polled(input.len());
+        self.metrics.records_consumed.inc_by(input.len() as u64);
+        self.metrics.batch_records.observe(input.len() as f64);
+        let mut records = Records::default();
+        let mut positions = Vec::with_capacity(input.len());
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        for (index, message) in input.iter().enumerate() {
+            match message.payload() {
+                Some(value) => {
+                    records.push(value);
+                    positions.push(index);
+                }
+                None => rejected.push((index, NO_VALUE.to_owned())),
+            }
+        }
+        let with_guest = !input.is_empty();
+        if with_guest {
+            self.guest.submit(vec![records])?;
+        }
+        Ok(Submitted { input, positions, rejected, repartitioned, with_guest })
+    }
+
+    /// Drops a submitted poll whose records will be read again (after an abort's rewind).
+    fn discard(&mut self, submitted: Submitted<'_>) -> Result<()> {
+        if submitted.with_guest {
+            let _ = self.guest.receive()?;
+        }
+        Ok(())
+    }
+
+    /// A submitted poll's writes, sent: stage A (the guest's deltas to the repartition topic)
+    /// and stage B (the shards' new values to their changelog partitions). Under exactly-once
+    /// into the open transaction; under at-least-once the rest (acknowledgements -> shards ->
+    /// offsets) is `finish`'s, after the next poll is submitted. Needs the shards to hold
+    /// every earlier poll.
+    fn send(&mut self, submitted: Submitted<'_>) -> Result<Option<InFlight>> {
+        if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
+            self.begin_txn()?;
+        }
+        let Submitted { input, positions, rejected, repartitioned, with_guest } = submitted;
         // Stage A.
-        self.repartition_deltas(&input)?;
+        if with_guest {
+            self.repartition_deltas(&input, &positions, rejected)?;
+        }
         // Stage B, per shard.
         let mut by_partition: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
-        for message in repartitioned {
+        for message in &repartitioned {
             by_partition.entry(message.partition()).or_default().push(message);
         }
         let mut counted: BTreeMap<i32, ShardBatch> = BTreeMap::new();
@@ -353,50 +422,44 @@ impl ScaleOut {
             let shard_batch = self.count_in_shard(partition, pending, &messages)?;
             counted.insert(partition, shard_batch);
         }
+        let all = input.iter().chain(&repartitioned);
         let offsets: BTreeMap<(String, i32), i64> =
-            fresh.iter().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
-        let timestamps: Vec<i64> = fresh.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+            all.clone().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
+        let timestamps: Vec<i64> = all.filter_map(|m| m.timestamp().to_millis()).collect();
+        self.processed.extend(offsets.clone());
         if let Some(txn) = &mut self.txn {
             txn.shards.extend(counted);
-            txn.offsets.extend(offsets.clone());
-            self.processed.extend(offsets);
-            return Ok(());
+            txn.offsets.extend(offsets);
+            return Ok(None);
         }
-        // at-least-once: 1. every record acknowledged, 2. shards, 3. offsets.
+        Ok(Some(InFlight { counted, offsets, timestamps }))
+    }
+
+    /// at-least-once, the rest of a sent poll: 1. every record acknowledged, 2. shards,
+    /// 3. offsets (asynchronously; confirmed when idle, see the loop).
+    fn finish(&mut self, consumer: &ScaleOutConsumer, poll: InFlight) -> Result<()> {
         self.producer.wait_acks().context("repartition and changelog write")?;
-        self.stats.acknowledged(timestamps.into_iter());
+        self.stats.acknowledged(poll.timestamps.into_iter());
         crate::fault::point(crate::fault::Step::AfterChangelog);
-        for (partition, shard_batch) in counted {
+        for (partition, shard_batch) in poll.counted {
             self.apply(partition, shard_batch, Guarantee::AtLeastOnce)?;
         }
         crate::fault::point(crate::fault::Step::AfterState);
-        self.processed.extend(offsets.clone());
-        self.commit_offsets(consumer, Some(&offsets), CommitMode::Async);
+        self.commit_offsets(consumer, Some(&poll.offsets), CommitMode::Async);
         self.unconfirmed_commits = true;
         self.stats.committed();
         crate::fault::point(crate::fault::Step::AfterCommit);
         Ok(())
     }
 
-    /// Stage A: the guest counts the input records; their deltas, summed per key, and the
-    /// records counted and skipped go to the repartition topic keyed by counter key.
-    fn repartition_deltas(&mut self, messages: &[&BorrowedMessage<'_>]) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let mut records = Records::default();
-        let mut positions = Vec::with_capacity(messages.len());
-        let mut rejected: Vec<(usize, String)> = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
-            match message.payload() {
-                Some(value) => {
-                    records.push(value);
-                    positions.push(index);
-                }
-                None => rejected.push((index, NO_VALUE.to_owned())),
-            }
-        }
-        self.guest.submit(vec![records])?;
+    /// Stage A: the guest's result for the input records; their deltas, summed per key, and
+    /// the records counted and skipped go to the repartition topic keyed by counter key.
+    fn repartition_deltas(
+        &mut self,
+        messages: &[&BorrowedMessage<'_>],
+        positions: &[usize],
+        mut rejected: Vec<(usize, String)>,
+    ) -> Result<()> {
         let (results, guest_ms) = self.guest.receive()?;
         self.metrics.step("guest", guest_ms / 1000.0);
         let mut sums: HashMap<String, u64> = HashMap::new();
@@ -605,9 +668,10 @@ impl ScaleOut {
     }
 
     /// exactly-once: commits the open transaction with the offsets of both stages, then
-    /// applies it to the shards. An abortable failure aborts and rewinds instead.
-    fn commit_txn(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
-        let Some(txn) = self.txn.take() else { return Ok(()) };
+    /// applies it to the shards. An abortable failure aborts and rewinds instead: then false
+    /// (records polled since are read again; the caller drops them).
+    fn commit_txn(&mut self, consumer: &ScaleOutConsumer) -> Result<bool> {
+        let Some(txn) = self.txn.take() else { return Ok(true) };
         let started = Instant::now();
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &txn.offsets {
@@ -618,7 +682,8 @@ impl ScaleOut {
             Ok(()) => {}
             Err(TxnError::Abortable(reason)) => {
                 self.txn = Some(txn);
-                return self.abort_txn(consumer, &reason);
+                self.abort_txn(consumer, &reason)?;
+                return Ok(false);
             }
             Err(e) => return Err(anyhow!("{e}; stopping (state is intact: a restart resumes exactly)")),
         }
@@ -635,7 +700,7 @@ impl ScaleOut {
             crate::fault::point(crate::fault::Step::AfterState);
             crate::fault::point(crate::fault::Step::AfterCommit);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// exactly-once: aborts the open transaction and rewinds every assigned partition to

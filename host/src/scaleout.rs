@@ -11,6 +11,10 @@
 //!   then into the shard with the repartition offset they reflect, in one atomic write.
 //! - **commit**: the offsets of both stages, once all of the above is durable.
 //!
+//! As in `pipeline.rs`, a poll's input is with the guest thread (which writes nothing) while
+//! the poll before it is finished, and its output is computed and sent only after that, so
+//! the durable writes happen in the order above, one poll after another.
+//!
 //! So each key's counter lives in exactly one shard (Kafka Streams' `groupBy().count()`), and
 //! the global board is the guest's top-n over the shards' local top-Ns (`host board`).
 //!

@@ -181,12 +181,14 @@ fn killed_host(name: &str, mode: &[&str]) -> Inflation {
     env.produce(&expected.values);
     let args: Vec<&str> = ["--stop-at-end", "--max-rate", "2000"].iter().chain(mode).copied().collect();
     let mut hosts: Vec<HostProcess> = (0..3).map(|h| spawn(&env, h, &args)).collect();
-    // Mid-stream: every host has counted for a while (the input lasts ~7 s at this rate).
+    // Mid-stream: every host has partitions and counted for a while (the input lasts ~7 s at
+    // this rate). The victim is a host with shards (some only get input partitions).
     for host in &mut hosts {
-        host.wait_for_log("local boards published", Duration::from_secs(60));
+        host.wait_for_log(GIVEN_PARTITIONS, Duration::from_secs(60));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let victim = hosts.remove(1);
+    let most_shards = (0..hosts.len()).max_by_key(|h| shards_opened(&hosts[*h]).len()).unwrap();
+    let victim = hosts.remove(most_shards);
     let victim_shards = shards_opened(&victim);
     assert!(!victim_shards.is_empty(), "the victim owned shards");
     victim.kill9();
@@ -231,7 +233,7 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
     let mode = ["--stop-at-end", "--max-rate", "2000", "--guarantee", "exactly-once"];
     let mut hosts: Vec<HostProcess> = (0..2).map(|h| spawn(&env, h, &mode)).collect();
     for host in &mut hosts {
-        host.wait_for_log("local boards published", Duration::from_secs(60));
+        host.wait_for_log(GIVEN_PARTITIONS, Duration::from_secs(60));
     }
     // Both are counting; let their own rebalance settle.
     std::thread::sleep(Duration::from_secs(1));
@@ -320,27 +322,12 @@ fn scale_out_misconfigurations_are_refused() {
 /// kills); then the job is drained. Every count is exact.
 #[test]
 fn random_kill_9_soak_of_three_hosts_counts_exactly_under_exactly_once() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("scale-out soak seed {seed}");
-    let mut rng = seed | 1;
-    let mut random = move |bound: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
+    let mut random = integration_tests::random_source("scale-out soak");
     let env = TestEnv::new("scale-soak");
     create_topics(&env);
     let expected = orders::generate(61, 60_000, 97);
-    let chunks: Vec<Vec<String>> = expected.values.chunks(3_000).map(<[String]>::to_vec).collect();
-    let (input, brokers) = (env.input.clone(), env.brokers.clone());
-    let producer = std::thread::spawn(move || {
-        for chunk in chunks {
-            let values: Vec<Option<Vec<u8>>> = chunk.into_iter().map(|v| Some(v.into_bytes())).collect();
-            integration_tests::produce(&brokers, &input, &values);
-            std::thread::sleep(Duration::from_millis(1_000));
-        }
-    });
+    let producer =
+        integration_tests::produce_over_time(&env.brokers, &env.input, &expected.values, 3_000, Duration::from_secs(1));
     let mode = ["--guarantee", "exactly-once", "--commit-interval", "50ms", "--max-batch", "500"];
     let mut hosts: Vec<HostProcess> = (0..3).map(|h| spawn(&env, h, &mode)).collect();
     let started = std::time::Instant::now();

@@ -59,29 +59,18 @@ fn valid_order(value: &[u8]) -> Option<Vec<(String, u64)>> {
 
 /// Runs the soak in `mode`, checks what every mode must give, and returns the test's env.
 fn soak(name: &str, mode: &[&str]) -> TestEnv {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("soak seed {seed} (random kill moments and batch sizes)");
-    let mut rng = seed | 1;
-    let mut random = move |bound: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
+    let mut random = integration_tests::random_source("soak (random kill moments and batch sizes)");
 
     let env = TestEnv::new(name);
     env.create_topics(3);
     let expected = orders::generate(90, 100_000, 97);
-    let chunks: Vec<Vec<String>> = expected.values.chunks(4_000).map(<[String]>::to_vec).collect();
-    let input = env.input.clone();
-    let brokers = env.brokers.clone();
-    let producer = std::thread::spawn(move || {
-        for chunk in chunks {
-            let values: Vec<Option<Vec<u8>>> = chunk.into_iter().map(|v| Some(v.into_bytes())).collect();
-            integration_tests::produce(&brokers, &input, &values);
-            std::thread::sleep(Duration::from_millis(1_200));
-        }
-    });
+    let producer = integration_tests::produce_over_time(
+        &env.brokers,
+        &env.input,
+        &expected.values,
+        4_000,
+        Duration::from_millis(1_200),
+    );
 
     let started = Instant::now();
     let mut kills = 0;

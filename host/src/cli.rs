@@ -428,6 +428,7 @@ pub struct RestoreArgs {
     /// Restore the shards of a --scale-out host: changelog partition p into
     /// `<state-dir>/shard-<p>`, every partition or the one given with --partition (e.g. to
     /// prepare a machine before its host joins; a host restores its shards by itself too).
+    /// A scale-out job's changelog needs this flag: each partition holds its own shard's totals.
     #[arg(long)]
     pub scale_out: bool,
 

@@ -820,6 +820,8 @@ fn committed_to_end(
     topic: &str,
 ) -> Result<BTreeMap<i32, (i64, i64)>> {
     let ends = changelog::end_offsets(watermarks, topic)?;
+    // A topic whose partitions are not known (yet) is not "all done".
+    anyhow::ensure!(!ends.is_empty(), "no partitions of `{topic}` known yet");
     let mut all = TopicPartitionList::new();
     for partition in ends.keys() {
         all.add_partition(topic, *partition);

@@ -382,6 +382,40 @@ impl Drop for TestEnv {
     }
 }
 
+/// A random source for soaks (xorshift), seeded from the clock; the seed is printed under
+/// `what`, so a failing run's kill moments can be told.
+pub fn random_source(what: &str) -> impl FnMut(u64) -> u64 {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("{what} seed {seed}");
+    let mut rng = seed | 1;
+    move |bound| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    }
+}
+
+/// Produces `values` to `topic` on a thread of its own, `chunk` at a time, one chunk every
+/// `every`: orders that keep arriving while a test kills hosts.
+pub fn produce_over_time(
+    brokers: &str,
+    topic: &str,
+    values: &[String],
+    chunk: usize,
+    every: Duration,
+) -> std::thread::JoinHandle<()> {
+    let chunks: Vec<Vec<String>> = values.chunks(chunk).map(<[String]>::to_vec).collect();
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    std::thread::spawn(move || {
+        for chunk in chunks {
+            let values: Vec<Option<Vec<u8>>> = chunk.into_iter().map(|v| Some(v.into_bytes())).collect();
+            produce(&brokers, &topic, &values);
+            std::thread::sleep(every);
+        }
+    })
+}
+
 pub fn parse_dump(text: &str) -> Dump {
     let mut dump = Dump::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -254,7 +254,8 @@ impl ScaleOut {
         let mut at_end = BTreeSet::new();
         let mut in_flight: Option<InFlight> = None;
         while !shutdown.requested() {
-            let wait = if self.txn.is_none() { POLL_WAIT } else { Duration::ZERO };
+            // With work under way, don't wait for input: finishing it is the better use of time.
+            let wait = if self.txn.is_none() && in_flight.is_none() { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
             self.pace.consumed(batch.iter().filter(|m| m.topic() == self.args.topics.input).count());
             let rebalances = consumer.context().take();
@@ -272,7 +273,7 @@ impl ScaleOut {
                 self.ready.store(true, Ordering::Relaxed);
                 tracing::info!("ready: partitions assigned");
             }
-            // Three polls move at once: this one's input is with the guest thread while the
+            // Two polls move at once: this one's input is with the guest thread while the
             // previous one is finished (acknowledged, written, committed), and only then is this
             // one's output sent, computed on shards that hold every earlier poll.
             let idle = batch.is_empty();
@@ -292,9 +293,10 @@ impl ScaleOut {
             if let Some(poll) = submitted {
                 in_flight = self.send(poll)?;
             }
-            if in_flight.is_some() && rebalances.revoked.is_some() {
+            if rebalances.revoked.is_some()
+                && let Some(poll) = in_flight.take()
+            {
                 // Revoked partitions are finished before they are given up.
-                let poll = in_flight.take().expect("checked");
                 self.finish(consumer, poll)?;
             }
             drop(batch);

@@ -19,7 +19,7 @@ APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g+
 # The board page's end-to-end test drives a headless browser.
 TEST_APT_PACKAGES := chromium
 
-.PHONY: bench bench-peers help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo test test-unit clean-state
+.PHONY: bench bench-peers help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo demo-scale-out test test-unit clean-state
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ clean-state: ## delete ./state
 
 demo: build guests kafka-up ## everything: broker, topics, seeded orders, the live board (Ctrl+C stops)
 	scripts/demo.sh $(HOST) $(LOADGEN) $(GUEST)
+
+demo-scale-out: build guests kafka-up ## three --scale-out hosts share one job; the global board every 5 s (Ctrl+C stops)
+	scripts/demo-scale-out.sh $(HOST) $(LOADGEN) $(GUEST)
 
 test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: build guests kafka-up ## all tests: unit, guest, and integration against the real broker

@@ -17,9 +17,12 @@ fn order(drink: &str, quantity: u64) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The corpus: (what it is, the record value, the (drink, quantity) it must count or `None`
-/// when it must be skipped).
-fn corpus() -> Vec<(&'static str, Option<Vec<u8>>, Option<(String, u64)>)> {
+/// One case of the corpus: what it is, the record value, and the (drink, quantity) it must
+/// count or `None` when it must be skipped.
+type Case = (&'static str, Option<Vec<u8>>, Option<(String, u64)>);
+
+/// The corpus.
+fn corpus() -> Vec<Case> {
     let s = |v: &str| Some(v.as_bytes().to_vec());
     let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
     // Valid: the nesting sits in an unknown field, which the parser walks without recursing.

@@ -40,8 +40,8 @@ fn spawn(env: &TestEnv, host: usize, extra: &[&str]) -> HostProcess {
 fn union_of_dumps(env: &TestEnv, hosts: &[usize]) -> Dump {
     let mut newest: BTreeMap<i64, (i64, Vec<serde_json::Value>)> = BTreeMap::new();
     for &host in hosts {
-        if !state_dir(env, host).exists() {
-            continue; // it never owned a repartition partition (no shard)
+        if std::fs::read_dir(state_dir(env, host)).map_or(true, |mut dir| dir.next().is_none()) {
+            continue; // it holds no shard (never had one, or gave them up and they were deleted)
         }
         let out = env.host(&["dump", "--state-dir", &state_dir(env, host).display().to_string()]);
         assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -230,7 +230,8 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
     create_topics(&env);
     let expected = orders::generate(53, 45_000, 0);
     env.produce(&expected.values);
-    let mode = ["--stop-at-end", "--max-rate", "2000", "--guarantee", "exactly-once"];
+    // The shards a host gives up are deleted a second later (default: 10 minutes).
+    let mode = ["--stop-at-end", "--max-rate", "2000", "--guarantee", "exactly-once", "--shard-cleanup-delay", "1s"];
     let mut hosts: Vec<HostProcess> = (0..2).map(|h| spawn(&env, h, &mode)).collect();
     for host in &mut hosts {
         host.wait_for_log(GIVEN_PARTITIONS, Duration::from_secs(60));
@@ -244,10 +245,27 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
     let joined = log_time(added.stderr_text().lines().find(|l| l.contains("partitions assigned")).unwrap());
     hosts.push(added);
     wait_all(&mut hosts);
-    for host in &hosts[..2] {
+    for (h, host) in hosts[..2].iter().enumerate() {
         let restored_since: Vec<String> = shards_opened(host).into_iter().filter(|l| log_time(l) > joined).collect();
         assert!(restored_since.is_empty(), "a host already running restored nothing: {restored_since:?}");
         assert!(host.stderr_text().contains("partitions revoked"), "it gave partitions to the new host");
+        // It keeps only the state of the partitions it holds: the shards it gave up are gone.
+        let held =
+            host.stderr_text().lines().find_map(|l| l.split("stopped cleanly shards=").nth(1).map(str::to_owned));
+        let held: Vec<String> = held
+            .expect("a clean stop")
+            .trim_matches(['[', ']'])
+            .split(", ")
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("shard-{p}"))
+            .collect();
+        let mut on_disk: Vec<String> = std::fs::read_dir(state_dir(&env, h))
+            .map(|dir| dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        on_disk.sort();
+        let mut held = held;
+        held.sort();
+        assert_eq!(on_disk, held, "host {h} keeps only its shards");
     }
     let dump = union_of_dumps(&env, &[0, 1, 2]);
     assert_eq!(dump.counts, expected.counts);

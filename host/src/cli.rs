@@ -248,6 +248,13 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_STOP_AT_END")]
     pub stop_at_end: bool,
 
+    /// With --scale-out: how long the shard of a partition this host gave up (or found on
+    /// disk without owning it) is kept; a partition that comes back within it replays only its
+    /// changelog tail, later it is restored in full. Then the shard is deleted.
+    #[arg(long, env = "STREAMHOST_SHARD_CLEANUP_DELAY", value_name = "DURATION", default_value = "10m",
+          value_parser = humantime::parse_duration, help_heading = "Scale-out")]
+    pub shard_cleanup_delay: Duration,
+
     /// Most input records consumed per second (0: no limit), e.g. to backfill without
     /// saturating what reads the board, or to spread a demo out. Per host.
     #[arg(long, env = "STREAMHOST_MAX_RATE", value_name = "RECORDS_PER_S", default_value_t = 0)]

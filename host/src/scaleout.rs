@@ -164,6 +164,7 @@ pub fn run(
         guest: GuestThread::spawn(guest)?,
         shards: BTreeMap::new(),
         opening: BTreeMap::new(),
+        not_owned: shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
         processed: BTreeMap::new(),
         txn: None,
         rejected_log: LogLimit::new(Duration::from_secs(1)),
@@ -174,6 +175,7 @@ pub fn run(
         reload,
         pace: crate::pace::Pace::new(args.max_rate),
         unconfirmed_commits: false,
+        shutdown: shutdown.clone(),
         watermarks: None,
         args,
     };
@@ -190,6 +192,10 @@ struct ScaleOut {
     shards: BTreeMap<i32, Shard>,
     /// Shards being opened (caught up with the changelog) while their partition is paused.
     opening: BTreeMap<i32, std::thread::JoinHandle<Result<Shard>>>,
+    /// Shards on disk of partitions this host does not own, and since when: deleted after
+    /// `--shard-cleanup-delay`, so a host keeps only its partitions' state (and, for a while,
+    /// a partition's that may come back).
+    not_owned: BTreeMap<i32, Instant>,
     /// Next offset per (topic, partition) whose records are processed (what a commit sends).
     processed: BTreeMap<(String, i32), i64>,
     /// exactly-once: the open transaction.
@@ -201,6 +207,7 @@ struct ScaleOut {
     ready: Arc<AtomicBool>,
     reload: Option<GuestReload>,
     pace: crate::pace::Pace,
+    shutdown: Shutdown,
     /// at-least-once: asynchronous commits were sent since the last confirmed one.
     unconfirmed_commits: bool,
     /// `--stop-at-end`: a client that reads high watermarks (see `job_done`).
@@ -310,6 +317,7 @@ impl ScaleOut {
             if let Some(revoked) = rebalances.revoked {
                 self.give_up(consumer, &revoked, rebalances.lost)?;
             }
+            self.delete_old_shards();
             if last_board.elapsed() >= self.args.flush_interval {
                 last_board = Instant::now();
                 self.publish_boards(consumer)?;
@@ -598,6 +606,7 @@ impl ScaleOut {
             return Ok(());
         }
         consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
+        self.not_owned.remove(&partition);
         let kafka = self.args.topics.kafka.clone();
         let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
         let dir = shard_dir(&self.args.state.state_dir, partition);
@@ -617,7 +626,15 @@ impl ScaleOut {
             self.opening.iter().filter(|(_, thread)| wait || thread.is_finished()).map(|(p, _)| *p).collect();
         for partition in done {
             let thread = self.opening.remove(&partition).expect("listed above");
-            let shard = thread.join().map_err(|_| anyhow!("the restore of shard {partition} panicked"))??;
+            let shard = match thread.join().map_err(|_| anyhow!("the restore of shard {partition} panicked"))? {
+                Ok(shard) => shard,
+                // Interrupted by a shutdown: the shard is caught up again when next opened.
+                Err(e) if self.shutdown.requested() => {
+                    tracing::info!(shard = partition, reason = %format!("{e:#}"), "shard not opened: shutting down");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             consumer
                 .seek(&self.repartition, partition, Offset::Offset(shard.applied), Duration::from_secs(10))
                 .with_context(|| format!("seeking repartition partition {partition}"))?;
@@ -625,6 +642,33 @@ impl ScaleOut {
             self.shards.insert(partition, shard);
         }
         Ok(())
+    }
+
+    /// Deletes the shards not owned for `--shard-cleanup-delay` (a failure is only logged:
+    /// the next look tries again).
+    fn delete_old_shards(&mut self) {
+        let delay = self.args.shard_cleanup_delay;
+        let due: Vec<i32> =
+            self.not_owned.iter().filter(|(_, since)| since.elapsed() >= delay).map(|(p, _)| *p).collect();
+        for partition in due {
+            if self.shards.contains_key(&partition) || self.opening.contains_key(&partition) {
+                self.not_owned.remove(&partition);
+                continue;
+            }
+            let dir = shard_dir(&self.args.state.state_dir, partition);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(shard = partition, dir = %dir.display(), "shard deleted (not owned for --shard-cleanup-delay)")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(shard = partition, error = %e, "cannot delete a shard no longer owned; trying again later");
+                    self.not_owned.insert(partition, Instant::now());
+                    continue;
+                }
+            }
+            self.not_owned.remove(&partition);
+        }
     }
 
     fn repartition_partition(&self, partition: i32) -> Result<TopicPartitionList> {
@@ -661,6 +705,7 @@ impl ScaleOut {
             self.processed.remove(&(element.topic().to_owned(), element.partition()));
             if element.topic() == self.repartition && self.shards.remove(&element.partition()).is_some() {
                 tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
+                self.not_owned.insert(element.partition(), Instant::now());
             }
         }
         consumer.incremental_unassign(revoked).context("giving up revoked partitions")?;

@@ -122,12 +122,12 @@ pub(crate) fn poll_batch<'c, C: ConsumerContext>(
     batch
 }
 
-fn u64_meta(name: &str, value: u64) -> Change {
+pub(crate) fn u64_meta(name: &str, value: u64) -> Change {
     Change::Meta { name: name.to_owned(), value: Some(value.to_be_bytes().to_vec()) }
 }
 
 /// Local only (not sent to the changelog): the guarantee state was last written under.
-fn written_under(guarantee: Guarantee) -> Change {
+pub(crate) fn written_under(guarantee: Guarantee) -> Change {
     Change::Meta { name: meta::WRITTEN_UNDER.to_owned(), value: Some(guarantee.name().as_bytes().to_vec()) }
 }
 

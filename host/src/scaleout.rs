@@ -63,7 +63,7 @@ use crate::guest::{Counter, Records};
 use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
-use crate::pipeline::{NO_VALUE, poll_batch, skip_record};
+use crate::pipeline::{NO_VALUE, poll_batch, skip_record, u64_meta, written_under};
 use crate::producer::{AckedProducer, TxnError};
 use crate::reload::GuestReload;
 use crate::shutdown::Shutdown;
@@ -179,7 +179,7 @@ pub fn run(
         watermarks: None,
         args,
     };
-    job.run_until(&consumer, shutdown)
+    job.run_until(&consumer)
 }
 
 /// Everything the loop owns except the consumer.
@@ -207,6 +207,7 @@ struct ScaleOut {
     ready: Arc<AtomicBool>,
     reload: Option<GuestReload>,
     pace: crate::pace::Pace,
+    /// SIGINT/SIGTERM end the loop (and interrupt shard restores); SIGHUP reloads the guest.
     shutdown: Shutdown,
     /// at-least-once: asynchronous commits were sent since the last confirmed one.
     unconfirmed_commits: bool,
@@ -255,12 +256,12 @@ struct OpenTxn {
 }
 
 impl ScaleOut {
-    fn run_until(&mut self, consumer: &ScaleOutConsumer, shutdown: &Shutdown) -> Result<()> {
+    fn run_until(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
         let mut last_board = Instant::now();
         let mut last_done_check = Instant::now();
         let mut at_end = BTreeSet::new();
         let mut in_flight: Option<InFlight> = None;
-        while !shutdown.requested() {
+        while !self.shutdown.requested() {
             // With work under way, don't wait for input: finishing it is the better use of time.
             let wait = if self.txn.is_none() && in_flight.is_none() { POLL_WAIT } else { Duration::ZERO };
             let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
@@ -269,7 +270,7 @@ impl ScaleOut {
             // A partition's records are counted only on its caught-up shard.
             for (topic, partition) in &rebalances.assigned {
                 if *topic == self.repartition {
-                    self.start_opening(consumer, *partition, shutdown)?;
+                    self.start_opening(consumer, *partition)?;
                 }
             }
             self.finish_opening(consumer, false)?;
@@ -322,7 +323,7 @@ impl ScaleOut {
                 last_board = Instant::now();
                 self.publish_boards(consumer)?;
             }
-            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(shutdown.take_reload())) {
+            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(self.shutdown.take_reload())) {
                 tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
                 self.guest.swap(Box::new(next))?;
             }
@@ -593,7 +594,7 @@ impl ScaleOut {
         if let Some(position) = position {
             changes.push(u64_meta(&meta::changelog_position(&self.args.topics.changelog, partition), position as u64));
         }
-        changes.push(Change::Meta { name: meta::WRITTEN_UNDER.into(), value: Some(guarantee.name().into()) });
+        changes.push(written_under(guarantee));
         shard.store.apply(changes, false).with_context(|| format!("writing shard {partition}"))?;
         shard.applied = batch.next;
         Ok(())
@@ -601,7 +602,7 @@ impl ScaleOut {
 
     /// Starts opening shard `partition` on a thread of its own while its repartition
     /// partition is paused, so the partitions this host already counts keep flowing.
-    fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32, shutdown: &Shutdown) -> Result<()> {
+    fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32) -> Result<()> {
         if self.shards.contains_key(&partition) || self.opening.contains_key(&partition) {
             return Ok(());
         }
@@ -610,7 +611,7 @@ impl ScaleOut {
         let kafka = self.args.topics.kafka.clone();
         let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
         let dir = shard_dir(&self.args.state.state_dir, partition);
-        let shutdown = shutdown.clone();
+        let shutdown = self.shutdown.clone();
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
             .spawn(move || open_shard(&kafka, &changelog, &repartition, &dir, partition, &shutdown))
@@ -910,8 +911,4 @@ fn open_shard(
         "shard open"
     );
     Ok(Shard { store, applied })
-}
-
-fn u64_meta(name: &str, value: u64) -> Change {
-    Change::Meta { name: name.to_owned(), value: Some(value.to_be_bytes().to_vec()) }
 }

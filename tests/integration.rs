@@ -15,4 +15,5 @@ mod restore;
 mod scale_out;
 mod soak;
 mod startup;
+mod stopping;
 mod windows;

@@ -379,7 +379,7 @@ pub fn only_markers_after(kafka: &KafkaArgs, topic: &str, ranges: &BTreeMap<i32,
 /// A consumer that reads topics by assignment, outside any consumer group's offsets.
 pub(crate) fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
     crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
-        .create_with_context(crate::config::HostContext)
+        .create_with_context(crate::config::HostContext::default())
         .context("creating a topic reader")
 }
 

@@ -243,6 +243,14 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
 
+    /// Longest a stop (SIGTERM/SIGINT) may take. A stop during start-up exits at once; one
+    /// while counting finishes the batch in flight, commits and publishes a last board, and
+    /// gives up on Kafka after half of this (a batch it did not acknowledge is counted by the
+    /// next start). Past it the host exits 1 saying what it was still doing; 0s: no bound.
+    #[arg(long, env = "STREAMHOST_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Exit 0 once every assigned input partition is consumed to its end (backfills,
     /// batch jobs, benchmarks), after committing and publishing a last board.
     #[arg(long, env = "STREAMHOST_STOP_AT_END")]

@@ -5,7 +5,10 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
+use std::time::Duration;
+
 use crate::cli::KafkaArgs;
+use crate::shutdown::Shutdown;
 
 /// The admin client (topic checks, creation, deletion).
 pub fn admin(kafka: &KafkaArgs) -> ClientConfig {
@@ -111,7 +114,7 @@ pub fn watermark_reader(kafka: &KafkaArgs) -> anyhow::Result<HostConsumer> {
     use anyhow::Context;
     let mut config = reader(kafka, &format!("streamhost-watermarks-{}", std::process::id()));
     config.set("isolation.level", "read_uncommitted");
-    config.create_with_context(HostContext).context("creating a watermark reader")
+    config.create_with_context(HostContext::default()).context("creating a watermark reader")
 }
 
 /// The default static membership id: stable across restarts of the host that owns
@@ -147,31 +150,131 @@ fn apply_overrides(config: &mut ClientConfig, kafka: &KafkaArgs) {
 }
 
 /// Context of the host's consumers: librdkafka also reports "partition end" through the
-/// error callback, which rust-rdkafka logs as an error; it is an expected event here.
-pub struct HostContext;
+/// error callback, which rust-rdkafka logs as an error; it is an expected event here. Its
+/// rebalance handling is safe while the consumer closes (see [`apply_rebalance`]).
+#[derive(Default)]
+pub struct HostContext {
+    /// The group assigns eagerly (a `partition.assignment.strategy` without cooperative-sticky,
+    /// through --kafka-config), not incrementally.
+    eager: bool,
+}
 
 impl ClientContext for HostContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::trace!("librdkafka: {reason}")
-            }
-            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        log_client_error(error, reason)
+    }
+}
+
+fn log_client_error(error: KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+            tracing::trace!("librdkafka: {reason}")
         }
+        _ => tracing::error!("librdkafka: {error}: {reason}"),
     }
 }
 
 impl ConsumerContext for HostContext {
+    fn rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        apply_rebalance(consumer, err, tpl, self.eager)
+    }
+
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
-        if let Err(e) = result {
-            // Harmless (state holds the offsets, the next commit catches up), but worth seeing.
-            tracing::warn!(error = %e, "offset commit failed; the next batch commits again");
-        }
+        log_commit(result)
+    }
+}
+
+fn log_commit(result: rdkafka::error::KafkaResult<()>) {
+    if let Err(e) = result {
+        // Harmless (state holds the offsets, the next commit catches up), but worth seeing.
+        tracing::warn!(error = %e, "offset commit failed; the next batch commits again");
+    }
+}
+
+/// Does what a rebalance event asks (assign or unassign its partitions) without ever asking
+/// librdkafka anything else. rust-rdkafka's default handler first asks for the rebalance
+/// protocol; that request, like every request to the group, is never answered once the group
+/// has terminated (its handler drops requests unanswered), and waits forever. A consumer that
+/// closes while its group join is under way meets exactly that: the join's assignment is
+/// still queued when closing terminates the group, and serving it hung the host at exit
+/// (librdkafka #4041, rust-rdkafka #509). So: the protocol is known from our own settings,
+/// and an event that arrives after the group terminated is stale and left alone (what it
+/// would assign or revoke is gone with the group). [`close`] bounds whatever is left.
+fn apply_rebalance<C: ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    err: rdkafka::types::RDKafkaRespErr,
+    tpl: &TopicPartitionList,
+    eager: bool,
+) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    if consumer.closed() {
+        tracing::debug!("rebalance event after the consumer closed: ignored");
+        return;
+    }
+    let assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    let done = match (assign, eager) {
+        (true, false) => consumer.incremental_assign(tpl),
+        (false, false) => consumer.incremental_unassign(tpl),
+        (true, true) => consumer.assign(tpl),
+        (false, true) => consumer.unassign(),
+    };
+    if let Err(e) = done {
+        tracing::error!(error = %e, assign, "applying a rebalance failed");
     }
 }
 
 /// A consumer with [`HostContext`].
 pub type HostConsumer = rdkafka::consumer::BaseConsumer<HostContext>;
+
+/// The input consumer of `host run`, subscribed by the caller.
+pub fn input_consumer(
+    kafka: &KafkaArgs,
+    group: &str,
+    instance_id: Option<&str>,
+    stop_at_end: bool,
+) -> anyhow::Result<HostConsumer> {
+    use anyhow::Context;
+    let config = consumer(kafka, group, instance_id, stop_at_end);
+    let eager = !config.get("partition.assignment.strategy").is_some_and(|s| s.contains("cooperative"));
+    config.create_with_context(HostContext { eager }).context("creating the Kafka consumer")
+}
+
+/// Longest a clean exit waits for the consumer to close (to leave the group, for a dynamic
+/// member, and land its last commits): everything it owes is committed by then.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes `consumer` on a thread of its own and waits for it at most [`CLOSE_WAIT`] (less when
+/// a stop is due sooner). Past that the process goes on to exit without it: state and offsets
+/// are committed, so nothing depends on the close but the group's notice that this member
+/// left, which a session timeout gives as well. (rust-rdkafka closes a consumer when it is
+/// dropped, serving rebalance events until librdkafka says it closed.)
+pub fn close<C: ConsumerContext + 'static>(consumer: rdkafka::consumer::BaseConsumer<C>, shutdown: &Shutdown) {
+    let wait = shutdown.wait_limit(CLOSE_WAIT);
+    let (closed, done) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    let spawned = std::thread::Builder::new().name("consumer-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot close the Kafka consumer on a thread: exiting without closing it");
+        return;
+    }
+    match done.recv_timeout(wait) {
+        Ok(()) => tracing::debug!(ms = started.elapsed().as_millis() as u64, "consumer closed"),
+        Err(_) => tracing::warn!(
+            "the Kafka consumer did not close within {}: exiting without it (state and offsets are committed; \
+             the group notices this member gone after its session timeout)",
+            humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
+        ),
+    }
+}
 
 /// The consumer of a `--scale-out` host: cooperative-sticky assignment always (a revocation
 /// must take only the partitions that move), with static membership as for `host run`.
@@ -201,11 +304,14 @@ pub struct Rebalances {
 }
 
 /// Context of a `--scale-out` host's consumer: like [`HostContext`], and it defers
-/// revocations to the loop (see [`Rebalances`]). librdkafka calls `rebalance` from `poll`, on
-/// the loop's own thread.
+/// revocations to the loop (see [`Rebalances`]) until the loop is over. librdkafka calls
+/// `rebalance` from `poll`, on the loop's own thread.
 #[derive(Default)]
 pub struct ScaleOutContext {
     pub rebalances: std::sync::Mutex<Rebalances>,
+    /// Set once the loop has finished and committed everything: the consumer is closing, and
+    /// a revocation (closing revokes everything) is applied at once.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl ScaleOutContext {
@@ -213,11 +319,16 @@ impl ScaleOutContext {
     pub fn take(&self) -> Rebalances {
         std::mem::take(&mut *self.rebalances.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// The loop is over: rebalances are applied as they come from now on (see [`close`]).
+    pub fn closing(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl ClientContext for ScaleOutContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        HostContext.error(error, reason)
+        log_client_error(error, reason)
     }
 }
 
@@ -232,6 +343,9 @@ impl ConsumerContext for ScaleOutContext {
         use rdkafka::types::RDKafkaRespErr::{
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS,
         };
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return apply_rebalance(consumer, err, tpl, false);
+        }
         let mut rebalances = self.rebalances.lock().unwrap_or_else(|p| p.into_inner());
         let partitions = || tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>();
         match err {
@@ -255,8 +369,8 @@ impl ConsumerContext for ScaleOutContext {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &rdkafka::TopicPartitionList) {
-        HostContext.commit_callback(result, offsets)
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
+        log_commit(result)
     }
 }
 

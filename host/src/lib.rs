@@ -23,7 +23,8 @@
 //! - [`http`]: `--http`: health, readiness, metrics and state queries.
 //! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
 //! - [`stats`]: records, rate and latency of a run, logged at its end.
-//! - [`shutdown`]: SIGINT/SIGTERM to a flag the loop reads between batches.
+//! - [`shutdown`]: SIGINT/SIGTERM: at once during start-up, after the batch in flight while
+//!   counting, and never past `--shutdown-timeout`.
 //! - [`log_limit`]: logs repeated events at a bounded rate.
 
 pub mod board;

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
@@ -160,8 +160,10 @@ fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    // First, so a signal during start-up (a long restore) is handled too.
-    Shutdown::install().context("installing signal handlers")?;
+    // First, so a signal during start-up (a long guest compile or restore) is handled too.
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    shutdown.set_bound(args.shutdown_timeout);
+    shutdown.starting("loading the guest");
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
     args.windows.spec()?;
@@ -176,6 +178,8 @@ pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
 
 fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestReload>) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
+    shutdown.set_bound(args.shutdown_timeout);
+    shutdown.starting("starting");
     // Up first, so /healthz answers (and /readyz says no) during a long restore.
     let http = crate::http::Shared::default();
     if let Some(addr) = &args.http {
@@ -206,14 +210,17 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     }
     let mut store = Store::open(&args.state.state_dir)?;
     check_windows_match_state(&store, windows.as_ref())?;
+    shutdown.starting("checking the topics");
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     // Before reading the changelog (see `AckedProducer::for_run`).
-    let (producer, transactional_id) = AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes)?;
+    let (producer, transactional_id) =
+        AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes, &shutdown)?;
 
     let restored = store.needs_restore()?;
     if restored {
+        shutdown.starting("restoring state from the changelog");
         // A new or lost state dir (or an interrupted restore): rebuild it from the changelog
         // before counting on top of it.
         let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &mut store, &shutdown)?;
@@ -229,17 +236,16 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, store.dir());
     // Subscribed before the (short) changelog catch-up, so that joining the group overlaps it;
     // nothing is consumed before the loop starts.
-    let consumer: HostConsumer =
-        crate::config::consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)
-            .create_with_context(crate::config::HostContext)
-            .context("creating the Kafka consumer")?;
-    // Closed only after a clean run. On an error the process exits right away (like a crash:
-    // state is intact), and closing a consumer whose group join is under way can hang in
-    // rust-rdkafka's rebalance handling (seen: a start-up refusal that never exited).
+    shutdown.starting("describing the consumer group");
+    let consumer =
+        crate::config::input_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)?;
+    // Closed only after a clean run (`config::close`). On an error the process exits right
+    // away, like a crash: state is intact, and nothing is owed to the group.
     let consumer = std::mem::ManuallyDrop::new(consumer);
     check_group_is_ours(&consumer, &args.group, instance_id.as_deref())?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     if exactly_once && !restored {
+        shutdown.starting("catching up with the changelog");
         catch_up_with_changelog(&args, &store, &shutdown)?;
     }
 
@@ -275,6 +281,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
         board_view: http.board.clone(),
+        shutdown: shutdown.clone(),
         watchdog: Watchdog::default(),
         pace,
     };
@@ -295,8 +302,10 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         records_processed = pipeline.totals.records_processed,
         "host running"
     );
-    pipeline.run_until(&consumer, &shutdown)?;
-    drop(std::mem::ManuallyDrop::into_inner(consumer));
+    shutdown.working("counting");
+    pipeline.run_until(&consumer)?;
+    shutdown.working("closing the Kafka consumer");
+    crate::config::close(std::mem::ManuallyDrop::into_inner(consumer), &shutdown);
     Ok(())
 }
 
@@ -442,6 +451,8 @@ struct Pipeline {
     metrics: Arc<Metrics>,
     /// For /readyz: set once the consumer has partitions.
     ready: Arc<AtomicBool>,
+    /// SIGINT/SIGTERM end the loop; SIGHUP reloads the guest; a stop's log says what it met.
+    shutdown: Shutdown,
     watchdog: Watchdog,
     pace: crate::pace::Pace,
     /// For the board page: the boards published, with the lag.
@@ -536,12 +547,12 @@ impl Pipeline {
     /// So every durable write happens in the order of the module doc, one batch after
     /// another: a batch's changelog values are computed on state that holds every earlier
     /// batch, and sent only then.
-    fn run_until<'c>(&mut self, consumer: &'c HostConsumer, shutdown: &Shutdown) -> Result<()> {
+    fn run_until<'c>(&mut self, consumer: &'c HostConsumer) -> Result<()> {
         let mut last_board = Instant::now();
         let mut at_end = BTreeSet::new();
         let mut with_guest: Option<Submitted<'c>> = None;
         let mut in_flight: Option<InFlight> = None;
-        while !shutdown.requested() {
+        while !self.shutdown.requested() {
             // With a batch under way, don't wait for input: moving it on is the better use of time.
             let idle = with_guest.is_none() && in_flight.is_none() && self.txn.is_none();
             let wait = if idle { POLL_WAIT } else { Duration::ZERO };
@@ -591,7 +602,7 @@ impl Pipeline {
                 self.flush_board(consumer);
             }
             // A new guest takes over from the next batch submitted: each batch is counted by one.
-            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(shutdown.take_reload())) {
+            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(self.shutdown.take_reload())) {
                 if self.needs_event_time() && !next.has_event_time() {
                     tracing::warn!(guest = %next.describe(), "new guest refused: it does not export event-time, which \
                         --event-time guest needs; the running guest stays");
@@ -603,6 +614,7 @@ impl Pipeline {
             self.producer.poll();
         }
         // Finish what is under way, in order.
+        self.shutdown.working("finishing the batches under way");
         if let Some(oldest) = in_flight.take() {
             self.finish(consumer, oldest)?;
         }
@@ -613,12 +625,14 @@ impl Pipeline {
         }
         if self.args.guarantee == Guarantee::ExactlyOnce {
             self.commit_txn(consumer)?;
-        } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            // Every polled record is processed: the consumer's positions are safe to commit,
-            // and a synchronous commit leaves the group exactly where state is.
+        } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            // Every polled record is processed: the consumer's positions are safe to commit.
+            // Closing the consumer waits for the commit, so the group ends exactly where state
+            // is; a synchronous commit here could wait forever on a coordinator that is away.
             tracing::debug!(error = %e, "final offset commit (nothing consumed?)");
         }
         tracing::info!("shutting down: batch committed, publishing a last board");
+        self.shutdown.working("publishing a last board");
         self.flush_board(consumer);
         self.commit_txn(consumer)?;
         self.producer.wait_acks()?;
@@ -780,7 +794,9 @@ impl Pipeline {
     /// state to hold every earlier batch.
     fn send_batch(&mut self, batch: Submitted<'_>) -> Result<Option<InFlight>> {
         let mut timer = StepTimer::start();
+        let waiting = self.shutdown.waiting_for("waiting for the guest's answer");
         let (results, guest_ms) = self.guest.receive()?;
+        drop(waiting);
         let results = results?;
         let guest_wait_ms = timer.lap();
         if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
@@ -867,7 +883,7 @@ impl Pipeline {
 
     /// exactly-once: opens a transaction for the next batches (and boards).
     fn begin_txn(&mut self) -> Result<()> {
-        self.producer.begin().map_err(|e| anyhow!("{e}"))?;
+        self.producer.begin().map_err(TxnError::stopping)?;
         self.txn = Some(OpenTxn {
             opened: Instant::now(),
             overlay: HashMap::new(),
@@ -903,7 +919,7 @@ impl Pipeline {
                 self.abort_txn(consumer, &reason)?;
                 return Ok(false);
             }
-            Err(e) => return Err(anyhow!("{e}; stopping (state is intact: a restart resumes exactly)")),
+            Err(e) => return Err(e.stopping()),
         }
         let commit_ms = timer.lap();
         self.metrics.step("commit", commit_ms / 1000.0);
@@ -949,7 +965,7 @@ impl Pipeline {
     fn abort_txn(&mut self, consumer: &HostConsumer, reason: &str) -> Result<()> {
         tracing::warn!(reason, "aborting the transaction; the input is rewound to the last commit");
         self.metrics.transactions_aborted.inc();
-        self.producer.abort().map_err(|e| anyhow!("{e}; stopping (state is intact: a restart resumes exactly)"))?;
+        self.producer.abort().map_err(TxnError::stopping)?;
         self.txn = None;
         self.totals = self.store.totals()?;
         self.submitted = self.applied.clone();
@@ -973,7 +989,9 @@ impl Pipeline {
         let (mut changelog_ms, mut state_ms) = (0.0, 0.0);
         if !batch.changes.is_empty() {
             // 2. Changelog: every record acknowledged.
+            let waiting = self.shutdown.waiting_for("waiting for Kafka to acknowledge the changelog");
             self.producer.wait_acks().context("changelog write")?;
+            drop(waiting);
             changelog_ms = timer.lap();
             self.stats.changelog_records += batch.changes.len() as u64;
             self.metrics.changelog_records.inc_by(batch.changes.len() as u64);

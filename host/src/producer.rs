@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use rdkafka::ClientContext;
@@ -23,6 +23,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::cli::KafkaArgs;
+use crate::shutdown::{Shutdown, Unfinished};
 
 /// What is needed to re-send a record without its value.
 pub struct Trimmable {
@@ -82,6 +83,8 @@ pub struct AckedProducer {
     inner: BaseProducer<AckContext>,
     /// Longest wait for acknowledgements before giving up (see `wait_acks`).
     ack_timeout: Duration,
+    /// Once a stop is requested, waits on Kafka end sooner (see `shutdown::Shutdown::give_up_at`).
+    stop: Shutdown,
 }
 
 /// A transaction failure, by what the caller must do about it.
@@ -93,6 +96,19 @@ pub enum TxnError {
     Fenced(String),
     /// Stop: the producer cannot go on.
     Fatal(String),
+    /// A stop is under way and Kafka did not answer in time: the transaction is left open, for
+    /// the next start (or the transaction timeout) to abort.
+    Unfinished(String),
+}
+
+impl TxnError {
+    /// The error that ends the host for a failure that is not abortable.
+    pub fn stopping(self) -> anyhow::Error {
+        match self {
+            TxnError::Unfinished(what) => Unfinished(what).into(),
+            other => anyhow!("{other}; stopping (state is intact: a restart resumes exactly)"),
+        }
+    }
 }
 
 impl std::fmt::Display for TxnError {
@@ -101,29 +117,16 @@ impl std::fmt::Display for TxnError {
             TxnError::Abortable(e) => write!(f, "transaction must be aborted: {e}"),
             TxnError::Fenced(e) => write!(f, "fenced by another host with the same transactional id: {e}"),
             TxnError::Fatal(e) => write!(f, "fatal producer error: {e}"),
+            TxnError::Unfinished(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for TxnError {}
 
-/// Retries a transactional call while librdkafka says it is retriable; classifies the rest.
-fn retrying(what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), TxnError> {
-    let mut attempts = 0;
-    loop {
-        let error = match call() {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        attempts += 1;
-        let retriable = matches!(&error, KafkaError::Transaction(rd) if rd.is_retriable() && !rd.txn_requires_abort());
-        if !retriable || attempts >= 10 {
-            return Err(classify(what, &error));
-        }
-        tracing::warn!(attempt = attempts, error = %format!("{what}: {error}"), "retrying");
-        std::thread::sleep(Duration::from_millis(100 * attempts));
-    }
-}
+/// The longest one blocking transactional call lasts before it is called again (see
+/// `AckedProducer::retrying`).
+const CALL_SLICE: Duration = Duration::from_millis(500);
 
 /// What a failed transactional call means for the caller.
 fn classify(what: &str, error: &KafkaError) -> TxnError {
@@ -144,6 +147,43 @@ fn classify(what: &str, error: &KafkaError) -> TxnError {
 }
 
 impl AckedProducer {
+    /// Runs a transactional call (given how long it may block) until it succeeds, for at most
+    /// `--ack-timeout`, in short slices: a call that times out is retriable (librdkafka
+    /// resumes it), and between slices a stop requested meanwhile is noticed, so that a stop
+    /// during a broker outage gives up when its time for Kafka is over instead of waiting the
+    /// whole timeout out. Other retriable errors are retried a few times; the rest are
+    /// classified by what the caller must do.
+    fn retrying(&self, what: &str, mut call: impl FnMut(Duration) -> Result<(), KafkaError>) -> Result<(), TxnError> {
+        let deadline = Instant::now() + self.ack_timeout;
+        let mut attempts = 0;
+        loop {
+            let slice = CALL_SLICE.min(self.stop.wait_limit(deadline.saturating_duration_since(Instant::now())));
+            let error = match call(slice) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if self.stop.giving_up() {
+                return Err(TxnError::Unfinished(format!(
+                    "stopping with the transaction open: {what} did not finish in the stop's time for Kafka \
+                     ({error}); the next start aborts it, and counts its records again"
+                )));
+            }
+            let KafkaError::Transaction(rd) = &error else { return Err(classify(what, &error)) };
+            let timed_out = rd.code() == RDKafkaErrorCode::OperationTimedOut;
+            if !rd.is_retriable() || rd.txn_requires_abort() || Instant::now() >= deadline {
+                return Err(classify(what, &error));
+            }
+            if !timed_out {
+                attempts += 1;
+                if attempts >= 10 {
+                    return Err(classify(what, &error));
+                }
+                tracing::warn!(attempt = attempts, error = %format!("{what}: {error}"), "retrying");
+                std::thread::sleep(Duration::from_millis(100 * attempts));
+            }
+        }
+    }
+
     /// A producer for the pipeline; `transactional_id` makes it transactional (then call
     /// [`AckedProducer::init_transactions`] before anything else).
     /// Batches stay within `max_message_bytes` (the smallest limit of the topics written), so
@@ -154,6 +194,7 @@ impl AckedProducer {
         transactional_id: Option<&str>,
         max_message_bytes: usize,
         ack_timeout: Duration,
+        stop: Shutdown,
     ) -> Result<Self> {
         let context = AckContext { changelog: changelog.to_owned(), ..AckContext::default() };
         let mut config = crate::config::producer(kafka, transactional_id);
@@ -162,7 +203,7 @@ impl AckedProducer {
             config.set("message.max.bytes", max_message_bytes.clamp(1000, 1 << 30).to_string());
         }
         let inner = config.create_with_context(context).context("creating the Kafka producer")?;
-        Ok(AckedProducer { inner, ack_timeout })
+        Ok(AckedProducer { inner, ack_timeout, stop })
     }
 
     /// The producer of `host run` (on `kafka`, which may add to the run's own settings):
@@ -174,6 +215,7 @@ impl AckedProducer {
         args: &crate::cli::RunArgs,
         kafka: &KafkaArgs,
         max_message_bytes: usize,
+        stop: &Shutdown,
     ) -> Result<(Self, Option<String>)> {
         let exactly_once = args.guarantee == crate::cli::Guarantee::ExactlyOnce;
         let transactional_id = exactly_once.then(|| {
@@ -181,8 +223,14 @@ impl AckedProducer {
                 format!("streamhost-{}", crate::config::default_instance_id(&args.group, &args.state.state_dir))
             })
         });
-        let producer =
-            Self::new(kafka, &args.topics.changelog, transactional_id.as_deref(), max_message_bytes, args.ack_timeout)?;
+        let producer = Self::new(
+            kafka,
+            &args.topics.changelog,
+            transactional_id.as_deref(),
+            max_message_bytes,
+            args.ack_timeout,
+            stop.clone(),
+        )?;
         if exactly_once {
             producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
             tracing::debug!("transactions initialised");
@@ -198,23 +246,26 @@ impl AckedProducer {
     /// Registers the transactional id with the broker: fences any older producer with the
     /// same id and aborts the transaction it left open (a crashed host's).
     pub fn init_transactions(&self) -> Result<(), TxnError> {
-        retrying("initialising transactions", || self.inner.init_transactions(self.ack_timeout))
+        self.retrying("initialising transactions", |timeout| self.inner.init_transactions(timeout))
     }
 
     pub fn begin(&self) -> Result<(), TxnError> {
-        retrying("beginning a transaction", || self.inner.begin_transaction())
+        self.retrying("beginning a transaction", |_| self.inner.begin_transaction())
     }
 
     /// Commits the open transaction with the input offsets of everything in it: waits for
     /// every record's acknowledgement first (see `drain`), then adds the offsets, then commits.
     pub fn commit(&self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
-        self.wait_acks().map_err(|e| TxnError::Abortable(format!("{e:#}")))?;
+        self.wait_acks().map_err(|e| match e.downcast::<Unfinished>() {
+            Ok(Unfinished(what)) => TxnError::Unfinished(what),
+            Err(e) => TxnError::Abortable(format!("{e:#}")),
+        })?;
         if offsets.count() > 0 {
-            retrying("adding input offsets to the transaction", || {
-                self.inner.send_offsets_to_transaction(offsets, group, self.ack_timeout)
+            self.retrying("adding input offsets to the transaction", |timeout| {
+                self.inner.send_offsets_to_transaction(offsets, group, timeout)
             })?;
         }
-        retrying("committing the transaction", || self.inner.commit_transaction(self.ack_timeout))
+        self.retrying("committing the transaction", |timeout| self.inner.commit_transaction(timeout))
     }
 
     /// Aborts the open transaction; its records are never seen by read_committed readers.
@@ -235,11 +286,11 @@ impl AckedProducer {
                     self.inner.poll(Duration::from_millis(10));
                 }
             });
-            let result = self.inner.abort_transaction(self.ack_timeout);
+            let result = self.retrying("aborting the transaction", |timeout| self.inner.abort_transaction(timeout));
             aborting.store(false, std::sync::atomic::Ordering::Relaxed);
             result
         });
-        aborted.map_err(|e| classify("aborting the transaction", &e))?;
+        aborted?;
         self.inner.poll(Duration::ZERO);
         // The aborted records' delivery failures are expected: forget them.
         lock(&self.inner.context().first_failure).take();
@@ -393,14 +444,22 @@ impl AckedProducer {
     /// which is always safe, and a restart resumes exactly. A bounded wait turns any client
     /// stall (seen occasionally across a broker restart) into a clear exit instead of a hang.
     fn drain(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + self.ack_timeout;
+        let deadline = Instant::now() + self.ack_timeout;
         loop {
             match self.inner.flush(Duration::from_millis(1)) {
                 Ok(()) => break,
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
                 Err(e) => return Err(anyhow!("waiting for Kafka acknowledgements: {e}")),
             }
-            if std::time::Instant::now() > deadline {
+            if self.stop.giving_up() {
+                return Err(Unfinished(format!(
+                    "stopping with {} records Kafka did not acknowledge in the stop's time: their batch reached \
+                     neither state nor the group's offsets, so the next start counts it (as after a crash)",
+                    self.inner.in_flight_count()
+                ))
+                .into());
+            }
+            if Instant::now() > deadline {
                 return Err(anyhow!(
                     "Kafka acknowledged nothing for {:?} (--ack-timeout) with {} records in flight; stopping \
                      without writing state or committing: restart the host (it resumes exactly) once the \

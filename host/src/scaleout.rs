@@ -124,6 +124,7 @@ pub fn run(
             state_dir.display()
         );
     }
+    shutdown.starting("checking the topics");
     let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, &state_dir);
@@ -136,13 +137,13 @@ pub fn run(
     if exactly_once {
         kafka.kafka_config.insert(0, ("transaction.timeout.ms".into(), TRANSACTION_TIMEOUT_MS.into()));
     }
-    let (producer, _) = AckedProducer::for_run(&args, &kafka, checked.max_message_bytes)?;
+    let (producer, _) = AckedProducer::for_run(&args, &kafka, checked.max_message_bytes, shutdown)?;
     let consumer: ScaleOutConsumer =
         crate::config::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
             .create_with_context(ScaleOutContext::default())
             .context("creating the Kafka consumer")?;
-    // Never closed: see `pipeline::run_pipeline` (closing during a rebalance can hang), and a
-    // close would revoke partitions that this loop no longer serves.
+    // Closed only after a clean run, once the loop has committed everything (`config::close`);
+    // on an error the process exits at once, like a crash.
     let consumer = std::mem::ManuallyDrop::new(consumer);
     let repartition = args.topics.repartition_topic();
     consumer
@@ -179,7 +180,13 @@ pub fn run(
         watermarks: None,
         args,
     };
-    job.run_until(&consumer)
+    shutdown.working("counting");
+    job.run_until(&consumer)?;
+    shutdown.working("closing the Kafka consumer");
+    let consumer = std::mem::ManuallyDrop::into_inner(consumer);
+    consumer.context().closing();
+    crate::config::close(consumer, shutdown);
+    Ok(())
 }
 
 /// Everything the loop owns except the consumer.
@@ -348,14 +355,23 @@ impl ScaleOut {
                 }
             }
         }
+        self.shutdown.working("finishing the poll under way");
+        // Shards still opening stop at once when asked to; waited for, so that none is left
+        // half-created on disk by the process ending under it.
+        for (_, opening) in std::mem::take(&mut self.opening) {
+            let _ = opening.join();
+        }
         if let Some(poll) = in_flight.take() {
             self.finish(consumer, poll)?;
         }
         self.commit_txn(consumer)?;
         if self.args.guarantee == Guarantee::AtLeastOnce {
-            self.commit_offsets(consumer, None, CommitMode::Sync);
+            // Closing the consumer waits for it; a synchronous commit could wait forever on a
+            // coordinator that is away.
+            self.commit_offsets(consumer, None, CommitMode::Async);
         }
         tracing::info!("shutting down: committed, publishing last boards");
+        self.shutdown.working("publishing the last boards");
         self.publish_boards(consumer)?;
         self.commit_txn(consumer)?;
         self.producer.wait_acks()?;
@@ -714,7 +730,7 @@ impl ScaleOut {
     }
 
     fn begin_txn(&mut self) -> Result<()> {
-        self.producer.begin().map_err(|e| anyhow!("{e}"))?;
+        self.producer.begin().map_err(TxnError::stopping)?;
         self.txn = Some(OpenTxn { opened: Instant::now(), shards: BTreeMap::new(), offsets: BTreeMap::new() });
         Ok(())
     }
@@ -737,7 +753,7 @@ impl ScaleOut {
                 self.abort_txn(consumer, &reason)?;
                 return Ok(false);
             }
-            Err(e) => return Err(anyhow!("{e}; stopping (state is intact: a restart resumes exactly)")),
+            Err(e) => return Err(e.stopping()),
         }
         self.metrics.step("commit", started.elapsed().as_secs_f64());
         let carries_batches = !txn.offsets.is_empty();
@@ -760,7 +776,7 @@ impl ScaleOut {
     fn abort_txn(&mut self, consumer: &ScaleOutConsumer, reason: &str) -> Result<()> {
         tracing::warn!(reason, "aborting the transaction; the partitions are rewound to the last commit");
         self.metrics.transactions_aborted.inc();
-        self.producer.abort().map_err(|e| anyhow!("{e}; stopping (state is intact: a restart resumes exactly)"))?;
+        self.producer.abort().map_err(TxnError::stopping)?;
         self.txn = None;
         let assignment = consumer.assignment().context("reading the consumer's assignment")?;
         let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(10))?;

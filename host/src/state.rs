@@ -115,6 +115,11 @@ impl Store {
         if !families.iter().any(|f| f == COUNTS) {
             bail!("{} is a RocksDB database but not a host state dir", dir.display());
         }
+        if !families.iter().any(|f| f == META) {
+            // Column families are made one after another when a store is created: a process
+            // that ended in between left one that has never been written to.
+            bail!("{} holds no state yet: its creation was interrupted (`host run` completes it)", dir.display());
+        }
         let db = DB::open_cf_for_read_only(&Options::default(), dir, [COUNTS, META], false)
             .with_context(|| format!("opening state dir {} read-only", dir.display()))?;
         Ok(Store { db: std::sync::Arc::new(db), dir: dir.to_owned() })
@@ -362,16 +367,22 @@ pub fn dump_command(args: DumpArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if shards.is_empty() || dir.join("CURRENT").exists() {
-        dump_store(&mut out, dir, None)?;
+        dump_store(&mut out, &dumpable(dir)?, None)?;
     }
     for (partition, shard_dir) in shards {
-        dump_store(&mut out, &shard_dir, Some(partition))?;
+        match dumpable(&shard_dir) {
+            Ok(store) => dump_store(&mut out, &store, Some(partition))?,
+            // A scale-out host may hold a copy of a shard it was restoring when it stopped (or
+            // one it gave up): the shard's owner has the state; the rest of the dump stands.
+            Err(e) => tracing::warn!(shard = partition, "shard skipped: {e:#}"),
+        }
     }
     out.flush()?;
     Ok(())
 }
 
-fn dump_store(out: &mut impl Write, dir: &Path, shard: Option<i32>) -> Result<()> {
+/// The store in `dir`, when it holds usable state.
+fn dumpable(dir: &Path) -> Result<Store> {
     let store = Store::open_read_only(dir)?;
     if store.needs_restore()? && !store.is_empty()? {
         bail!(
@@ -380,6 +391,10 @@ fn dump_store(out: &mut impl Write, dir: &Path, shard: Option<i32>) -> Result<()
             dir.display()
         );
     }
+    Ok(store)
+}
+
+fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result<()> {
     let tagged = |mut line: serde_json::Value| {
         if let Some(partition) = shard {
             line["shard"] = partition.into();

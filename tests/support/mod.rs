@@ -3,6 +3,7 @@
 //! The host runs as a real child process of the binary under test; nothing is mocked.
 
 pub mod orders;
+pub mod scale_out;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -688,10 +689,15 @@ impl HostProcess {
         self.child.wait().expect("reap");
     }
 
-    /// SIGTERM, then wait for the exit (the host finishes its batch first).
-    pub fn terminate(mut self) -> ExitStatus {
+    /// SIGTERM, and no wait.
+    pub fn send_sigterm(&self) {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
+    }
+
+    /// SIGTERM, then wait for the exit (the host finishes its batch first).
+    pub fn terminate(mut self) -> ExitStatus {
+        self.send_sigterm();
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -78,6 +78,8 @@ pub struct RestoreReport {
 /// `host restore`.
 pub fn restore_command(args: RestoreArgs) -> Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
+    // A stop ends the restore between batches, marked incomplete (the next start redoes it).
+    shutdown.working("restoring state from the changelog");
     if args.scale_out {
         return restore_shards(&args, &shutdown);
     }

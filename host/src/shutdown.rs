@@ -107,7 +107,7 @@ impl Shutdown {
             exit_now(0);
         }
         let bound = self.bound();
-        tracing::info!(bound = ?bound, "shutdown requested while {doing}: finishing the batch in flight");
+        tracing::info!(bound = ?bound, "shutdown requested while {doing}: finishing what is under way");
         if let Some(bound) = bound {
             let watched = self.clone();
             let spawned = std::thread::Builder::new().name("shutdown-bound".into()).spawn(move || {

@@ -13,6 +13,7 @@ mod poison;
 mod restart;
 mod restore;
 mod scale_out;
+mod scale_out_crash;
 mod soak;
 mod startup;
 mod stopping;

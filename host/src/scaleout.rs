@@ -461,6 +461,7 @@ impl ScaleOut {
         if let Some(txn) = &mut self.txn {
             txn.shards.extend(counted);
             txn.offsets.extend(offsets);
+            crate::fault::point(crate::fault::Step::MidTransaction);
             return Ok(None);
         }
         Ok(Some(InFlight { counted, offsets, timestamps }))
@@ -746,7 +747,12 @@ impl ScaleOut {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
         let group = consumer.group_metadata().context("the consumer has no group metadata")?;
-        match self.producer.commit(&offsets, &group) {
+        let committed = if !txn.offsets.is_empty() && crate::fault::due(crate::fault::Step::AbortTransaction) {
+            Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
+        } else {
+            self.producer.commit(&offsets, &group)
+        };
+        match committed {
             Ok(()) => {}
             Err(TxnError::Abortable(reason)) => {
                 self.txn = Some(txn);

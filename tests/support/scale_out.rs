@@ -27,11 +27,16 @@ pub fn state_dir(env: &TestEnv, host: usize) -> PathBuf {
 
 /// Host number `host` of the job, with its own state dir.
 pub fn spawn(env: &TestEnv, host: usize, extra: &[&str]) -> HostProcess {
+    spawn_with_env(env, host, extra, &[])
+}
+
+/// `spawn` with extra environment variables (e.g. STREAMHOST_FAULT).
+pub fn spawn_with_env(env: &TestEnv, host: usize, extra: &[&str], vars: &[(&str, &str)]) -> HostProcess {
     let dir = state_dir(env, host).display().to_string();
     let mut args: Vec<&str> = SCALE_OUT.to_vec();
     args.extend(["--state-dir", &dir]);
     args.extend(extra);
-    env.spawn_host("drink_count", &args)
+    env.spawn_host_with_env("drink_count", &args, vars)
 }
 
 /// The job's state from every host's `host dump`: per shard, the copy that reflects the most

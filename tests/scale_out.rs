@@ -205,8 +205,9 @@ fn an_added_host_takes_partitions_without_the_others_restoring() {
 }
 
 /// A changelog or repartition topic with another partition count than the input's is refused
-/// at start-up, naming both counts and how to fix it; so are a single host's state dir and
-/// windows, which scale-out does not do.
+/// at start-up, naming both counts and how to fix it; so are a single host's state dir,
+/// windows, which scale-out does not do, `--emit final` without windows, and scale-out flags
+/// without --scale-out.
 #[test]
 fn scale_out_misconfigurations_are_refused() {
     let env = TestEnv::new("scale-refuse");
@@ -245,6 +246,13 @@ fn scale_out_misconfigurations_are_refused() {
     assert!(err.contains("has 3") && err.contains("host create-topics --scale-out --partitions 3"), "{err}");
     let err = run(&["--window", "1m"]);
     assert!(err.contains("--window is not supported with --scale-out"), "{err}");
+    let err = run(&["--emit", "final"]);
+    assert!(err.contains("--emit final needs --window"), "{err}");
+    // A scale-out flag on a single host.
+    let mut args = env.run_args("drink_count");
+    args.extend(["--shard-cleanup-delay", "1s"].map(String::from));
+    let out = env.host(&args);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--scale-out"), "must be refused");
     // A single host's state dir.
     let single = env.state_dir();
     std::fs::create_dir_all(&single).unwrap();

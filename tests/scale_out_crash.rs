@@ -164,3 +164,43 @@ fn an_abortable_error_rewinds_and_goes_on_under_exactly_once() {
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
+
+/// A scale-out host whose input stops delivering while records wait on it (a stuck consumer;
+/// simulated by fault injection) exits with an error after `--stall-timeout`; restarted, the
+/// job drains with nothing lost (at-least-once: at most two polls counted twice).
+#[test]
+fn a_stuck_input_makes_a_scale_out_host_exit_for_a_restart() {
+    stuck_input(&[]);
+}
+
+/// The same under exactly-once: exact.
+#[test]
+fn a_stuck_input_makes_a_scale_out_host_exit_for_a_restart_under_exactly_once() {
+    stuck_input(&["--guarantee", "exactly-once"]);
+}
+
+fn stuck_input(mode: &[&str]) {
+    let env = TestEnv::new("scale-stall");
+    create_topics(&env);
+    let expected = orders::generate(92, 2_000, 50);
+    env.produce(&expected.values);
+    let args: Vec<&str> = ["--max-batch", "100", "--stall-timeout", "3s"].iter().chain(mode).copied().collect();
+    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", "stall-consumer:2")]);
+    let status = host.wait_exit(Duration::from_secs(60));
+    let log = host.stderr_text();
+    assert!(!status.success(), "a stuck input is an error:\n{log}");
+    assert!(log.contains("the input delivered nothing for 3s while") && log.contains("records wait on it"), "{log}");
+
+    let drain: Vec<&str> = mode.iter().copied().chain(["--stop-at-end"]).collect();
+    let mut host = spawn(&env, 0, &drain);
+    let status = host.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "the draining host failed ({status}):\n{}", host.stderr_text());
+    let dump = union_of_dumps(&env, &[0]);
+    let counted = dump.records_processed + dump.records_skipped;
+    assert!(counted >= expected.valid + expected.malformed, "records lost: {counted}");
+    assert!(counted - expected.valid - expected.malformed <= 2 * MAX_BATCH, "records counted twice: {counted}");
+    if mode.contains(&"exactly-once") {
+        assert_eq!(dump.counts, expected.counts);
+        assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    }
+}

@@ -151,7 +151,7 @@ pub struct TopicArgs {
 
     /// With --scale-out: the repartition topic (as many partitions as the input).
     /// Default: the changelog topic's name plus `.repartition`.
-    #[arg(long, env = "STREAMHOST_REPARTITION", value_name = "TOPIC", help_heading = "Scale-out")]
+    #[arg(long, env = "STREAMHOST_REPARTITION", value_name = "TOPIC", requires = "scale_out", help_heading = "Scale-out")]
     pub repartition: Option<String>,
 }
 
@@ -260,7 +260,7 @@ pub struct RunArgs {
     /// disk without owning it) is kept; a partition that comes back within it replays only its
     /// changelog tail, later it is restored in full. Then the shard is deleted.
     #[arg(long, env = "STREAMHOST_SHARD_CLEANUP_DELAY", value_name = "DURATION", default_value = "10m",
-          value_parser = humantime::parse_duration, help_heading = "Scale-out")]
+          value_parser = humantime::parse_duration, requires = "scale_out", help_heading = "Scale-out")]
     pub shard_cleanup_delay: Duration,
 
     /// Most input records consumed per second (0: no limit), e.g. to backfill without

@@ -22,6 +22,7 @@
 //! - [`metrics`]: the Prometheus metrics the pipeline keeps.
 //! - [`http`]: `--http`: health, readiness, metrics and state queries.
 //! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
+//! - [`stall`]: the watchdog that ends a host whose input stops delivering while records wait.
 //! - [`stats`]: records, rate and latency of a run, logged at its end.
 //! - [`shutdown`]: SIGINT/SIGTERM: at once during start-up, after the batch in flight while
 //!   counting, and never past `--shutdown-timeout`.
@@ -46,6 +47,7 @@ pub mod reload;
 pub mod sandbox;
 pub mod scaleout;
 pub mod shutdown;
+pub mod stall;
 pub mod state;
 pub mod stats;
 pub mod topics;

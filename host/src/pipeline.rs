@@ -74,6 +74,7 @@ use crate::metrics::Metrics;
 use crate::producer::{AckedProducer, TxnError};
 use crate::reload::GuestReload;
 use crate::shutdown::Shutdown;
+use crate::stall::Watchdog;
 use crate::state::{Change, Store, Totals, meta};
 use crate::stats::RunStats;
 use crate::window::{self, Millis, WindowSpec};
@@ -185,6 +186,11 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     if let Some(addr) = &args.http {
         crate::http::serve(addr, http.clone())?;
     }
+    // Flags whose meaning does not depend on the mode are checked for both.
+    let windows = args.windows.spec()?;
+    if windows.is_none() && args.windows.emit == Emit::Final {
+        anyhow::bail!("--emit final needs --window: without windows there is no window to complete");
+    }
     if args.topics.scale_out {
         return crate::scaleout::run(args, guest, reload, &shutdown, &http);
     }
@@ -194,10 +200,6 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
              another --state-dir (and a new changelog topic and group)",
             args.state.state_dir.display()
         );
-    }
-    let windows = args.windows.spec()?;
-    if windows.is_none() && args.windows.emit == Emit::Final {
-        anyhow::bail!("--emit final needs --window: without windows there is no window to complete");
     }
     if windows.is_some() && args.windows.event_time == EventTime::Guest && !guest.has_event_time() {
         anyhow::bail!(
@@ -260,6 +262,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     };
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
     let pace = crate::pace::Pace::new(args.max_rate);
+    let watchdog = Watchdog::new(args.stall_timeout);
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
         applied,
@@ -282,7 +285,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
         ready: http.ready.clone(),
         board_view: http.board.clone(),
         shutdown: shutdown.clone(),
-        watchdog: Watchdog::default(),
+        watchdog,
         pace,
     };
     // What the host that wrote state had dropped (it follows from state's stream times), so a
@@ -459,27 +462,6 @@ struct Pipeline {
     board_view: Arc<std::sync::Mutex<crate::http::BoardView>>,
 }
 
-/// Notices an input that stops delivering while records wait on it (seen once: librdkafka's
-/// consumer never got back to its group coordinator after a broker restart, and the host sat
-/// idle with lag). Then the host exits with an error, so that its supervisor restarts it:
-/// state is intact, and a restart resumes exactly.
-struct Watchdog {
-    /// When records last arrived, or the input was last seen with nothing waiting.
-    last_progress: Instant,
-    last_check: Instant,
-    /// Fault injection (`stall-consumer:<n>`): the input stops delivering after the n-th batch.
-    stalled_by_fault: bool,
-}
-
-impl Default for Watchdog {
-    fn default() -> Self {
-        Watchdog { last_progress: Instant::now(), last_check: Instant::now(), stalled_by_fault: false }
-    }
-}
-
-/// How often a silent input's lag is looked at (a broker round trip per partition).
-const STALL_CHECK_EVERY: Duration = Duration::from_secs(2);
-
 /// exactly-once: a transaction with batches in it, not yet committed.
 struct OpenTxn {
     opened: Instant,
@@ -556,7 +538,7 @@ impl Pipeline {
             // With a batch under way, don't wait for input: moving it on is the better use of time.
             let idle = with_guest.is_none() && in_flight.is_none() && self.txn.is_none();
             let wait = if idle { POLL_WAIT } else { Duration::ZERO };
-            let batch = if self.watchdog.stalled_by_fault {
+            let batch = if self.watchdog.input_stopped_by_fault() {
                 std::thread::sleep(wait);
                 Vec::new()
             } else {
@@ -645,35 +627,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The watchdog (see [`Watchdog`]): an error once the input has delivered nothing for
-    /// `--stall-timeout` while records wait on it.
+    /// The stall watchdog, after a poll: records waiting are what the partitions' lag says.
     fn watch_for_stall(&mut self, consumer: &HostConsumer, delivered: bool) -> Result<()> {
-        let timeout = self.args.stall_timeout;
-        if delivered {
-            self.watchdog.last_progress = Instant::now();
-            self.watchdog.stalled_by_fault |= fault::due(Step::StallConsumer);
-            return Ok(());
+        if self.watchdog.due(delivered) {
+            let waiting = self.lag(consumer).values().sum();
+            self.watchdog.looked(waiting)?;
         }
-        if timeout.is_zero()
-            || self.watchdog.last_progress.elapsed() < timeout
-            || self.watchdog.last_check.elapsed() < STALL_CHECK_EVERY
-        {
-            return Ok(());
-        }
-        self.watchdog.last_check = Instant::now();
-        // Partitions whose end cannot be read (a broker down) are left out: that is an outage,
-        // which librdkafka rides out, not a stall.
-        let waiting: i64 = self.lag(consumer).values().sum();
-        if waiting == 0 {
-            self.watchdog.last_progress = Instant::now();
-            return Ok(());
-        }
-        anyhow::bail!(
-            "the input delivered nothing for {} while {waiting} records wait on it: the Kafka consumer is \
-             stuck (seen after a broker restart). Exiting so that a supervisor restarts the host: state is \
-             intact and a restart resumes exactly (--stall-timeout sets the limit; 0 turns this off)",
-            humantime::format_duration(timeout)
-        )
+        Ok(())
     }
 
     /// Step 1: hands every record not yet counted to the guest thread. Writes nothing.

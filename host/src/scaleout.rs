@@ -175,6 +175,7 @@ pub fn run(
         ready: http.ready.clone(),
         reload,
         pace: crate::pace::Pace::new(args.max_rate),
+        watchdog: crate::stall::Watchdog::new(args.stall_timeout),
         unconfirmed_commits: false,
         shutdown: shutdown.clone(),
         watermarks: None,
@@ -214,6 +215,7 @@ struct ScaleOut {
     ready: Arc<AtomicBool>,
     reload: Option<GuestReload>,
     pace: crate::pace::Pace,
+    watchdog: crate::stall::Watchdog,
     /// SIGINT/SIGTERM end the loop (and interrupt shard restores); SIGHUP reloads the guest.
     shutdown: Shutdown,
     /// at-least-once: asynchronous commits were sent since the last confirmed one.
@@ -271,7 +273,13 @@ impl ScaleOut {
         while !self.shutdown.requested() {
             // With work under way, don't wait for input: finishing it is the better use of time.
             let wait = if self.txn.is_none() && in_flight.is_none() { POLL_WAIT } else { Duration::ZERO };
-            let batch = poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end);
+            let batch = if self.watchdog.input_stopped_by_fault() {
+                std::thread::sleep(wait);
+                Vec::new()
+            } else {
+                poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end)
+            };
+            self.watch_for_stall(consumer, !batch.is_empty())?;
             self.pace.consumed(batch.iter().filter(|m| m.topic() == self.args.topics.input).count());
             let rebalances = consumer.context().take();
             // A partition's records are counted only on its caught-up shard.
@@ -378,6 +386,37 @@ impl ScaleOut {
         self.stats.log();
         tracing::info!(shards = ?self.shards.keys().collect::<Vec<_>>(), "stopped cleanly");
         Ok(())
+    }
+
+    /// The stall watchdog, after a poll. Records waiting are counted on the partitions this
+    /// host counts (not those paused while their shard opens): each one's end minus the next
+    /// offset processed in this run, or else the group's committed offset.
+    fn watch_for_stall(&mut self, consumer: &ScaleOutConsumer, delivered: bool) -> Result<()> {
+        if !self.watchdog.due(delivered) {
+            return Ok(());
+        }
+        let Ok(assignment) = consumer.assignment() else { return Ok(()) };
+        let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(1)).ok();
+        let committed_next =
+            |topic: &str, partition: i32| match committed.as_ref()?.find_partition(topic, partition)?.offset() {
+                Offset::Offset(next) => Some(next),
+                _ => None,
+            };
+        let mut waiting = 0;
+        for element in assignment.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            if topic == self.repartition && self.opening.contains_key(&partition) {
+                continue;
+            }
+            let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) else { continue };
+            let next = self
+                .processed
+                .get(&(topic.to_owned(), partition))
+                .copied()
+                .or_else(|| committed_next(topic, partition));
+            waiting += (high - next.unwrap_or(low).max(low)).max(0);
+        }
+        self.watchdog.looked(waiting)
     }
 
     /// A poll's records not yet processed (records below what was processed come again after a

@@ -53,6 +53,19 @@ fn three_hosts_count_six_partitions_exactly() {
     wait_all(&mut hosts);
     let working = hosts.iter().filter(|h| h.stderr_text().contains(GIVEN_PARTITIONS)).count();
     assert!(working >= 2, "the partitions were shared: {working} of 3 hosts had some");
+    // The run summaries count the changelog records written: each key's value at least once.
+    let changelog_records: u64 = hosts
+        .iter()
+        .filter_map(|h| {
+            let log = h.stderr_text();
+            let summary = log.lines().find(|l| l.contains("run summary"))?;
+            summary.split_once("changelog_records=")?.1.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert!(
+        changelog_records >= expected.counts.len() as u64,
+        "changelog records in the summaries: {changelog_records}"
+    );
     let dump = union_of_dumps(&env, &[0, 1, 2]);
     assert_eq!(dump.counts, expected.counts);
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));

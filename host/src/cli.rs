@@ -151,7 +151,13 @@ pub struct TopicArgs {
 
     /// With --scale-out: the repartition topic (as many partitions as the input).
     /// Default: the changelog topic's name plus `.repartition`.
-    #[arg(long, env = "STREAMHOST_REPARTITION", value_name = "TOPIC", requires = "scale_out", help_heading = "Scale-out")]
+    #[arg(
+        long,
+        env = "STREAMHOST_REPARTITION",
+        value_name = "TOPIC",
+        requires = "scale_out",
+        help_heading = "Scale-out"
+    )]
     pub repartition: Option<String>,
 }
 

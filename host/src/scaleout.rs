@@ -262,6 +262,8 @@ struct OpenTxn {
     opened: Instant,
     shards: BTreeMap<i32, ShardBatch>,
     offsets: BTreeMap<(String, i32), i64>,
+    /// Record timestamps (ms), for the latency histogram once committed.
+    timestamps: Vec<i64>,
 }
 
 impl ScaleOut {
@@ -500,6 +502,7 @@ impl ScaleOut {
         if let Some(txn) = &mut self.txn {
             txn.shards.extend(counted);
             txn.offsets.extend(offsets);
+            txn.timestamps.extend(timestamps);
             crate::fault::point(crate::fault::Step::MidTransaction);
             return Ok(None);
         }
@@ -509,14 +512,20 @@ impl ScaleOut {
     /// at-least-once, the rest of a sent poll: 1. every record acknowledged, 2. shards,
     /// 3. offsets (asynchronously; confirmed when idle, see the loop).
     fn finish(&mut self, consumer: &ScaleOutConsumer, poll: InFlight) -> Result<()> {
+        let started = Instant::now();
         self.producer.wait_acks().context("repartition and changelog write")?;
+        self.metrics.step("changelog", started.elapsed().as_secs_f64());
         self.stats.acknowledged(poll.timestamps.into_iter());
         crate::fault::point(crate::fault::Step::AfterChangelog);
+        let started = Instant::now();
         for (partition, shard_batch) in poll.counted {
             self.apply(partition, shard_batch, Guarantee::AtLeastOnce)?;
         }
+        self.metrics.step("state", started.elapsed().as_secs_f64());
         crate::fault::point(crate::fault::Step::AfterState);
+        let started = Instant::now();
         self.commit_offsets(consumer, Some(&poll.offsets), CommitMode::Async);
+        self.metrics.step("commit", started.elapsed().as_secs_f64());
         self.unconfirmed_commits = true;
         self.stats.committed();
         crate::fault::point(crate::fault::Step::AfterCommit);
@@ -619,6 +628,7 @@ impl ScaleOut {
             metas.push((meta::RECORDS_PROCESSED.to_owned(), batch.totals.records_processed));
             metas.push((meta::RECORDS_SKIPPED.to_owned(), batch.totals.records_skipped));
         }
+        let metas_sent = metas.len();
         for (name, value) in metas {
             let headers = Some(changelog::meta_headers(&name));
             self.producer.send_to(
@@ -629,7 +639,11 @@ impl ScaleOut {
                 headers,
             )?;
         }
-        self.metrics.changelog_records.inc_by(changed.len() as u64 + 1);
+        // Counted when sent (under exactly-once, an aborted transaction's too: counters count
+        // the work this process did).
+        let records = (changed.len() + metas_sent) as u64;
+        self.metrics.changelog_records.inc_by(records);
+        self.stats.changelog_records += records;
         Ok(batch)
     }
 
@@ -771,7 +785,12 @@ impl ScaleOut {
 
     fn begin_txn(&mut self) -> Result<()> {
         self.producer.begin().map_err(TxnError::stopping)?;
-        self.txn = Some(OpenTxn { opened: Instant::now(), shards: BTreeMap::new(), offsets: BTreeMap::new() });
+        self.txn = Some(OpenTxn {
+            opened: Instant::now(),
+            shards: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            timestamps: Vec::new(),
+        });
         Ok(())
     }
 
@@ -801,13 +820,16 @@ impl ScaleOut {
             Err(e) => return Err(e.stopping()),
         }
         self.metrics.step("commit", started.elapsed().as_secs_f64());
+        self.stats.acknowledged(txn.timestamps.into_iter());
         let carries_batches = !txn.offsets.is_empty();
         if carries_batches {
             crate::fault::point(crate::fault::Step::AfterChangelog);
         }
+        let started = Instant::now();
         for (partition, batch) in txn.shards {
             self.apply(partition, batch, Guarantee::ExactlyOnce)?;
         }
+        self.metrics.step("state", started.elapsed().as_secs_f64());
         if carries_batches {
             self.stats.committed();
             crate::fault::point(crate::fault::Step::AfterState);

@@ -98,7 +98,7 @@ fn restore_shards(args: &RestoreArgs, shutdown: &Shutdown) -> Result<()> {
     };
     let started = Instant::now();
     for partition in partitions {
-        let dir = crate::scaleout::shard_dir(&args.state.state_dir, partition);
+        let dir = crate::state::shard_dir(&args.state.state_dir, partition);
         let mut store = open_for_restore(&dir, args.force)?;
         let report = restore_partitions(&args.kafka, &args.changelog, Some(partition), &mut store, shutdown)?;
         print_report(&report, &dir);

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line; every flag has an environment variable and `--help` text.
+//! - [`commands`]: the subcommands' entry points (`run` picks the topology).
 //! - [`config`]: builds the librdkafka client configurations, one comment per non-default.
 //! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
 //! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
@@ -31,6 +32,7 @@
 pub mod board;
 pub mod changelog;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod fault;
 pub mod guest;

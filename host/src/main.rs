@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     host::init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => host::pipeline::run(*args),
+        Command::Run(args) => host::commands::run::run(*args),
         Command::Restore(args) => host::changelog::restore_command(args),
         Command::Dump(args) => host::state::dump_command(args),
         Command::Board(args) => host::board::board_command(args),

@@ -67,7 +67,7 @@ use crate::changelog;
 use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
 use crate::config::HostConsumer;
 use crate::fault::{self, Step};
-use crate::guest::{Counter, Guest, Records};
+use crate::guest::{Counter, Records};
 use crate::guest_thread::GuestThread;
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
@@ -159,42 +159,17 @@ fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
     }
 }
 
-/// `host run`.
-pub fn run(args: RunArgs) -> Result<()> {
-    // First, so a signal during start-up (a long guest compile or restore) is handled too.
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
-    shutdown.set_bound(args.shutdown_timeout);
-    shutdown.starting("loading the guest");
-    // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
-    let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
-    args.windows.spec()?;
-    let reload = GuestReload::new(args.guest.clone());
-    run_pipeline(args, Box::new(guest), Some(reload))
-}
-
-/// `host run` with any [`Counter`] (the benchmark's native baseline uses this); no hot swap.
-pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
-    run_pipeline(args, guest, None)
-}
-
-fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestReload>) -> Result<()> {
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
-    shutdown.set_bound(args.shutdown_timeout);
-    shutdown.starting("starting");
-    // Up first, so /healthz answers (and /readyz says no) during a long restore.
-    let http = crate::http::Shared::default();
-    if let Some(addr) = &args.http {
-        crate::http::serve(addr, http.clone())?;
-    }
-    // Flags whose meaning does not depend on the mode are checked for both.
-    let windows = args.windows.spec()?;
-    if windows.is_none() && args.windows.emit == Emit::Final {
-        anyhow::bail!("--emit final needs --window: without windows there is no window to complete");
-    }
-    if args.topics.scale_out {
-        return crate::scaleout::run(args, guest, reload, &shutdown, &http);
-    }
-    if !crate::scaleout::shard_dirs(&args.state.state_dir)?.is_empty() {
+/// `host run` on one host: the whole state in one store, no repartitioning (the guarantee
+/// in the module doc). `windows` are the checked `--window` flags.
+pub fn run(
+    args: RunArgs,
+    guest: Box<dyn Counter + Send>,
+    reload: Option<GuestReload>,
+    windows: Option<WindowSpec>,
+    shutdown: &Shutdown,
+    http: &crate::http::Shared,
+) -> Result<()> {
+    if !crate::state::shard_dirs(&args.state.state_dir)?.is_empty() {
         anyhow::bail!(
             "state dir {} holds the shards of a --scale-out host: run with --scale-out, or give this host \
              another --state-dir (and a new changelog topic and group)",
@@ -218,14 +193,14 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     // Before reading the changelog (see `AckedProducer::for_run`).
     let (producer, transactional_id) =
-        AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes, &shutdown)?;
+        AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes, shutdown)?;
 
     let restored = store.needs_restore()?;
     if restored {
         shutdown.starting("restoring state from the changelog");
         // A new or lost state dir (or an interrupted restore): rebuild it from the changelog
         // before counting on top of it.
-        let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &mut store, &shutdown)?;
+        let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &mut store, shutdown)?;
         if report.records_read > 0 {
             tracing::info!(
                 keys = report.keys,
@@ -248,7 +223,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     if exactly_once && !restored {
         shutdown.starting("catching up with the changelog");
-        catch_up_with_changelog(&args, &store, &shutdown)?;
+        catch_up_with_changelog(&args, &store, shutdown)?;
     }
 
     // Readers see state from now on (a restore, which rebuilds it, is over).
@@ -308,7 +283,7 @@ fn run_pipeline(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<Gu
     shutdown.working("counting");
     pipeline.run_until(&consumer)?;
     shutdown.working("closing the Kafka consumer");
-    crate::config::close(std::mem::ManuallyDrop::into_inner(consumer), &shutdown);
+    crate::config::close(std::mem::ManuallyDrop::into_inner(consumer), shutdown);
     Ok(())
 }
 

@@ -46,7 +46,7 @@
 //! any of its records is counted; partitions that stay keep their shards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -78,32 +78,6 @@ const TRANSACTION_TIMEOUT_MS: &str = "10000";
 
 /// How often an idle host with `--stop-at-end` asks whether the whole job is done.
 const DONE_CHECK_EVERY: Duration = Duration::from_millis(500);
-
-/// A shard's directory under the state dir.
-pub fn shard_dir(state_dir: &Path, partition: i32) -> PathBuf {
-    state_dir.join(format!("shard-{partition}"))
-}
-
-/// The shards found under a state dir, by partition.
-pub fn shard_dirs(state_dir: &Path) -> Result<BTreeMap<i32, PathBuf>> {
-    let mut shards = BTreeMap::new();
-    let entries = match std::fs::read_dir(state_dir) {
-        Ok(entries) => entries,
-        // Not there (or not a directory: opening the store says so, naming the path).
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
-            return Ok(shards);
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", state_dir.display())),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        if let Some(partition) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|p| p.parse().ok()) {
-            shards.insert(partition, entry.path());
-        }
-    }
-    Ok(shards)
-}
 
 /// `host run --scale-out`.
 pub fn run(
@@ -165,7 +139,7 @@ pub fn run(
         guest: GuestThread::spawn(guest)?,
         shards: BTreeMap::new(),
         opening: BTreeMap::new(),
-        not_owned: shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
+        not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
         processed: BTreeMap::new(),
         txn: None,
         rejected_log: LogLimit::new(Duration::from_secs(1)),
@@ -680,7 +654,7 @@ impl ScaleOut {
         self.not_owned.remove(&partition);
         let kafka = self.args.topics.kafka.clone();
         let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
-        let dir = shard_dir(&self.args.state.state_dir, partition);
+        let dir = crate::state::shard_dir(&self.args.state.state_dir, partition);
         let shutdown = self.shutdown.clone();
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
@@ -726,7 +700,7 @@ impl ScaleOut {
                 self.not_owned.remove(&partition);
                 continue;
             }
-            let dir = shard_dir(&self.args.state.state_dir, partition);
+            let dir = crate::state::shard_dir(&self.args.state.state_dir, partition);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
                     tracing::info!(shard = partition, dir = %dir.display(), "shard deleted (not owned for --shard-cleanup-delay)")

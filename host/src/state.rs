@@ -363,7 +363,7 @@ pub fn decode_u64(bytes: &[u8]) -> u64 {
 /// host no longer owns stays on its disk, behind the current owner's copy.
 pub fn dump_command(args: DumpArgs) -> Result<()> {
     let dir = &args.state.state_dir;
-    let shards = crate::scaleout::shard_dirs(dir)?;
+    let shards = shard_dirs(dir)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if shards.is_empty() || dir.join("CURRENT").exists() {
@@ -428,6 +428,34 @@ fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result
     }
     writeln!(out, "{}", tagged(line))?;
     Ok(())
+}
+
+// On-disk layout of a --scale-out host: a store per shard under its state dir.
+
+/// A shard's directory under the state dir.
+pub fn shard_dir(state_dir: &Path, partition: i32) -> PathBuf {
+    state_dir.join(format!("shard-{partition}"))
+}
+
+/// The shards found under a state dir, by partition.
+pub fn shard_dirs(state_dir: &Path) -> Result<BTreeMap<i32, PathBuf>> {
+    let mut shards = BTreeMap::new();
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        // Not there (or not a directory: opening the store says so, naming the path).
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(shards);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", state_dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(partition) = name.to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|p| p.parse().ok()) {
+            shards.insert(partition, entry.path());
+        }
+    }
+    Ok(shards)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl Counter for NativeDrinkCount {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     host::init_logging(cli.log_format);
-    match host::pipeline::run_with(cli.run, Box::new(NativeDrinkCount)) {
+    match host::commands::run::run_with(cli.run, Box::new(NativeDrinkCount)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,0 +1,3 @@
+//! The subcommands' entry points, above everything they use.
+
+pub mod run;

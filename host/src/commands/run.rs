@@ -1,0 +1,48 @@
+//! `host run`: loads the guest, checks the flags whose meaning is the same in both modes,
+//! serves `--http`, and starts the topology the flags ask for: one host
+//! ([`crate::pipeline`]) or a share of a job spread over several (`--scale-out`,
+//! [`crate::scaleout`]).
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{Emit, RunArgs};
+use crate::guest::{Counter, Guest};
+use crate::reload::GuestReload;
+use crate::shutdown::Shutdown;
+
+/// `host run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    // First, so a signal during start-up (a long guest compile or restore) is handled too.
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    shutdown.set_bound(args.shutdown_timeout);
+    shutdown.starting("loading the guest");
+    // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
+    let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
+    args.windows.spec()?;
+    let reload = GuestReload::new(args.guest.clone());
+    start(args, Box::new(guest), Some(reload))
+}
+
+/// `host run` with any [`Counter`] (the benchmark's native baseline uses this); no hot swap.
+pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
+    start(args, guest, None)
+}
+
+fn start(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestReload>) -> Result<()> {
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    shutdown.set_bound(args.shutdown_timeout);
+    shutdown.starting("starting");
+    // Up first, so /healthz answers (and /readyz says no) during a long restore.
+    let http = crate::http::Shared::default();
+    if let Some(addr) = &args.http {
+        crate::http::serve(addr, http.clone())?;
+    }
+    let windows = args.windows.spec()?;
+    if windows.is_none() && args.windows.emit == Emit::Final {
+        bail!("--emit final needs --window: without windows there is no window to complete");
+    }
+    if args.topics.scale_out {
+        return crate::scaleout::run(args, guest, reload, &shutdown, &http);
+    }
+    crate::pipeline::run(args, guest, reload, windows, &shutdown, &http)
+}

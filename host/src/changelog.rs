@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::cli::{KafkaArgs, RestoreArgs};
+use crate::cli::KafkaArgs;
 use crate::config::HostConsumer;
 use crate::shutdown::Shutdown;
 use crate::state::{Change, Store, decode_u64, meta};
@@ -75,74 +75,6 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
-/// `host restore`.
-pub fn restore_command(args: RestoreArgs) -> Result<()> {
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
-    // A stop ends the restore between batches, marked incomplete (the next start redoes it).
-    shutdown.working("restoring state from the changelog");
-    if args.scale_out {
-        return restore_shards(&args, &shutdown);
-    }
-    let dir = &args.state.state_dir;
-    let mut store = open_for_restore(dir, args.force)?;
-    let report = restore(&args.kafka, &args.changelog, &mut store, &shutdown)?;
-    print_report(&report, dir);
-    Ok(())
-}
-
-/// `host restore --scale-out [--partition P]`: each changelog partition into its shard dir.
-fn restore_shards(args: &RestoreArgs, shutdown: &Shutdown) -> Result<()> {
-    let partitions: Vec<i32> = match args.partition {
-        Some(partition) => vec![partition],
-        None => end_positions(&args.kafka, &args.changelog)?.into_keys().collect(),
-    };
-    let started = Instant::now();
-    for partition in partitions {
-        let dir = crate::state::shard_dir(&args.state.state_dir, partition);
-        let mut store = open_for_restore(&dir, args.force)?;
-        let report = restore_partitions(&args.kafka, &args.changelog, Some(partition), &mut store, shutdown)?;
-        print_report(&report, &dir);
-    }
-    println!("done in {:.2}s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// The store to restore into: refused when it holds anything, unless `force` (then emptied).
-fn open_for_restore(dir: &std::path::Path, force: bool) -> Result<Store> {
-    if dir_has_entries(dir)? {
-        if !force {
-            bail!(
-                "state dir {} is not empty; restore would overwrite it. Delete it, or pass --force \
-                 to replace its contents",
-                dir.display()
-            );
-        }
-        // Opening first proves no running host holds the lock before anything is deleted.
-        drop(Store::open(dir)?);
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    Store::open(dir)
-}
-
-fn print_report(report: &RestoreReport, dir: &std::path::Path) {
-    println!(
-        "restored {}{} keys from {} changelog records into {} in {:.2}s",
-        if report.keys_exact { "" } else { "about " },
-        report.keys,
-        report.records_read,
-        dir.display(),
-        report.elapsed.as_secs_f64()
-    );
-}
-
-fn dir_has_entries(dir: &std::path::Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
-    }
-}
-
 /// Reads `topic` from the beginning to the end offsets it has now, into `store`, which is
 /// cleared first. Until the restore completes, the store carries a marker that makes the
 /// next start restore again (an interrupted restore must not pass for complete state).
@@ -167,7 +99,7 @@ pub fn catch_up_shard(
     }
 }
 
-fn restore_partitions(
+pub(crate) fn restore_partitions(
     kafka: &KafkaArgs,
     topic: &str,
     only: Option<i32>,

@@ -7,13 +7,13 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line; every flag has an environment variable and `--help` text.
-//! - [`commands`]: the subcommands' entry points (`run` picks the topology).
+//! - [`commands`]: the subcommands' entry points, one file each (`run` picks the topology;
+//!   `guest_tools` is `host check`, `test` and `new-guest`, a guest author's tools).
 //! - [`config`]: builds the librdkafka client configurations, one comment per non-default.
 //! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
 //! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
 //! - [`guest_thread`]: runs the guest on its own thread, beside the pipeline's I/O.
 //! - [`reload`]: hot swap of the guest when its file changes or on SIGHUP.
-//! - [`offline`]: `host check` and `host test`, a guest author's tools (no Kafka, no state).
 //! - [`state`]: the RocksDB store (counts plus the metadata they reflect); nothing about Kafka.
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.
 //! - [`producer`]: a producer whose sends are awaited as one batch of acknowledgements.
@@ -40,7 +40,6 @@ pub mod guest_thread;
 pub mod http;
 pub mod log_limit;
 pub mod metrics;
-pub mod offline;
 pub mod pace;
 pub mod pipeline;
 pub mod producer;

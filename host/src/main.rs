@@ -10,16 +10,15 @@ fn main() -> ExitCode {
     host::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => host::commands::run::run(*args),
-        Command::Restore(args) => host::changelog::restore_command(args),
-        Command::Dump(args) => host::state::dump_command(args),
-        Command::Board(args) => host::board::board_command(args),
-        Command::CreateTopics(args) => host::topics::create_command(args),
-        Command::DeleteTopics(args) => host::topics::delete_command(args),
-        Command::Check(args) => host::offline::check_command(args),
-        Command::NewGuest(args) => host::offline::new_guest_command(args),
-        Command::Test(args) => {
-            host::offline::test_command(args).and_then(|passed| if passed { Ok(()) } else { std::process::exit(1) })
-        }
+        Command::Restore(args) => host::commands::restore::restore_command(args),
+        Command::Dump(args) => host::commands::dump::dump_command(args),
+        Command::Board(args) => host::commands::board::board_command(args),
+        Command::CreateTopics(args) => host::commands::topics::create_command(args),
+        Command::DeleteTopics(args) => host::commands::topics::delete_command(args),
+        Command::Check(args) => host::commands::guest_tools::check_command(args),
+        Command::NewGuest(args) => host::commands::guest_tools::new_guest_command(args),
+        Command::Test(args) => host::commands::guest_tools::test_command(args)
+            .and_then(|passed| if passed { Ok(()) } else { std::process::exit(1) }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,13 +4,11 @@
 //! Nothing here knows about Kafka clients or WebAssembly.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
-use crate::cli::DumpArgs;
 use crate::window::{self, Millis, WINDOW_KEY_PREFIX};
 
 const COUNTS: &str = "counts";
@@ -172,7 +170,7 @@ impl Store {
     }
 
     /// Every position entry `parse` recognises: (topic, partition, offset).
-    fn positions_named(&self, parse: fn(&str) -> Option<(&str, i32)>) -> Result<Vec<(String, i32, i64)>> {
+    pub(crate) fn positions_named(&self, parse: fn(&str) -> Option<(&str, i32)>) -> Result<Vec<(String, i32, i64)>> {
         let cf = self.db.cf_handle(META).expect("meta column family");
         let mut out = Vec::new();
         for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
@@ -355,79 +353,6 @@ pub fn decode_u64(bytes: &[u8]) -> u64 {
     let n = bytes.len().min(8);
     buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
     u64::from_be_bytes(buf)
-}
-
-/// `host dump`: JSON lines `{"key", "count"}` in key order, then the totals. For a
-/// `--scale-out` state dir, every shard's, each line with its `"shard"`, and each shard's
-/// totals line with the next repartition offset it reflects (`"next_offset"`): a shard a
-/// host no longer owns stays on its disk, behind the current owner's copy.
-pub fn dump_command(args: DumpArgs) -> Result<()> {
-    let dir = &args.state.state_dir;
-    let shards = shard_dirs(dir)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if shards.is_empty() || dir.join("CURRENT").exists() {
-        dump_store(&mut out, &dumpable(dir)?, None)?;
-    }
-    for (partition, shard_dir) in shards {
-        match dumpable(&shard_dir) {
-            Ok(store) => dump_store(&mut out, &store, Some(partition))?,
-            // A scale-out host may hold a copy of a shard it was restoring when it stopped (or
-            // one it gave up): the shard's owner has the state; the rest of the dump stands.
-            Err(e) => tracing::warn!(shard = partition, "shard skipped: {e:#}"),
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
-/// The store in `dir`, when it holds usable state.
-fn dumpable(dir: &Path) -> Result<Store> {
-    let store = Store::open_read_only(dir)?;
-    if store.needs_restore()? && !store.is_empty()? {
-        bail!(
-            "{} holds an interrupted restore, not usable state: `host run` restores it again by itself, \
-             or run `host restore --force`",
-            dir.display()
-        );
-    }
-    Ok(store)
-}
-
-fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result<()> {
-    let tagged = |mut line: serde_json::Value| {
-        if let Some(partition) = shard {
-            line["shard"] = partition.into();
-        }
-        line
-    };
-    for item in store.counts() {
-        let (key, count) = item?;
-        let line = serde_json::json!({ "key": String::from_utf8_lossy(&key), "count": count });
-        writeln!(out, "{}", tagged(line))?;
-    }
-    for item in store.windowed_counts() {
-        let (start, key, count) = item?;
-        let line = serde_json::json!({
-            "window_start_ms": start,
-            "window_start": window::rfc3339(start),
-            "key": String::from_utf8_lossy(&key),
-            "count": count,
-        });
-        writeln!(out, "{}", tagged(line))?;
-    }
-    let totals = store.totals()?;
-    let mut line = serde_json::json!({
-        "records_processed": totals.records_processed,
-        "records_skipped": totals.records_skipped,
-    });
-    if let Some(partition) = shard {
-        // A shard holds one input offset: that of its repartition partition.
-        let next = store.positions_named(meta::parse_input_offset)?.into_iter().find(|(_, p, _)| *p == partition);
-        line["next_offset"] = next.map_or(0, |(_, _, next)| next).into();
-    }
-    writeln!(out, "{}", tagged(line))?;
-    Ok(())
 }
 
 // On-disk layout of a --scale-out host: a store per shard under its state dir.

@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::cli::{CreateTopicsArgs, KafkaArgs, TopicArgs};
+use crate::cli::{KafkaArgs, TopicArgs};
 
 /// The changelog's settings: compaction keeps the newest value of every key forever; short
 /// segments and a low dirty ratio let compaction run on small volumes too.
@@ -17,7 +17,7 @@ const CHANGELOG_CONFIG: [(&str, &str); 3] =
     [("cleanup.policy", "compact"), ("segment.ms", "60000"), ("min.cleanable.dirty.ratio", "0.01")];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     Input,
     Changelog,
     Output,
@@ -37,7 +37,7 @@ impl Role {
     }
 }
 
-fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
+pub(crate) fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
     let mut topics = vec![
         (Role::Input, args.input.clone()),
         (Role::Changelog, args.changelog.clone()),
@@ -52,11 +52,11 @@ fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
     topics
 }
 
-fn admin(kafka: &KafkaArgs) -> Result<AdminClient<DefaultClientContext>> {
+pub(crate) fn admin(kafka: &KafkaArgs) -> Result<AdminClient<DefaultClientContext>> {
     crate::config::admin(kafka).create().context("creating the Kafka admin client")
 }
 
-fn options() -> AdminOptions {
+pub(crate) fn options() -> AdminOptions {
     AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)))
 }
 
@@ -106,7 +106,7 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
     Ok(Checked { max_message_bytes })
 }
 
-fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
+pub(crate) fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(30))
@@ -166,7 +166,7 @@ fn check_partitioned_like_input(admin: &AdminClient<DefaultClientContext>, args:
 }
 
 /// The number of partitions of an existing topic.
-fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<i32> {
+pub(crate) fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<i32> {
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(30))
@@ -188,7 +188,11 @@ fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, broke
     Ok(())
 }
 
-fn create_topics(admin: &AdminClient<DefaultClientContext>, topics: &[(Role, &str)], partitions: i32) -> Result<()> {
+pub(crate) fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[(Role, &str)],
+    partitions: i32,
+) -> Result<()> {
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(role, name)| {
@@ -215,18 +219,9 @@ fn create_topics(admin: &AdminClient<DefaultClientContext>, topics: &[(Role, &st
     Ok(())
 }
 
-/// `host create-topics`.
-pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
-    let admin = admin(&args.topics.kafka)?;
-    let roles = roles(&args.topics);
-    let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
-    let partitions = partitions_for(&admin, &args.topics, args.partitions)?;
-    create_topics(&admin, &topics, partitions)
-}
-
 /// How many partitions new topics get: with --scale-out, as many as an existing input has
 /// (a shard per input partition), else `asked`.
-fn partitions_for(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs, asked: i32) -> Result<i32> {
+pub(crate) fn partitions_for(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs, asked: i32) -> Result<i32> {
     if !args.scale_out || !exists(admin, &args.input, &args.kafka.brokers)? {
         return Ok(asked);
     }
@@ -235,21 +230,4 @@ fn partitions_for(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs, a
         tracing::info!(input = %args.input, partitions = count, "new topics get the existing input's partition count");
     }
     Ok(count)
-}
-
-/// `host delete-topics`.
-pub fn delete_command(args: TopicArgs) -> Result<()> {
-    let admin = admin(&args.kafka)?;
-    let roles = roles(&args);
-    let names: Vec<&str> = roles.iter().map(|(_, t)| t.as_str()).collect();
-    for result in block_on(admin.delete_topics(&names, &options())).context("deleting topics")? {
-        match result {
-            Ok(name) => tracing::info!(topic = name, "deleted topic"),
-            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
-                tracing::info!(topic = name, "topic did not exist")
-            }
-            Err((name, code)) => bail!("deleting topic `{name}`: {code}"),
-        }
-    }
-    Ok(())
 }

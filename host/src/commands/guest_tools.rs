@@ -31,8 +31,8 @@ pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
     // Every language's project gets the same example, and (but Rust, whose SDK carries it)
     // the host's WIT.
     let mut files: Vec<(&str, String)> = vec![
-        ("examples/input.jsonl", include_str!("../templates/guest/input.jsonl").to_owned()),
-        ("examples/expected.json", include_str!("../templates/guest/expected.json").to_owned()),
+        ("examples/input.jsonl", include_str!("../../templates/guest/input.jsonl").to_owned()),
+        ("examples/expected.json", include_str!("../../templates/guest/expected.json").to_owned()),
     ];
     let (build, wasm) = match args.lang {
         GuestLang::Rust => {
@@ -41,31 +41,31 @@ pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
             })?;
             let sdk = sdk.display().to_string();
             files.extend([
-                ("Cargo.toml", fill(include_str!("../templates/guest/Cargo.toml.in"), &sdk)),
-                (".cargo/config.toml", fill(include_str!("../templates/guest/config.toml.in"), &sdk)),
-                ("src/lib.rs", fill(include_str!("../templates/guest/lib.rs.in"), &sdk)),
-                ("README.md", fill(include_str!("../templates/guest/README.md.in"), &sdk)),
+                ("Cargo.toml", fill(include_str!("../../templates/guest/Cargo.toml.in"), &sdk)),
+                (".cargo/config.toml", fill(include_str!("../../templates/guest/config.toml.in"), &sdk)),
+                ("src/lib.rs", fill(include_str!("../../templates/guest/lib.rs.in"), &sdk)),
+                ("README.md", fill(include_str!("../../templates/guest/README.md.in"), &sdk)),
             ]);
             ("cargo build --release", format!("target/wasm32-unknown-unknown/release/{name}.wasm"))
         }
         GuestLang::Python => {
             files.extend([
-                ("app.py", fill(include_str!("../templates/guest-python/app.py.in"), "")),
-                ("build.sh", fill(include_str!("../templates/guest-python/build.sh.in"), "")),
-                ("README.md", fill(include_str!("../templates/guest-python/README.md.in"), "")),
+                ("app.py", fill(include_str!("../../templates/guest-python/app.py.in"), "")),
+                ("build.sh", fill(include_str!("../../templates/guest-python/build.sh.in"), "")),
+                ("README.md", fill(include_str!("../../templates/guest-python/README.md.in"), "")),
                 (".gitignore", ".venv/\n.build/\n*.wasm\n".to_owned()),
-                ("wit/counter.wit", include_str!("../../wit/counter.wit").to_owned()),
+                ("wit/counter.wit", include_str!("../../../wit/counter.wit").to_owned()),
             ]);
             ("./build.sh", format!("{name}.wasm"))
         }
         GuestLang::Js => {
             files.extend([
-                ("guest.js", fill(include_str!("../templates/guest-js/guest.js.in"), "")),
-                ("build.mjs", fill(include_str!("../templates/guest-js/build.mjs.in"), "")),
-                ("package.json", fill(include_str!("../templates/guest-js/package.json.in"), "")),
-                ("README.md", fill(include_str!("../templates/guest-js/README.md.in"), "")),
+                ("guest.js", fill(include_str!("../../templates/guest-js/guest.js.in"), "")),
+                ("build.mjs", fill(include_str!("../../templates/guest-js/build.mjs.in"), "")),
+                ("package.json", fill(include_str!("../../templates/guest-js/package.json.in"), "")),
+                ("README.md", fill(include_str!("../../templates/guest-js/README.md.in"), "")),
                 (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
-                ("wit/counter.wit", include_str!("../../wit/counter.wit").to_owned()),
+                ("wit/counter.wit", include_str!("../../../wit/counter.wit").to_owned()),
             ]);
             ("npm install && npm run build", format!("{name}.wasm"))
         }

@@ -1,0 +1,34 @@
+//! `host create-topics` and `host delete-topics`.
+
+use anyhow::{Context, Result, bail};
+use futures::executor::block_on;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::cli::{CreateTopicsArgs, TopicArgs};
+use crate::topics::{Role, admin, create_topics, options, partitions_for, roles};
+
+/// `host create-topics`.
+pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
+    let admin = admin(&args.topics.kafka)?;
+    let roles = roles(&args.topics);
+    let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
+    let partitions = partitions_for(&admin, &args.topics, args.partitions)?;
+    create_topics(&admin, &topics, partitions)
+}
+
+/// `host delete-topics`.
+pub fn delete_command(args: TopicArgs) -> Result<()> {
+    let admin = admin(&args.kafka)?;
+    let roles = roles(&args);
+    let names: Vec<&str> = roles.iter().map(|(_, t)| t.as_str()).collect();
+    for result in block_on(admin.delete_topics(&names, &options())).context("deleting topics")? {
+        match result {
+            Ok(name) => tracing::info!(topic = name, "deleted topic"),
+            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                tracing::info!(topic = name, "topic did not exist")
+            }
+            Err((name, code)) => bail!("deleting topic `{name}`: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::guest::Entry;
-use crate::producer::AckedProducer;
+use crate::kafka::producer::AckedProducer;
 use crate::state::{Store, Totals};
 use crate::window::{self, Millis, WindowSpec};
 

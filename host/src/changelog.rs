@@ -24,8 +24,8 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::cli::KafkaArgs;
-use crate::config::HostConsumer;
-use crate::shutdown::Shutdown;
+use crate::kafka::clients::HostConsumer;
+use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Store, decode_u64, meta};
 
 /// The header that marks a changelog record as metadata rather than a counter.
@@ -229,7 +229,7 @@ fn read_loop(
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
     let mut batch = Vec::new();
-    let mut progress = crate::progress::Progress::new("reading the changelog", to_read.max(0) as u64);
+    let mut progress = crate::process::progress::Progress::new("reading the changelog", to_read.max(0) as u64);
     while !pending.is_empty() {
         if shutdown.requested() {
             bail!("reading the changelog interrupted; the next start does it again");
@@ -312,8 +312,8 @@ pub fn only_markers_after(kafka: &KafkaArgs, topic: &str, ranges: &BTreeMap<i32,
 
 /// A consumer that reads topics by assignment, outside any consumer group's offsets.
 pub(crate) fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
-    crate::config::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
-        .create_with_context(crate::config::HostContext::default())
+    crate::kafka::clients::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
+        .create_with_context(crate::kafka::clients::HostContext::default())
         .context("creating a topic reader")
 }
 

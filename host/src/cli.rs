@@ -382,6 +382,11 @@ pub struct GuestArgs {
 }
 
 impl GuestArgs {
+    /// The guest these flags name, with its limits and cache.
+    pub fn source(&self) -> crate::guest::Source {
+        crate::guest::Source { path: self.path.clone(), limits: self.limits(), cache: self.cache_dir().map(Into::into) }
+    }
+
     pub fn limits(&self) -> crate::guest::Limits {
         crate::guest::Limits { memory_bytes: (self.memory_mb * 1024 * 1024) as usize, call_timeout: self.timeout }
     }

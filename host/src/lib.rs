@@ -6,52 +6,32 @@
 //! deltas and ranks the board.
 //!
 //! # Layout
+//! Folders by concern; each module uses only those listed below it (no import circle).
 //! - [`cli`]: the command line; every flag has an environment variable and `--help` text.
 //! - [`commands`]: the subcommands' entry points, one file each (`run` picks the topology;
 //!   `guest_tools` is `host check`, `test` and `new-guest`, a guest author's tools).
-//! - [`config`]: builds the librdkafka client configurations, one comment per non-default.
-//! - [`pipeline`]: the consume -> guest -> changelog -> state -> commit loop and its guarantee.
-//! - [`guest`]: loads, validates and calls the component; limits; nothing about Kafka.
-//! - [`guest_thread`]: runs the guest on its own thread, beside the pipeline's I/O.
-//! - [`reload`]: hot swap of the guest when its file changes or on SIGHUP.
-//! - [`state`]: the RocksDB store (counts plus the metadata they reflect); nothing about Kafka.
+//! - [`engine`]: the loops of one host (`pipeline`) and of `--scale-out` (`scaleout`), fault
+//!   injection, the stall watchdog, pacing and run statistics.
+//! - [`serve`]: `--http`: health, readiness, metrics, state queries, the board page.
+//! - [`board`]: the top-N snapshot, printed and produced every flush interval, and merged.
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.
-//! - [`producer`]: a producer whose sends are awaited as one batch of acknowledgements.
-//! - [`board`]: the top-N snapshot, printed and produced every flush interval.
-//! - [`topics`]: start-up checks of the topics, and creating/deleting them.
-//! - [`fault`]: crash injection at exact pipeline steps, for the crash tests.
-//! - [`metrics`]: the Prometheus metrics the pipeline keeps.
-//! - [`http`]: `--http`: health, readiness, metrics and state queries.
-//! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
-//! - [`stall`]: the watchdog that ends a host whose input stops delivering while records wait.
-//! - [`stats`]: records, rate and latency of a run, logged at its end.
-//! - [`shutdown`]: SIGINT/SIGTERM: at once during start-up, after the batch in flight while
-//!   counting, and never past `--shutdown-timeout`.
-//! - [`log_limit`]: logs repeated events at a bounded rate.
+//! - [`kafka`]: client configurations and contexts, the acknowledged producer, topic checks.
+//! - [`state`]: the RocksDB store (counts plus the metadata they reflect) and its layout.
+//! - [`guest`]: loads, validates and calls the component, on its own thread; the sandbox;
+//!   hot swap; nothing about Kafka.
+//! - [`window`]: event-time windows: assignment, the clock, windowed keys.
+//! - [`process`]: stopping at any moment, and progress of long work.
 
 pub mod board;
 pub mod changelog;
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod fault;
+pub mod engine;
 pub mod guest;
-pub mod guest_thread;
-pub mod http;
-pub mod log_limit;
-pub mod metrics;
-pub mod pace;
-pub mod pipeline;
-pub mod producer;
-pub mod progress;
-pub mod reload;
-pub mod sandbox;
-pub mod scaleout;
-pub mod shutdown;
-pub mod stall;
+pub mod kafka;
+pub mod process;
+pub mod serve;
 pub mod state;
-pub mod stats;
-pub mod topics;
 pub mod window;
 
 /// The WIT package this host speaks; a guest must export its `counter` interface at exactly

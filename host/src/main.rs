@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A stop that left work Kafka did not answer for to the next start: nothing is lost.
-        Err(e) if e.downcast_ref::<host::shutdown::Unfinished>().is_some() => {
+        Err(e) if e.downcast_ref::<host::process::shutdown::Unfinished>().is_some() => {
             tracing::warn!("{e:#}");
             ExitCode::SUCCESS
         }

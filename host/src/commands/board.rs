@@ -27,7 +27,7 @@ pub fn board_command(args: crate::cli::BoardArgs) -> Result<()> {
         let keys = snapshot.top.len();
         (snapshot, keys)
     } else {
-        let mut guest = crate::guest::Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
+        let mut guest = args.guest.source().load()?;
         let merged = merge(&shards, &mut |counts, n| guest.top_n(counts, n), args.top_n)?;
         (merged, shards.iter().map(|s| s.top.len()).sum())
     };
@@ -53,10 +53,10 @@ const OPEN_TRANSACTION_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// for that (the read_committed end reaching the end as it is now), for a while.
 fn wait_for_open_transactions(
     kafka: &crate::cli::KafkaArgs,
-    consumer: &crate::config::HostConsumer,
+    consumer: &crate::kafka::clients::HostConsumer,
     topic: &str,
 ) -> Result<()> {
-    let watermarks = crate::config::watermark_reader(kafka)?;
+    let watermarks = crate::kafka::clients::watermark_reader(kafka)?;
     let ends = crate::changelog::end_offsets(&watermarks, topic)?;
     let started = std::time::Instant::now();
     let mut said = false;

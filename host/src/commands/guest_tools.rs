@@ -113,7 +113,7 @@ pub fn check_command(args: CheckArgs) -> Result<()> {
 }
 
 fn load(args: &GuestArgs) -> Result<Guest> {
-    Guest::load(&args.path, args.limits(), args.cache_dir())
+    args.source().load()
 }
 
 /// What a guest made of a file of records: the `--expect` format.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::changelog::{RestoreReport, end_positions, restore, restore_partitions};
 use crate::cli::RestoreArgs;
-use crate::shutdown::Shutdown;
+use crate::process::shutdown::Shutdown;
 use crate::state::Store;
 
 /// `host restore`.

@@ -1,14 +1,14 @@
 //! `host run`: loads the guest, checks the flags whose meaning is the same in both modes,
 //! serves `--http`, and starts the topology the flags ask for: one host
-//! ([`crate::pipeline`]) or a share of a job spread over several (`--scale-out`,
-//! [`crate::scaleout`]).
+//! ([`crate::engine::pipeline`]) or a share of a job spread over several (`--scale-out`,
+//! [`crate::engine::scaleout`]).
 
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{Emit, RunArgs};
-use crate::guest::{Counter, Guest};
-use crate::reload::GuestReload;
-use crate::shutdown::Shutdown;
+use crate::guest::Counter;
+use crate::guest::reload::GuestReload;
+use crate::process::shutdown::Shutdown;
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
@@ -17,9 +17,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     shutdown.set_bound(args.shutdown_timeout);
     shutdown.starting("loading the guest");
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
-    let guest = Guest::load(&args.guest.path, args.guest.limits(), args.guest.cache_dir())?;
+    let source = args.guest.source();
+    let guest = source.load()?;
     args.windows.spec()?;
-    let reload = GuestReload::new(args.guest.clone());
+    let reload = GuestReload::new(source);
     start(args, Box::new(guest), Some(reload))
 }
 
@@ -33,16 +34,16 @@ fn start(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestRelo
     shutdown.set_bound(args.shutdown_timeout);
     shutdown.starting("starting");
     // Up first, so /healthz answers (and /readyz says no) during a long restore.
-    let http = crate::http::Shared::default();
+    let http = crate::serve::http::Shared::default();
     if let Some(addr) = &args.http {
-        crate::http::serve(addr, http.clone())?;
+        crate::serve::http::serve(addr, http.clone())?;
     }
     let windows = args.windows.spec()?;
     if windows.is_none() && args.windows.emit == Emit::Final {
         bail!("--emit final needs --window: without windows there is no window to complete");
     }
     if args.topics.scale_out {
-        return crate::scaleout::run(args, guest, reload, &shutdown, &http);
+        return crate::engine::scaleout::run(args, guest, reload, &shutdown, &http);
     }
-    crate::pipeline::run(args, guest, reload, windows, &shutdown, &http)
+    crate::engine::pipeline::run(args, guest, reload, windows, &shutdown, &http)
 }

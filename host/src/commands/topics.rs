@@ -5,7 +5,7 @@ use futures::executor::block_on;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::cli::{CreateTopicsArgs, TopicArgs};
-use crate::topics::{Role, admin, create_topics, options, partitions_for, roles};
+use crate::kafka::topics::{Role, admin, create_topics, options, partitions_for, roles};
 
 /// `host create-topics`.
 pub fn create_command(args: CreateTopicsArgs) -> Result<()> {

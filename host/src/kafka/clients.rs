@@ -8,7 +8,7 @@ use rdkafka::{ClientConfig, TopicPartitionList};
 use std::time::Duration;
 
 use crate::cli::KafkaArgs;
-use crate::shutdown::Shutdown;
+use crate::process::shutdown::Shutdown;
 
 /// The admin client (topic checks, creation, deletion).
 pub fn admin(kafka: &KafkaArgs) -> ClientConfig {

@@ -7,6 +7,12 @@
 //! component; a batch that traps is retried one record at a time, so only the records that
 //! trap are rejected. A batch result that breaks the contract (a rejection index out of
 //! range, a key over [`MAX_KEY_BYTES`]) is redone record by record the same way.
+//!
+//! [`thread`] runs it beside the engine's I/O; [`reload`] swaps in a new component.
+
+pub mod reload;
+pub mod sandbox;
+pub mod thread;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -16,8 +22,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::component::{Component, InstancePre, types::ComponentItem};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
-use crate::sandbox::{self, GuestState};
 use crate::{WIT_PACKAGE, WIT_VERSION};
+use sandbox::GuestState;
 
 mod bindings {
     // The larger world: `event-time` is looked up separately, and only when a guest has it.
@@ -150,6 +156,22 @@ impl Counter for Guest {
 pub struct Limits {
     pub memory_bytes: usize,
     pub call_timeout: Duration,
+}
+
+/// Where a guest comes from and how it runs: what [`Guest::load`] needs, kept to load it again
+/// (hot swap).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: std::path::PathBuf,
+    pub limits: Limits,
+    /// Where compiled guests are kept (`None`: compile every time).
+    pub cache: Option<std::path::PathBuf>,
+}
+
+impl Source {
+    pub fn load(&self) -> Result<Guest> {
+        Guest::load(&self.path, self.limits.clone(), self.cache.as_deref())
+    }
 }
 
 /// How a guest was loaded, for `host check` and the logs.

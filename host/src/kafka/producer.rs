@@ -23,7 +23,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::cli::KafkaArgs;
-use crate::shutdown::{Shutdown, Unfinished};
+use crate::process::shutdown::{Shutdown, Unfinished};
 
 /// What is needed to re-send a record without its value.
 pub struct Trimmable {
@@ -197,7 +197,7 @@ impl AckedProducer {
         stop: Shutdown,
     ) -> Result<Self> {
         let context = AckContext { changelog: changelog.to_owned(), ..AckContext::default() };
-        let mut config = crate::config::producer(kafka, transactional_id);
+        let mut config = crate::kafka::clients::producer(kafka, transactional_id);
         if !kafka.kafka_config.iter().any(|(k, _)| k == "message.max.bytes") {
             // librdkafka's floor is 1000 bytes.
             config.set("message.max.bytes", max_message_bytes.clamp(1000, 1 << 30).to_string());
@@ -220,7 +220,7 @@ impl AckedProducer {
         let exactly_once = args.guarantee == crate::cli::Guarantee::ExactlyOnce;
         let transactional_id = exactly_once.then(|| {
             args.transactional_id.clone().unwrap_or_else(|| {
-                format!("streamhost-{}", crate::config::default_instance_id(&args.group, &args.state.state_dir))
+                format!("streamhost-{}", crate::kafka::clients::default_instance_id(&args.group, &args.state.state_dir))
             })
         });
         let producer = Self::new(

@@ -65,18 +65,18 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
-use crate::config::HostConsumer;
-use crate::fault::{self, Step};
+use crate::engine::fault::{self, Step};
+use crate::engine::log_limit::LogLimit;
+use crate::engine::stall::Watchdog;
+use crate::engine::stats::RunStats;
+use crate::guest::reload::GuestReload;
+use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
-use crate::guest_thread::GuestThread;
-use crate::log_limit::LogLimit;
-use crate::metrics::Metrics;
-use crate::producer::{AckedProducer, TxnError};
-use crate::reload::GuestReload;
-use crate::shutdown::Shutdown;
-use crate::stall::Watchdog;
+use crate::kafka::clients::HostConsumer;
+use crate::kafka::producer::{AckedProducer, TxnError};
+use crate::process::shutdown::Shutdown;
+use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, meta};
-use crate::stats::RunStats;
 use crate::window::{self, Millis, WindowSpec};
 
 /// Why a record without a value is skipped.
@@ -167,7 +167,7 @@ pub fn run(
     reload: Option<GuestReload>,
     windows: Option<WindowSpec>,
     shutdown: &Shutdown,
-    http: &crate::http::Shared,
+    http: &crate::serve::http::Shared,
 ) -> Result<()> {
     if !crate::state::shard_dirs(&args.state.state_dir)?.is_empty() {
         anyhow::bail!(
@@ -188,7 +188,7 @@ pub fn run(
     let mut store = Store::open(&args.state.state_dir)?;
     check_windows_match_state(&store, windows.as_ref())?;
     shutdown.starting("checking the topics");
-    let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    let checked = crate::kafka::topics::check(&args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     // Before reading the changelog (see `AckedProducer::for_run`).
@@ -210,12 +210,16 @@ pub fn run(
         }
     }
 
-    let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, store.dir());
+    let instance_id = crate::kafka::clients::instance_id(args.instance_id.as_deref(), &args.group, store.dir());
     // Subscribed before the (short) changelog catch-up, so that joining the group overlaps it;
     // nothing is consumed before the loop starts.
     shutdown.starting("describing the consumer group");
-    let consumer =
-        crate::config::input_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)?;
+    let consumer = crate::kafka::clients::input_consumer(
+        &args.topics.kafka,
+        &args.group,
+        instance_id.as_deref(),
+        args.stop_at_end,
+    )?;
     // Closed only after a clean run (`config::close`). On an error the process exits right
     // away, like a crash: state is intact, and nothing is owed to the group.
     let consumer = std::mem::ManuallyDrop::new(consumer);
@@ -236,7 +240,7 @@ pub fn run(
         None => BTreeSet::new(),
     };
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
-    let pace = crate::pace::Pace::new(args.max_rate);
+    let pace = crate::engine::pace::Pace::new(args.max_rate);
     let watchdog = Watchdog::new(args.stall_timeout);
     let mut pipeline = Pipeline {
         submitted: applied.clone(),
@@ -283,7 +287,7 @@ pub fn run(
     shutdown.working("counting");
     pipeline.run_until(&consumer)?;
     shutdown.working("closing the Kafka consumer");
-    crate::config::close(std::mem::ManuallyDrop::into_inner(consumer), shutdown);
+    crate::kafka::clients::close(std::mem::ManuallyDrop::into_inner(consumer), shutdown);
     Ok(())
 }
 
@@ -432,9 +436,9 @@ struct Pipeline {
     /// SIGINT/SIGTERM end the loop; SIGHUP reloads the guest; a stop's log says what it met.
     shutdown: Shutdown,
     watchdog: Watchdog,
-    pace: crate::pace::Pace,
+    pace: crate::engine::pace::Pace,
     /// For the board page: the boards published, with the lag.
-    board_view: Arc<std::sync::Mutex<crate::http::BoardView>>,
+    board_view: Arc<std::sync::Mutex<crate::serve::http::BoardView>>,
 }
 
 /// exactly-once: a transaction with batches in it, not yet committed.

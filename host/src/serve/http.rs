@@ -2,7 +2,7 @@
 //!
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 once state is restored or caught up and the consumer has partitions.
-//! - `GET /metrics`: Prometheus text format (`host/src/metrics.rs`).
+//! - `GET /metrics`: Prometheus text format (`metrics.rs`).
 //! - `GET /state/{key}`: `{"key": ..., "count": N}` as last committed (404 for a key never counted).
 //! - `GET /top?n=N`: the N largest counters as last committed, by count then key.
 //!   With `--window`, both take `window=START_MS` (a window's start, as `host dump` and the
@@ -22,7 +22,7 @@ use anyhow::{Context, Result, anyhow};
 use tiny_http::{Header, Method, Response, Server};
 
 use crate::board::Snapshot;
-use crate::metrics::Metrics;
+use crate::serve::metrics::Metrics;
 use crate::state::Store;
 
 /// What the endpoints read; the pipeline fills it in as it starts.

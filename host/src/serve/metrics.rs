@@ -135,7 +135,7 @@ impl Metrics {
     pub fn render(&self, state_keys: u64, state_bytes: u64) -> String {
         self.state_keys.set(state_keys as i64);
         self.state_bytes.set(state_bytes as i64);
-        let (read, to_read) = crate::progress::changelog_read();
+        let (read, to_read) = crate::process::progress::changelog_read();
         self.changelog_read.set(read as i64);
         self.changelog_to_read.set(to_read as i64);
         let mut out = String::new();

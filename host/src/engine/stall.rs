@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::fault::{self, Step};
+use crate::engine::fault::{self, Step};
 
 /// How often a silent input's lag is looked at (a broker round trip per partition).
 const CHECK_EVERY: Duration = Duration::from_secs(2);

@@ -53,7 +53,7 @@ pub(crate) fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
 }
 
 pub(crate) fn admin(kafka: &KafkaArgs) -> Result<AdminClient<DefaultClientContext>> {
-    crate::config::admin(kafka).create().context("creating the Kafka admin client")
+    crate::kafka::clients::admin(kafka).create().context("creating the Kafka admin client")
 }
 
 pub(crate) fn options() -> AdminOptions {

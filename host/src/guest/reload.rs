@@ -9,14 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
-use crate::cli::GuestArgs;
-use crate::guest::Guest;
+use crate::guest::{Guest, Source};
 
 /// How often the guest file is looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct GuestReload {
-    args: GuestArgs,
+    source: Source,
     /// The file's modification time and length when it was last loaded (or tried).
     seen: Option<(SystemTime, u64)>,
     last_check: Instant,
@@ -24,10 +23,10 @@ pub struct GuestReload {
 }
 
 impl GuestReload {
-    /// Watches the file of the guest just loaded from `args`.
-    pub fn new(args: GuestArgs) -> Self {
-        let seen = stamp(&args);
-        GuestReload { args, seen, last_check: Instant::now(), loading: None }
+    /// Watches the file of the guest just loaded from `source`.
+    pub fn new(source: Source) -> Self {
+        let seen = stamp(&source);
+        GuestReload { source, seen, last_check: Instant::now(), loading: None }
     }
 
     /// Called between batches: starts loading a new version when the file changed or a
@@ -45,7 +44,7 @@ impl GuestReload {
                     match loaded {
                         Ok(guest) => Some(guest),
                         Err(e) => {
-                            tracing::warn!(guest = %self.args.path.display(), error = %format!("{e:#}"), "new guest refused; the running guest stays");
+                            tracing::warn!(guest = %self.source.path.display(), error = %format!("{e:#}"), "new guest refused; the running guest stays");
                             None
                         }
                     }
@@ -54,15 +53,15 @@ impl GuestReload {
         }
         let changed = self.last_check.elapsed() >= CHECK_EVERY && {
             self.last_check = Instant::now();
-            stamp(&self.args) != self.seen
+            stamp(&self.source) != self.seen
         };
         if requested || changed {
-            self.seen = stamp(&self.args);
-            tracing::info!(guest = %self.args.path.display(), "loading a new version of the guest");
+            self.seen = stamp(&self.source);
+            tracing::info!(guest = %self.source.path.display(), "loading a new version of the guest");
             let (done, loading) = std::sync::mpsc::channel();
-            let args = self.args.clone();
+            let source = self.source.clone();
             let spawned = std::thread::Builder::new().name("guest-reload".into()).spawn(move || {
-                let _ = done.send(Guest::load(&args.path, args.limits(), args.cache_dir()));
+                let _ = done.send(source.load());
             });
             match spawned {
                 Ok(_) => self.loading = Some(loading),
@@ -73,7 +72,7 @@ impl GuestReload {
     }
 }
 
-fn stamp(args: &GuestArgs) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(&args.path).ok()?;
+fn stamp(source: &Source) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(&source.path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }

@@ -58,17 +58,17 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::cli::{Guarantee, RunArgs};
-use crate::config::{ScaleOutConsumer, ScaleOutContext};
+use crate::engine::log_limit::LogLimit;
+use crate::engine::pipeline::{NO_VALUE, poll_batch, skip_record, u64_meta, written_under};
+use crate::engine::stats::RunStats;
+use crate::guest::reload::GuestReload;
+use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
-use crate::guest_thread::GuestThread;
-use crate::log_limit::LogLimit;
-use crate::metrics::Metrics;
-use crate::pipeline::{NO_VALUE, poll_batch, skip_record, u64_meta, written_under};
-use crate::producer::{AckedProducer, TxnError};
-use crate::reload::GuestReload;
-use crate::shutdown::Shutdown;
+use crate::kafka::clients::{ScaleOutConsumer, ScaleOutContext};
+use crate::kafka::producer::{AckedProducer, TxnError};
+use crate::process::shutdown::Shutdown;
+use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, decode_u64, meta};
-use crate::stats::RunStats;
 
 /// How long one poll waits for the first record when nothing is under way.
 const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -85,7 +85,7 @@ pub fn run(
     guest: Box<dyn Counter + Send>,
     reload: Option<GuestReload>,
     shutdown: &Shutdown,
-    http: &crate::http::Shared,
+    http: &crate::serve::http::Shared,
 ) -> Result<()> {
     if args.windows.size.is_some() {
         bail!("--window is not supported with --scale-out yet: run a windowed job on one host");
@@ -99,9 +99,9 @@ pub fn run(
         );
     }
     shutdown.starting("checking the topics");
-    let checked = crate::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    let checked = crate::kafka::topics::check(&args.topics, args.create_topics, args.partitions)?;
     let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
-    let instance_id = crate::config::instance_id(args.instance_id.as_deref(), &args.group, &state_dir);
+    let instance_id = crate::kafka::clients::instance_id(args.instance_id.as_deref(), &args.group, &state_dir);
     // Keys go to repartition partitions the way Java clients place them. A host that dies
     // with a transaction open holds back every read_committed reader of the partitions it
     // wrote to until the transaction times out (nobody else can fence its id): 10 s, as Kafka
@@ -113,7 +113,7 @@ pub fn run(
     }
     let (producer, _) = AckedProducer::for_run(&args, &kafka, checked.max_message_bytes, shutdown)?;
     let consumer: ScaleOutConsumer =
-        crate::config::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
+        crate::kafka::clients::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
             .create_with_context(ScaleOutContext::default())
             .context("creating the Kafka consumer")?;
     // Closed only after a clean run, once the loop has committed everything (`config::close`);
@@ -148,8 +148,8 @@ pub fn run(
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
         reload,
-        pace: crate::pace::Pace::new(args.max_rate),
-        watchdog: crate::stall::Watchdog::new(args.stall_timeout),
+        pace: crate::engine::pace::Pace::new(args.max_rate),
+        watchdog: crate::engine::stall::Watchdog::new(args.stall_timeout),
         unconfirmed_commits: false,
         shutdown: shutdown.clone(),
         watermarks: None,
@@ -160,7 +160,7 @@ pub fn run(
     shutdown.working("closing the Kafka consumer");
     let consumer = std::mem::ManuallyDrop::into_inner(consumer);
     consumer.context().closing();
-    crate::config::close(consumer, shutdown);
+    crate::kafka::clients::close(consumer, shutdown);
     Ok(())
 }
 
@@ -188,14 +188,14 @@ struct ScaleOut {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     reload: Option<GuestReload>,
-    pace: crate::pace::Pace,
-    watchdog: crate::stall::Watchdog,
+    pace: crate::engine::pace::Pace,
+    watchdog: crate::engine::stall::Watchdog,
     /// SIGINT/SIGTERM end the loop (and interrupt shard restores); SIGHUP reloads the guest.
     shutdown: Shutdown,
     /// at-least-once: asynchronous commits were sent since the last confirmed one.
     unconfirmed_commits: bool,
     /// `--stop-at-end`: a client that reads high watermarks (see `job_done`).
-    watermarks: Option<crate::config::HostConsumer>,
+    watermarks: Option<crate::kafka::clients::HostConsumer>,
 }
 
 /// The state of one repartition partition.
@@ -477,7 +477,7 @@ impl ScaleOut {
             txn.shards.extend(counted);
             txn.offsets.extend(offsets);
             txn.timestamps.extend(timestamps);
-            crate::fault::point(crate::fault::Step::MidTransaction);
+            crate::engine::fault::point(crate::engine::fault::Step::MidTransaction);
             return Ok(None);
         }
         Ok(Some(InFlight { counted, offsets, timestamps }))
@@ -490,19 +490,19 @@ impl ScaleOut {
         self.producer.wait_acks().context("repartition and changelog write")?;
         self.metrics.step("changelog", started.elapsed().as_secs_f64());
         self.stats.acknowledged(poll.timestamps.into_iter());
-        crate::fault::point(crate::fault::Step::AfterChangelog);
+        crate::engine::fault::point(crate::engine::fault::Step::AfterChangelog);
         let started = Instant::now();
         for (partition, shard_batch) in poll.counted {
             self.apply(partition, shard_batch, Guarantee::AtLeastOnce)?;
         }
         self.metrics.step("state", started.elapsed().as_secs_f64());
-        crate::fault::point(crate::fault::Step::AfterState);
+        crate::engine::fault::point(crate::engine::fault::Step::AfterState);
         let started = Instant::now();
         self.commit_offsets(consumer, Some(&poll.offsets), CommitMode::Async);
         self.metrics.step("commit", started.elapsed().as_secs_f64());
         self.unconfirmed_commits = true;
         self.stats.committed();
-        crate::fault::point(crate::fault::Step::AfterCommit);
+        crate::engine::fault::point(crate::engine::fault::Step::AfterCommit);
         Ok(())
     }
 
@@ -779,11 +779,12 @@ impl ScaleOut {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
         let group = consumer.group_metadata().context("the consumer has no group metadata")?;
-        let committed = if !txn.offsets.is_empty() && crate::fault::due(crate::fault::Step::AbortTransaction) {
-            Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
-        } else {
-            self.producer.commit(&offsets, &group)
-        };
+        let committed =
+            if !txn.offsets.is_empty() && crate::engine::fault::due(crate::engine::fault::Step::AbortTransaction) {
+                Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
+            } else {
+                self.producer.commit(&offsets, &group)
+            };
         match committed {
             Ok(()) => {}
             Err(TxnError::Abortable(reason)) => {
@@ -797,7 +798,7 @@ impl ScaleOut {
         self.stats.acknowledged(txn.timestamps.into_iter());
         let carries_batches = !txn.offsets.is_empty();
         if carries_batches {
-            crate::fault::point(crate::fault::Step::AfterChangelog);
+            crate::engine::fault::point(crate::engine::fault::Step::AfterChangelog);
         }
         let started = Instant::now();
         for (partition, batch) in txn.shards {
@@ -806,8 +807,8 @@ impl ScaleOut {
         self.metrics.step("state", started.elapsed().as_secs_f64());
         if carries_batches {
             self.stats.committed();
-            crate::fault::point(crate::fault::Step::AfterState);
-            crate::fault::point(crate::fault::Step::AfterCommit);
+            crate::engine::fault::point(crate::engine::fault::Step::AfterState);
+            crate::engine::fault::point(crate::engine::fault::Step::AfterCommit);
         }
         Ok(true)
     }
@@ -888,7 +889,7 @@ impl ScaleOut {
         if self.txn.as_ref().is_some_and(|t| t.offsets.is_empty()) {
             self.commit_txn(consumer)?;
         }
-        crate::fault::point(crate::fault::Step::AfterBoard);
+        crate::engine::fault::point(crate::engine::fault::Step::AfterBoard);
         Ok(())
     }
 
@@ -900,7 +901,7 @@ impl ScaleOut {
     fn job_done(&mut self, consumer: &ScaleOutConsumer) -> Result<bool> {
         let watermarks = match &self.watermarks {
             Some(client) => client,
-            None => self.watermarks.insert(crate::config::watermark_reader(&self.args.topics.kafka)?),
+            None => self.watermarks.insert(crate::kafka::clients::watermark_reader(&self.args.topics.kafka)?),
         };
         let input = &self.args.topics.input;
         if !committed_to_end(consumer, watermarks, input)?.is_empty() {
@@ -921,7 +922,7 @@ impl ScaleOut {
 /// the last stable offset instead): partition -> (committed, high watermark).
 fn committed_to_end(
     consumer: &ScaleOutConsumer,
-    watermarks: &crate::config::HostConsumer,
+    watermarks: &crate::kafka::clients::HostConsumer,
     topic: &str,
 ) -> Result<BTreeMap<i32, (i64, i64)>> {
     let ends = changelog::end_offsets(watermarks, topic)?;

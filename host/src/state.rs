@@ -66,6 +66,18 @@ pub enum Change {
     Meta { name: String, value: Option<Vec<u8>> },
 }
 
+impl Change {
+    /// A metadata entry holding a u64 (8 bytes, big-endian).
+    pub fn u64(name: &str, value: u64) -> Change {
+        Change::Meta { name: name.to_owned(), value: Some(value.to_be_bytes().to_vec()) }
+    }
+
+    /// Local only (not sent to the changelog): the guarantee state was last written under.
+    pub fn written_under(guarantee: &str) -> Change {
+        Change::Meta { name: meta::WRITTEN_UNDER.to_owned(), value: Some(guarantee.as_bytes().to_vec()) }
+    }
+}
+
 /// Records counted and skipped, as stored.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {

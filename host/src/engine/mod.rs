@@ -1,11 +1,13 @@
 //! The engine: the loops that move batches through guest -> changelog -> state -> commit, one
 //! per topology ([`pipeline`]: one host; [`scaleout`]: a job spread over several hosts), and
-//! what they share: fault injection, the stall watchdog, pacing, run statistics.
+//! what they share: polling and skipping records ([`records`]), fault injection, the stall
+//! watchdog, pacing, run statistics.
 
 pub mod fault;
 pub mod log_limit;
 pub mod pace;
 pub mod pipeline;
+pub mod records;
 pub mod scaleout;
 pub mod stall;
 pub mod stats;

@@ -58,15 +58,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
 use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
+use crate::engine::records::{LATE, NO_VALUE, POLL_WAIT, poll_batch, skip_record};
 use crate::engine::stall::Watchdog;
 use crate::engine::stats::RunStats;
 use crate::guest::reload::GuestReload;
@@ -78,59 +78,6 @@ use crate::process::shutdown::Shutdown;
 use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, meta};
 use crate::window::{self, Millis, WindowSpec};
-
-/// Why a record without a value is skipped.
-pub(crate) const NO_VALUE: &str = "record has no value";
-
-/// How the reason a late record is skipped begins (with --window).
-const LATE: &str = "late record";
-
-/// How long one poll waits for the first record of a batch; bounds how late a shutdown
-/// request or a due board is noticed when the input is idle.
-const POLL_WAIT: Duration = Duration::from_millis(100);
-
-/// Waits up to `wait` for a first record, then takes whatever else is already
-/// fetched, up to `max` records. Partitions that reported their end (with `--stop-at-end`)
-/// are added to `at_end`; a partition that delivers a record leaves it.
-pub(crate) fn poll_batch<'c, C: ConsumerContext>(
-    consumer: &'c BaseConsumer<C>,
-    max: usize,
-    wait: Duration,
-    errors: &mut LogLimit,
-    at_end: &mut BTreeSet<i32>,
-) -> Vec<BorrowedMessage<'c>> {
-    let mut batch = Vec::new();
-    let mut timeout = wait;
-    while batch.len() < max {
-        match consumer.poll(timeout) {
-            None => break,
-            Some(Ok(message)) => {
-                at_end.remove(&message.partition());
-                batch.push(message);
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                at_end.insert(partition);
-            }
-            Some(Err(e)) => {
-                if let Some(suppressed) = errors.allow() {
-                    tracing::warn!(error = %e, suppressed, "consumer error (librdkafka retries on its own)");
-                }
-                break;
-            }
-        }
-        timeout = Duration::ZERO;
-    }
-    batch
-}
-
-pub(crate) fn u64_meta(name: &str, value: u64) -> Change {
-    Change::Meta { name: name.to_owned(), value: Some(value.to_be_bytes().to_vec()) }
-}
-
-/// Local only (not sent to the changelog): the guarantee state was last written under.
-pub(crate) fn written_under(guarantee: Guarantee) -> Change {
-    Change::Meta { name: meta::WRITTEN_UNDER.to_owned(), value: Some(guarantee.name().as_bytes().to_vec()) }
-}
 
 /// Milliseconds between laps, for the per-batch debug line.
 struct StepTimer(Instant);
@@ -885,7 +832,7 @@ impl Pipeline {
         changes.extend(next_offsets.iter().map(|(p, next)| self.input_offset_change(*p, *next)));
         let positions = self.producer.changelog_positions();
         changes.extend(changelog::position_changes(&self.args.topics.changelog, &positions));
-        changes.push(written_under(Guarantee::ExactlyOnce));
+        changes.push(Change::written_under(Guarantee::ExactlyOnce.name()));
         self.store.apply(changes, true).context("state write")?;
         self.applied = next_offsets;
         let state_ms = timer.lap();
@@ -939,7 +886,7 @@ impl Pipeline {
             fault::point(Step::AfterChangelog);
 
             // 3. State: one atomic, fsynced write batch.
-            let local = written_under(Guarantee::AtLeastOnce);
+            let local = Change::written_under(Guarantee::AtLeastOnce.name());
             self.store.apply(batch.changes.into_iter().chain([local]), true).context("state write")?;
             state_ms = timer.lap();
             self.metrics.step("state", state_ms / 1000.0);
@@ -1002,13 +949,13 @@ impl Pipeline {
 
     fn totals_changes(&self) -> [Change; 2] {
         [
-            u64_meta(meta::RECORDS_PROCESSED, self.totals.records_processed),
-            u64_meta(meta::RECORDS_SKIPPED, self.totals.records_skipped),
+            Change::u64(meta::RECORDS_PROCESSED, self.totals.records_processed),
+            Change::u64(meta::RECORDS_SKIPPED, self.totals.records_skipped),
         ]
     }
 
     fn input_offset_change(&self, partition: i32, next: i64) -> Change {
-        u64_meta(&meta::input_offset(&self.args.topics.input, partition), next as u64)
+        Change::u64(&meta::input_offset(&self.args.topics.input, partition), next as u64)
     }
 
     fn needs_event_time(&self) -> bool {
@@ -1023,7 +970,7 @@ impl Pipeline {
     }
 
     fn stream_time_change(&self, partition: i32, time: Millis) -> Change {
-        u64_meta(&meta::stream_time(&self.args.topics.input, partition), time as u64)
+        Change::u64(&meta::stream_time(&self.args.topics.input, partition), time as u64)
     }
 
     /// --window: the first window start kept in state once the partitions are at
@@ -1154,7 +1101,7 @@ impl Pipeline {
         {
             // Recorded like any state: in the changelog, then in state (under exactly-once,
             // in the open transaction and in state when it commits).
-            let change = u64_meta(meta::EMITTED_THROUGH, newest as u64);
+            let change = Change::u64(meta::EMITTED_THROUGH, newest as u64);
             self.send_changelog(std::slice::from_ref(&change))?;
             match &mut self.txn {
                 Some(txn) => txn.meta.push(change),
@@ -1204,54 +1151,6 @@ impl Pipeline {
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
         }
     }
-}
-
-/// A malformed record (the caller counts it in its totals): in the metrics by reason,
-/// logged at a bounded rate, and copied to the dead-letter topic when one is set.
-pub(crate) fn skip_record(
-    producer: &AckedProducer,
-    dead_letter: Option<&str>,
-    metrics: &Metrics,
-    log: &mut LogLimit,
-    message: &BorrowedMessage<'_>,
-    reason: &str,
-) -> Result<()> {
-    metrics.records_skipped.inc();
-    let kind = if reason.starts_with("guest trapped") {
-        metrics.guest_traps.inc();
-        "trapped"
-    } else if reason == NO_VALUE {
-        "no_value"
-    } else if reason.starts_with(LATE) {
-        "late"
-    } else {
-        "refused"
-    };
-    metrics.skipped_by_reason.get_or_create(&vec![("reason", kind)]).inc();
-    if let Some(suppressed) = log.allow() {
-        tracing::warn!(
-            partition = message.partition(),
-            offset = message.offset(),
-            reason,
-            suppressed,
-            "skipping malformed record"
-        );
-    }
-    if let Some(topic) = dead_letter {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "error", value: Some(reason) })
-            .insert(Header { key: "source.topic", value: Some(message.topic()) })
-            .insert(Header { key: "source.partition", value: Some(&partition) })
-            .insert(Header { key: "source.offset", value: Some(&offset) });
-        let (key, value) = (message.key().unwrap_or_default(), message.payload().unwrap_or_default());
-        // Too large for the dead-letter topic: sent without its value rather than stalling
-        // the partition; the source coordinates in the headers still find the original.
-        producer.send_trimmable(topic, key, value, headers)?;
-        metrics.records_dead_lettered.inc();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::changelog;
 use crate::cli::{Guarantee, RunArgs};
 use crate::engine::log_limit::LogLimit;
-use crate::engine::pipeline::{NO_VALUE, poll_batch, skip_record, u64_meta, written_under};
+use crate::engine::records::{NO_VALUE, POLL_WAIT, poll_batch, skip_record};
 use crate::engine::stats::RunStats;
 use crate::guest::reload::GuestReload;
 use crate::guest::thread::GuestThread;
@@ -69,9 +69,6 @@ use crate::kafka::producer::{AckedProducer, TxnError};
 use crate::process::shutdown::Shutdown;
 use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, decode_u64, meta};
-
-/// How long one poll waits for the first record when nothing is under way.
-const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// exactly-once: Kafka's transaction.timeout.ms for scale-out hosts (see `run`).
 const TRANSACTION_TIMEOUT_MS: &str = "10000";
@@ -632,13 +629,14 @@ impl ScaleOut {
         let shard = self.shards.get_mut(&partition).context("applying to a shard not open")?;
         let mut changes: Vec<Change> =
             batch.counts.into_iter().map(|(key, value)| Change::Count { key, value: Some(value) }).collect();
-        changes.push(u64_meta(meta::RECORDS_PROCESSED, batch.totals.records_processed));
-        changes.push(u64_meta(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
-        changes.push(u64_meta(&meta::input_offset(&self.repartition, partition), batch.next as u64));
+        changes.push(Change::u64(meta::RECORDS_PROCESSED, batch.totals.records_processed));
+        changes.push(Change::u64(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
+        changes.push(Change::u64(&meta::input_offset(&self.repartition, partition), batch.next as u64));
         if let Some(position) = position {
-            changes.push(u64_meta(&meta::changelog_position(&self.args.topics.changelog, partition), position as u64));
+            changes
+                .push(Change::u64(&meta::changelog_position(&self.args.topics.changelog, partition), position as u64));
         }
-        changes.push(written_under(guarantee));
+        changes.push(Change::written_under(guarantee.name()));
         shard.store.apply(changes, false).with_context(|| format!("writing shard {partition}"))?;
         shard.applied = batch.next;
         Ok(())

@@ -198,3 +198,83 @@ fn windowed_state_queries_agree_with_dump() {
     assert_eq!(dump.windows.get(&(t0, "latte".to_string())), Some(&2));
     assert_eq!(dump.records_skipped, 1);
 }
+
+/// Two `--scale-out` hosts with `--http`: each key's `/state/{key}` answers 200 with its exact
+/// count on the host that holds the key's shard, and 404 naming that shard on the other (the
+/// shard `host dump` files the key under); each host's `/top` ranks the keys of the shards it
+/// holds, and says which they are.
+#[test]
+fn scale_out_hosts_answer_state_queries_for_the_shards_they_hold() {
+    let env = TestEnv::new("http-scale");
+    integration_tests::scale_out::create_topics(&env);
+    let expected = orders::generate(82, 3_000, 0);
+    env.produce(&expected.values);
+    let mut hosts = Vec::new();
+    let mut addrs = Vec::new();
+    for h in 0..2 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut host = integration_tests::scale_out::spawn(&env, h, &["--http", &addr]);
+        host.wait_for_log("serving /healthz", Duration::from_secs(60));
+        hosts.push(host);
+        addrs.push(addr);
+    }
+    let state = |addr: &str, key: &str| {
+        let encoded: String = key
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let (status, body) = get(addr, &format!("/state/{encoded}"));
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
+    };
+    // Until every count is in: exactly one host answers for each key, with its exact count.
+    let started = Instant::now();
+    let holders = loop {
+        assert!(started.elapsed() < Duration::from_secs(90), "the hosts never answered every key exactly");
+        let answers: Vec<Vec<(u16, serde_json::Value)>> =
+            expected.counts.keys().map(|key| addrs.iter().map(|addr| state(addr, key)).collect()).collect();
+        let exact = expected.counts.values().zip(&answers).all(|(want, per_host)| {
+            per_host.iter().filter(|(status, body)| *status == 200 && body["count"].as_u64() == Some(*want)).count()
+                == 1
+        });
+        if exact {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut shard_of = std::collections::BTreeMap::new();
+    for (key, per_host) in expected.counts.keys().zip(&holders) {
+        let holder = per_host.iter().position(|(status, _)| *status == 200).unwrap();
+        let shard = per_host[holder].1["shard"].as_i64().expect("the answer names the shard");
+        let (status, other) = &per_host[1 - holder];
+        assert_eq!(*status, 404, "{key}: the other host does not hold it: {other}");
+        assert_eq!(other["shard"].as_i64(), Some(shard), "{key}: both name the same shard: {other}");
+        assert!(other["shards"].as_array().is_some_and(|held| !held.contains(&shard.into())), "{other}");
+        shard_of.insert(key.clone(), shard);
+    }
+    for (h, addr) in addrs.iter().enumerate() {
+        let (status, body) = get(addr, "/top?n=100");
+        assert_eq!(status, 200, "{body}");
+        let top: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mine: Vec<&String> =
+            expected.counts.keys().zip(&holders).filter(|(_, per_host)| per_host[h].0 == 200).map(|(k, _)| k).collect();
+        let ranked: Vec<&str> = top["top"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+        assert_eq!(ranked.len(), mine.len(), "host {h}'s /top holds its own keys: {body}");
+        assert!(mine.iter().all(|k| ranked.contains(&k.as_str())), "{body}");
+        assert!(top["shards"].is_array(), "{body}");
+    }
+    for host in hosts {
+        assert!(host.terminate().success());
+    }
+    // The shard each answer named is the one `host dump` files the key under.
+    for h in 0..2 {
+        let dir = integration_tests::scale_out::state_dir(&env, h).display().to_string();
+        let out = env.host(&["dump", "--state-dir", &dir]);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(key) = v["key"].as_str() {
+                assert_eq!(v["shard"].as_i64(), shard_of.get(key).copied(), "{key} in host {h}'s dump");
+            }
+        }
+    }
+}

@@ -369,6 +369,13 @@ pub fn decode_u64(bytes: &[u8]) -> u64 {
 
 // On-disk layout of a --scale-out host: a store per shard under its state dir.
 
+/// The shard (repartition partition) that counts `key` in a job of `shards` partitions: where
+/// the repartition stage's producer places it (librdkafka's `murmur2_random`, as Java clients:
+/// murmur2 of the key, made positive, modulo the partition count).
+pub fn shard_of(key: &[u8], shards: i32) -> i32 {
+    ((murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff) % shards.max(1) as u32) as i32
+}
+
 /// A shard's directory under the state dir.
 pub fn shard_dir(state_dir: &Path, partition: i32) -> PathBuf {
     state_dir.join(format!("shard-{partition}"))

@@ -109,6 +109,7 @@ pub fn run(
         kafka.kafka_config.insert(0, ("transaction.timeout.ms".into(), TRANSACTION_TIMEOUT_MS.into()));
     }
     let (producer, _) = AckedProducer::for_run(&args, &kafka, checked.max_message_bytes, shutdown)?;
+    lock(&http.shards).count = checked.shards;
     let consumer: ScaleOutConsumer =
         crate::kafka::clients::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
             .create_with_context(ScaleOutContext::default())
@@ -144,6 +145,7 @@ pub fn run(
         stats: RunStats::default(),
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
+        held: http.shards.clone(),
         reload,
         pace: crate::engine::pace::Pace::new(args.max_rate),
         watchdog: crate::engine::stall::Watchdog::new(args.stall_timeout),
@@ -184,6 +186,8 @@ struct ScaleOut {
     stats: RunStats,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// For --http: the shards this host holds.
+    held: Arc<std::sync::Mutex<crate::serve::http::HeldShards>>,
     reload: Option<GuestReload>,
     pace: crate::engine::pace::Pace,
     watchdog: crate::engine::stall::Watchdog,
@@ -682,6 +686,7 @@ impl ScaleOut {
                 .seek(&self.repartition, partition, Offset::Offset(shard.applied), Duration::from_secs(10))
                 .with_context(|| format!("seeking repartition partition {partition}"))?;
             consumer.resume(&self.repartition_partition(partition)?).context("resuming a repartition partition")?;
+            lock(&self.held).stores.insert(partition, shard.store.shared());
             self.shards.insert(partition, shard);
         }
         Ok(())
@@ -747,6 +752,7 @@ impl ScaleOut {
         for element in revoked.elements() {
             self.processed.remove(&(element.topic().to_owned(), element.partition()));
             if element.topic() == self.repartition && self.shards.remove(&element.partition()).is_some() {
+                lock(&self.held).stores.remove(&element.partition());
                 tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
                 self.not_owned.insert(element.partition(), Instant::now());
             }
@@ -967,4 +973,8 @@ fn open_shard(
         "shard open"
     );
     Ok(Shard { store, applied })
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -66,6 +66,9 @@ pub struct Checked {
     /// keeps its batches within it, so a record too large for its topic fails at once,
     /// locally, instead of failing a whole batch (or transaction) at the broker.
     pub max_message_bytes: usize,
+    /// With --scale-out: the partitions of the input (and so of the repartition topic and the
+    /// changelog): the job's shard count.
+    pub shards: Option<i32>,
 }
 
 /// Refuses to start on a missing topic (unless `create`) or a changelog that is not compacted.
@@ -92,9 +95,7 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
         create_topics(&admin, &missing, partitions)?;
     }
     check_compacted(&admin, &args.changelog, &args.kafka.brokers)?;
-    if args.scale_out {
-        check_partitioned_like_input(&admin, args)?;
-    }
+    let shards = if args.scale_out { Some(check_partitioned_like_input(&admin, args)?) } else { None };
     let mut max_message_bytes = usize::MAX;
     for (role, topic) in &roles {
         if *role != Role::Input {
@@ -103,7 +104,7 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
             max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(1_048_588));
         }
     }
-    Ok(Checked { max_message_bytes })
+    Ok(Checked { max_message_bytes, shards })
 }
 
 pub(crate) fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
@@ -146,7 +147,8 @@ fn config_value(admin: &AdminClient<DefaultClientContext>, topic: &str, name: &s
 
 /// With --scale-out, shard p is fed by repartition partition p and written to changelog
 /// partition p, one shard per input partition: the three topics must agree.
-fn check_partitioned_like_input(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs) -> Result<()> {
+/// Refuses a changelog or repartition topic partitioned unlike the input; returns the count.
+fn check_partitioned_like_input(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs) -> Result<i32> {
     let input = partition_count(admin, &args.input)?;
     for (role, topic) in [(Role::Changelog, args.changelog.clone()), (Role::Repartition, args.repartition_topic())] {
         let count = partition_count(admin, &topic)?;
@@ -162,7 +164,7 @@ fn check_partitioned_like_input(admin: &AdminClient<DefaultClientContext>, args:
             );
         }
     }
-    Ok(())
+    Ok(input)
 }
 
 /// The number of partitions of an existing topic.

@@ -5,6 +5,8 @@
 //! - `GET /metrics`: Prometheus text format (`metrics.rs`).
 //! - `GET /state/{key}`: `{"key": ..., "count": N}` as last committed (404 for a key never counted).
 //! - `GET /top?n=N`: the N largest counters as last committed, by count then key.
+//! - On a `--scale-out` host both answer from the shards it holds, and say which
+//!   (`"shards": [...]`); a key counted in a shard another host holds is a 404 naming it.
 //!   With `--window`, both take `window=START_MS` (a window's start, as `host dump` and the
 //!   boards show it) and answer for that window's counters.
 //! - `GET /`: the live board page (`host/src/board.html`, no build step), which polls
@@ -33,6 +35,16 @@ pub struct Shared {
     pub store: Arc<OnceLock<Store>>,
     pub ready: Arc<AtomicBool>,
     pub board: Arc<Mutex<BoardView>>,
+    /// A --scale-out host's shards, as they open and close.
+    pub shards: Arc<Mutex<HeldShards>>,
+}
+
+/// The shards a --scale-out host holds, for `/state` and `/top`.
+#[derive(Default)]
+pub struct HeldShards {
+    /// The job's shard count (`None`: not a scale-out host).
+    pub count: Option<i32>,
+    pub stores: BTreeMap<i32, Store>,
 }
 
 /// The last two boards the pipeline published, and the lag when it published the last.
@@ -120,15 +132,28 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
         "/readyz" if shared.ready.load(Ordering::SeqCst) => (200, TEXT, "ready\n".into()),
         "/readyz" => (503, TEXT, "not ready: restoring state or waiting for partitions\n".into()),
         "/metrics" => {
+            let size = |store: &Store| (store.key_count().map_or(0, |(n, _)| n), store.size_bytes().unwrap_or(0));
             let (keys, bytes) = match shared.store.get() {
-                Some(store) => (store.key_count().map_or(0, |(n, _)| n), store.size_bytes().unwrap_or(0)),
-                None => (0, 0),
+                Some(store) => size(store),
+                // A scale-out host: its shards together.
+                None => shared
+                    .shards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stores
+                    .values()
+                    .map(size)
+                    .fold((0, 0), |(keys, bytes), (k, b)| (keys + k, bytes + b)),
             };
             (200, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render(keys, bytes))
         }
         _ => {
             let Some(store) = shared.store.get() else {
-                return (503, TEXT, "state is not ready yet\n".into());
+                let held = shared.shards.lock().unwrap_or_else(|p| p.into_inner());
+                return match held.count {
+                    Some(count) => respond_for_shards(&held.stores, count, path, query),
+                    None => (503, TEXT, "state is not ready yet\n".into()),
+                };
             };
             match query_state(store, path, query) {
                 Ok(Some(body)) => (200, JSON, body),
@@ -140,6 +165,44 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
                 Err(e) => (500, TEXT, format!("{e:#}\n")),
             }
         }
+    }
+}
+
+/// `/state/{key}` and `/top` of a --scale-out host: from the shards it holds, each answer
+/// naming them; a key counted in a shard held by another host is a 404 naming that shard.
+fn respond_for_shards(
+    stores: &BTreeMap<i32, Store>,
+    count: i32,
+    path: &str,
+    query: &str,
+) -> (u16, &'static str, String) {
+    let held: Vec<i32> = stores.keys().copied().collect();
+    let answer = (|| -> Result<Option<(u16, serde_json::Value)>> {
+        if let Some(key) = path.strip_prefix("/state/") {
+            let key = decode_path(key);
+            let shard = crate::state::shard_of(key.as_bytes(), count);
+            let Some(store) = stores.get(&shard) else {
+                let error = format!("`{key}` is counted in shard {shard}, which another host holds");
+                let body =
+                    serde_json::json!({ "key": key, "found": false, "shard": shard, "shards": held, "error": error });
+                return Ok(Some((404, body)));
+            };
+            let found = store.count(key.as_bytes())?;
+            let body =
+                serde_json::json!({ "key": key, "count": found, "found": found > 0, "shard": shard, "shards": held });
+            return Ok(Some((if found > 0 { 200 } else { 404 }, body)));
+        }
+        if path == "/top" {
+            let stores: Vec<&Store> = stores.values().collect();
+            let top = top_of(&stores, top_n(query)?, None)?;
+            return Ok(Some((200, serde_json::json!({ "top": top, "shards": held }))));
+        }
+        Ok(None)
+    })();
+    match answer {
+        Ok(Some((status, body))) => (status, JSON, body.to_string()),
+        Ok(None) => (404, TEXT, "not found: try /healthz /readyz /metrics /state/{key} /top?n=10\n".into()),
+        Err(e) => (500, TEXT, format!("{e:#}\n")),
     }
 }
 
@@ -162,27 +225,34 @@ fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>>
         });
     }
     if path == "/top" {
-        let n: usize = param("n")
-            .map(|v| v.parse().map_err(|_| anyhow!("n must be a number")))
-            .transpose()?
-            .unwrap_or(10)
-            .min(10_000);
+        let top = top_of(&[store], top_n(query)?, window)?;
+        return Ok(Some(serde_json::json!({ "top": top }).to_string()));
+    }
+    Ok(None)
+}
+
+/// `/top`'s `n` (default 10, at most 10,000).
+fn top_n(query: &str) -> Result<usize> {
+    let n = query.split('&').find_map(|pair| pair.strip_prefix("n=")).map(|v| v.parse::<usize>());
+    Ok(n.transpose().map_err(|_| anyhow!("n must be a number"))?.unwrap_or(10).min(10_000))
+}
+
+/// The `n` largest counters of `stores` (of the window starting at `window`), by count then key.
+fn top_of(stores: &[&Store], n: usize, window: Option<i64>) -> Result<Vec<serde_json::Value>> {
+    let mut all: Vec<(String, u64)> = Vec::new();
+    for store in stores {
         let counts: Box<dyn Iterator<Item = Result<Counter>>> = match window {
             Some(start) => Box::new(store.window_counts(start)),
             None => Box::new(store.counts()),
         };
-        let mut all: Vec<(String, u64)> = Vec::new();
         for item in counts {
             let (key, count) = item?;
             all.push((String::from_utf8_lossy(&key).into_owned(), count));
         }
-        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.truncate(n);
-        let top: Vec<_> =
-            all.into_iter().map(|(key, count)| serde_json::json!({ "key": key, "count": count })).collect();
-        return Ok(Some(serde_json::json!({ "top": top }).to_string()));
     }
-    Ok(None)
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(n);
+    Ok(all.into_iter().map(|(key, count)| serde_json::json!({ "key": key, "count": count })).collect())
 }
 
 /// Percent-decodes a URL path segment (keys may hold spaces and any UTF-8).

@@ -115,7 +115,7 @@ impl Shutdown {
                 let doing = watched.doing();
                 tracing::error!(
                     "the stop did not finish within {} (--shutdown-timeout): still {doing}. Exiting without \
-                     finishing it: state is intact, and a restart resumes exactly",
+                     finishing it: state is intact, and a restart resumes as after a crash",
                     humantime::format_duration(bound)
                 );
                 exit_now(1);

@@ -162,7 +162,9 @@ impl AckedProducer {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            if self.stop.giving_up() {
+            // A fencing or a fatal error says more than that the stop's time is up.
+            let final_error = matches!(classify(what, &error), TxnError::Fenced(_) | TxnError::Fatal(_));
+            if self.stop.giving_up() && !final_error {
                 return Err(TxnError::Unfinished(format!(
                     "stopping with the transaction open: {what} did not finish in the stop's time for Kafka \
                      ({error}); the next start aborts it, and counts its records again"

@@ -13,25 +13,35 @@ use crate::process::shutdown::Shutdown;
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
     // First, so a signal during start-up (a long guest compile or restore) is handled too.
-    let shutdown = Shutdown::install().context("installing signal handlers")?;
-    shutdown.set_bound(args.shutdown_timeout);
+    let shutdown = handle_stops(&args)?;
     shutdown.starting("loading the guest");
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let source = args.guest.source();
     let guest = source.load()?;
     args.windows.spec()?;
     let reload = GuestReload::new(source);
-    start(args, Box::new(guest), Some(reload))
+    start(args, Box::new(guest), Some(reload), &shutdown)
 }
 
 /// `host run` with any [`Counter`] (the benchmark's native baseline uses this); no hot swap.
 pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
-    start(args, guest, None)
+    let shutdown = handle_stops(&args)?;
+    start(args, guest, None, &shutdown)
 }
 
-fn start(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestReload>) -> Result<()> {
+/// The signal handlers, with this run's `--shutdown-timeout`.
+fn handle_stops(args: &RunArgs) -> Result<Shutdown> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
     shutdown.set_bound(args.shutdown_timeout);
+    Ok(shutdown)
+}
+
+fn start(
+    args: RunArgs,
+    guest: Box<dyn Counter + Send>,
+    reload: Option<GuestReload>,
+    shutdown: &Shutdown,
+) -> Result<()> {
     shutdown.starting("starting");
     // Up first, so /healthz answers (and /readyz says no) during a long restore.
     let http = crate::serve::http::Shared::default();
@@ -43,7 +53,7 @@ fn start(args: RunArgs, guest: Box<dyn Counter + Send>, reload: Option<GuestRelo
         bail!("--emit final needs --window: without windows there is no window to complete");
     }
     if args.topics.scale_out {
-        return crate::engine::scaleout::run(args, guest, reload, &shutdown, &http);
+        return crate::engine::scaleout::run(args, guest, reload, shutdown, &http);
     }
-    crate::engine::pipeline::run(args, guest, reload, windows, &shutdown, &http)
+    crate::engine::pipeline::run(args, guest, reload, windows, shutdown, &http)
 }

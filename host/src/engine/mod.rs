@@ -3,6 +3,7 @@
 //! what they share: polling and skipping records ([`records`]), fault injection, the stall
 //! watchdog, pacing, run statistics.
 
+pub mod committer;
 pub mod fault;
 pub mod log_limit;
 pub mod pace;

@@ -60,40 +60,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 
 use crate::changelog;
 use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
+use crate::engine::committer::{Committer, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
 use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
 use crate::engine::records::{LATE, NO_VALUE, POLL_WAIT, poll_batch, skip_record};
 use crate::engine::stall::Watchdog;
-use crate::engine::stats::RunStats;
 use crate::guest::reload::GuestReload;
 use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
-use crate::kafka::clients::HostConsumer;
-use crate::kafka::producer::{AckedProducer, TxnError};
+use crate::kafka::clients::{HostConsumer, HostContext};
+use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, meta};
 use crate::window::{self, Millis, WindowSpec};
-
-/// Milliseconds between laps, for the per-batch debug line.
-struct StepTimer(Instant);
-
-impl StepTimer {
-    fn start() -> Self {
-        StepTimer(Instant::now())
-    }
-
-    fn lap(&mut self) -> f64 {
-        let now = Instant::now();
-        let ms = now.duration_since(self.0).as_secs_f64() * 1000.0;
-        self.0 = now;
-        ms
-    }
-}
 
 /// True when partitions are assigned and every one of them reported its end.
 fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
@@ -189,23 +173,36 @@ pub fn run(
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
     let pace = crate::engine::pace::Pace::new(args.max_rate);
     let watchdog = Watchdog::new(args.stall_timeout);
-    let mut pipeline = Pipeline {
+    let emit = args.windows.emit;
+    let mut state = Local {
         submitted: applied.clone(),
         applied,
         totals: store.totals()?,
-        args,
-        producer,
+        input: args.topics.input.clone(),
+        changelog: args.topics.changelog.clone(),
+        emit,
         store,
-        guest: GuestThread::spawn(guest)?,
-        rejected_log: LogLimit::new(Duration::from_secs(1)),
-        consumer_log: LogLimit::new(Duration::from_secs(5)),
-        stats: RunStats::default(),
         txn: None,
         windows,
         stream_times,
         kept_from: None,
         non_empty_partitions,
         emitted_through,
+    };
+    // What the host that wrote state had dropped (it follows from state's stream times), so a
+    // replayed batch finds the same windows gone as the first time. (With --emit final it
+    // also depends on boards produced between batches: left unknown, the first drop scans.)
+    if emit == Emit::Changes {
+        state.kept_from = state.keep_from(&state.stream_times);
+    }
+    let committer =
+        Committer::new(producer, args.guarantee, args.commit_interval, http.metrics.clone(), shutdown.clone());
+    let mut pipeline = Pipeline {
+        committer,
+        state,
+        guest: GuestThread::spawn(guest)?,
+        rejected_log: LogLimit::new(Duration::from_secs(1)),
+        consumer_log: LogLimit::new(Duration::from_secs(5)),
         reload,
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
@@ -213,13 +210,8 @@ pub fn run(
         shutdown: shutdown.clone(),
         watchdog,
         pace,
+        args,
     };
-    // What the host that wrote state had dropped (it follows from state's stream times), so a
-    // replayed batch finds the same windows gone as the first time. (With --emit final it
-    // also depends on boards produced between batches: left unknown, the first drop scans.)
-    if pipeline.args.windows.emit == Emit::Changes {
-        pipeline.kept_from = pipeline.keep_from(&pipeline.stream_times);
-    }
     tracing::info!(
         guest = %pipeline.guest.describe(),
         guarantee = pipeline.args.guarantee.name(),
@@ -227,8 +219,8 @@ pub fn run(
         input = %pipeline.args.topics.input,
         group = %pipeline.args.group,
         instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
-        state_dir = %pipeline.store.dir().display(),
-        records_processed = pipeline.totals.records_processed,
+        state_dir = %pipeline.state.store.dir().display(),
+        records_processed = pipeline.state.totals.records_processed,
         "host running"
     );
     shutdown.working("counting");
@@ -348,33 +340,13 @@ fn catch_up_with_changelog(args: &RunArgs, store: &Store, shutdown: &Shutdown) -
 /// the pipeline is mutated.
 struct Pipeline {
     args: RunArgs,
-    producer: AckedProducer,
-    store: Store,
+    /// The write order and the exactly-once transaction (`engine::committer`).
+    committer: Committer,
+    /// The state task: the whole state in one store.
+    state: Local,
     guest: GuestThread,
-    /// Next input offset per partition that state already reflects (see the module doc).
-    applied: BTreeMap<i32, i64>,
-    /// Next input offset per partition given to the guest: `applied`, plus the batches on
-    /// their way to state. A record below it is skipped as already counted (or about to be:
-    /// batches are applied in order, and a failed one stops the host).
-    submitted: BTreeMap<i32, i64>,
-    totals: Totals,
     rejected_log: LogLimit,
     consumer_log: LogLimit,
-    stats: RunStats,
-    /// exactly-once: the open transaction.
-    txn: Option<OpenTxn>,
-    /// --window: the windows, and the stream time per partition after the batches submitted.
-    windows: Option<WindowSpec>,
-    stream_times: BTreeMap<i32, Millis>,
-    /// --window: windows starting before this are no longer in state (`None`: unknown).
-    kept_from: Option<Millis>,
-    /// --window: the input partitions that held records at start-up. Until each has a
-    /// stream time (has delivered), no window completes or is dropped: its records may
-    /// belong to any window, and the slowest partition's stream time is only known then (a
-    /// consumer may read one partition far ahead of another, e.g. in a backfill).
-    non_empty_partitions: BTreeSet<i32>,
-    /// --emit final: the newest window whose final board was produced.
-    emitted_through: Option<Millis>,
     /// Hot swap of the guest (not for the benchmark's native baseline).
     reload: Option<GuestReload>,
     metrics: Arc<Metrics>,
@@ -388,21 +360,55 @@ struct Pipeline {
     board_view: Arc<std::sync::Mutex<crate::serve::http::BoardView>>,
 }
 
-/// exactly-once: a transaction with batches in it, not yet committed.
-struct OpenTxn {
-    opened: Instant,
-    /// New values of the keys its batches changed (`None`: deleted): not in state until it
-    /// commits.
+/// The single host's state task: the whole state in one store, written with an fsync per
+/// batch (so under at-least-once it never replays its changelog's tail, see the module doc),
+/// and what the batches under way and the open transaction change in it.
+struct Local {
+    store: Store,
+    input: String,
+    changelog: String,
+    emit: Emit,
+    /// Next input offset per partition that state already reflects (see the module doc).
+    applied: BTreeMap<i32, i64>,
+    /// Next input offset per partition given to the guest: `applied`, plus the batches on
+    /// their way to state. A record below it is skipped as already counted (or about to be:
+    /// batches are applied in order, and a failed one stops the host).
+    submitted: BTreeMap<i32, i64>,
+    totals: Totals,
+    /// exactly-once: what the open transaction changes in state, once it commits.
+    txn: Option<TxnChanges>,
+    /// --window: the windows, and the stream time per partition after the batches submitted.
+    windows: Option<WindowSpec>,
+    stream_times: BTreeMap<i32, Millis>,
+    /// --window: windows starting before this are no longer in state (`None`: unknown).
+    kept_from: Option<Millis>,
+    /// --window: the input partitions that held records at start-up. Until each has a
+    /// stream time (has delivered), no window completes or is dropped: its records may
+    /// belong to any window, and the slowest partition's stream time is only known then (a
+    /// consumer may read one partition far ahead of another, e.g. in a backfill).
+    non_empty_partitions: BTreeSet<i32>,
+    /// --emit final: the newest window whose final board was produced.
+    emitted_through: Option<Millis>,
+}
+
+/// exactly-once: what the open transaction's batches (and boards) change in state.
+#[derive(Default)]
+struct TxnChanges {
+    /// New values of the keys its batches changed (`None`: deleted).
     overlay: HashMap<Vec<u8>, Option<u64>>,
     /// With --window: stream time per partition after its batches.
     stream_times: BTreeMap<i32, Millis>,
-    /// Metadata its boards changed (--emit final), applied with it.
+    /// Metadata its boards changed (--emit final).
     meta: Vec<Change>,
     /// Next input offset per partition after its batches.
     next_offsets: BTreeMap<i32, i64>,
-    /// Record timestamps (ms), for the latency histogram once committed.
-    timestamps: Vec<i64>,
-    changelog_records: u64,
+}
+
+/// at-least-once: what one batch changes in state (empty when every record of the batch was
+/// already in state; then only the offsets are committed).
+struct LocalBatch {
+    changes: Vec<Change>,
+    next_offsets: BTreeMap<i32, i64>,
 }
 
 /// A polled batch handed to the guest thread, before its result is back. Preparing it
@@ -429,22 +435,6 @@ struct Group {
     positions: Vec<usize>,
 }
 
-/// A batch whose changelog records are sent but not yet known to be acknowledged: steps
-/// 2 (the wait), 3 and 4 are still to come.
-struct InFlight {
-    /// State changes: new counter values, totals and input offsets; empty when every record
-    /// of the batch was already in state (then only the offsets are committed).
-    changes: Vec<Change>,
-    next_offsets: BTreeMap<i32, i64>,
-    /// Record timestamps (ms), for the latency histogram once acknowledged.
-    timestamps: Vec<i64>,
-    records: usize,
-    /// Time the guest thread spent on the batch, and the part of it the pipeline waited for.
-    guest_ms: f64,
-    guest_wait_ms: f64,
-    send_ms: f64,
-}
-
 impl Pipeline {
     /// The loop keeps three batches moving, each at a different step:
     /// - the newest is polled and handed to the guest thread (step 1, which writes nothing);
@@ -459,10 +449,10 @@ impl Pipeline {
         let mut last_board = Instant::now();
         let mut at_end = BTreeSet::new();
         let mut with_guest: Option<Submitted<'c>> = None;
-        let mut in_flight: Option<InFlight> = None;
+        let mut in_flight: Option<Sent<LocalBatch>> = None;
         while !self.shutdown.requested() {
             // With a batch under way, don't wait for input: moving it on is the better use of time.
-            let idle = with_guest.is_none() && in_flight.is_none() && self.txn.is_none();
+            let idle = with_guest.is_none() && in_flight.is_none() && !self.committer.in_transaction();
             let wait = if idle { POLL_WAIT } else { Duration::ZERO };
             let batch = if self.watchdog.input_stopped_by_fault() {
                 std::thread::sleep(wait);
@@ -484,7 +474,7 @@ impl Pipeline {
             let newest = if batch.is_empty() { None } else { Some(self.submit(batch)?) };
             // 2-4 of the oldest batch: its acknowledgements, state write and offset commit.
             if let Some(oldest) = in_flight.take() {
-                self.finish(consumer, oldest)?;
+                self.committer.finish(consumer, &mut self.state, oldest)?;
             }
             // 2. The guest's result of the batch before the newest, as changelog records (into
             // the open transaction under exactly-once).
@@ -493,11 +483,8 @@ impl Pipeline {
             }
             with_guest = newest;
             // exactly-once: commit when the interval is up, or at once when nothing else came.
-            if self
-                .txn
-                .as_ref()
-                .is_some_and(|t| with_guest.is_none() || t.opened.elapsed() >= self.args.commit_interval)
-                && !self.commit_txn(consumer)?
+            if self.committer.transaction_due(with_guest.is_none())
+                && !self.committer.commit_txn(consumer, &mut self.state)?
                 && let Some(dropped) = with_guest.take()
             {
                 // Aborted and rewound: the batch polled since is read again; drop its result.
@@ -519,20 +506,20 @@ impl Pipeline {
                     self.guest.swap(Box::new(next))?;
                 }
             }
-            self.producer.poll();
+            self.committer.producer().poll();
         }
         // Finish what is under way, in order.
         self.shutdown.working("finishing the batches under way");
         if let Some(oldest) = in_flight.take() {
-            self.finish(consumer, oldest)?;
+            self.committer.finish(consumer, &mut self.state, oldest)?;
         }
         if let Some(submitted) = with_guest.take()
             && let Some(last) = self.send_batch(submitted)?
         {
-            self.finish(consumer, last)?;
+            self.committer.finish(consumer, &mut self.state, last)?;
         }
-        if self.args.guarantee == Guarantee::ExactlyOnce {
-            self.commit_txn(consumer)?;
+        if self.committer.exactly_once() {
+            self.committer.commit_txn(consumer, &mut self.state)?;
         } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
             // Every polled record is processed: the consumer's positions are safe to commit.
             // Closing the consumer waits for the commit, so the group ends exactly where state
@@ -542,12 +529,12 @@ impl Pipeline {
         tracing::info!("shutting down: batch committed, publishing a last board");
         self.shutdown.working("publishing a last board");
         self.flush_board(consumer);
-        self.commit_txn(consumer)?;
-        self.producer.wait_acks()?;
-        self.stats.log();
+        self.committer.commit_txn(consumer, &mut self.state)?;
+        self.committer.producer().wait_acks()?;
+        self.committer.stats.log();
         tracing::info!(
-            records_processed = self.totals.records_processed,
-            records_skipped = self.totals.records_skipped,
+            records_processed = self.state.totals.records_processed,
+            records_skipped = self.state.totals.records_skipped,
             "stopped cleanly"
         );
         Ok(())
@@ -556,7 +543,7 @@ impl Pipeline {
     /// The stall watchdog, after a poll: records waiting are what the partitions' lag says.
     fn watch_for_stall(&mut self, consumer: &HostConsumer, delivered: bool) -> Result<()> {
         if self.watchdog.due(delivered) {
-            let waiting = self.lag(consumer).values().sum();
+            let waiting = self.state.lag(consumer).values().sum();
             self.watchdog.looked(waiting)?;
         }
         Ok(())
@@ -564,7 +551,7 @@ impl Pipeline {
 
     /// Step 1: hands every record not yet counted to the guest thread. Writes nothing.
     fn submit<'c>(&mut self, messages: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
-        self.stats.batch_polled(messages.len());
+        self.committer.stats.batch_polled(messages.len());
         self.metrics.records_consumed.inc_by(messages.len() as u64);
         self.metrics.batch_records.observe(messages.len() as f64);
         let mut next_offsets = BTreeMap::new();
@@ -572,13 +559,13 @@ impl Pipeline {
         let mut rejected = Vec::new();
         // Cumulative: one group. Windowed: one per set of open windows (a batch spans few).
         let mut groups: Vec<(Group, Records)> = Vec::new();
-        if self.windows.is_none() {
+        if self.state.windows.is_none() {
             groups.push((Group { windows: None, positions: Vec::with_capacity(messages.len()) }, Records::default()));
         }
         let guest_times = self.guest_event_times(&messages)?;
         for (index, message) in messages.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
-            if self.already_counted(message) {
+            if self.state.already_counted(message) {
                 continue;
             }
             fresh.push(index);
@@ -586,51 +573,47 @@ impl Pipeline {
                 rejected.push((index, NO_VALUE.to_owned()));
                 continue;
             };
-            let group = match self.windows {
+            let group = match self.state.windows {
                 None => 0,
-                Some(spec) => match self.open_windows(&spec, message, guest_times.get(index).copied().flatten()) {
-                    Ok(open) => match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
-                        Some(group) => group,
-                        None => {
-                            groups.push((Group { windows: Some(open), positions: Vec::new() }, Records::default()));
-                            groups.len() - 1
+                Some(spec) => {
+                    match self.state.open_windows(&spec, message, guest_times.get(index).copied().flatten()) {
+                        Ok(open) => match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
+                            Some(group) => group,
+                            None => {
+                                groups.push((Group { windows: Some(open), positions: Vec::new() }, Records::default()));
+                                groups.len() - 1
+                            }
+                        },
+                        Err(reason) => {
+                            rejected.push((index, reason));
+                            continue;
                         }
-                    },
-                    Err(reason) => {
-                        rejected.push((index, reason));
-                        continue;
                     }
-                },
+                }
             };
             groups[group].0.positions.push(index);
             groups[group].1.push(value);
         }
         for (partition, next) in &next_offsets {
-            let submitted = self.submitted.entry(*partition).or_insert(*next);
+            let submitted = self.state.submitted.entry(*partition).or_insert(*next);
             *submitted = (*submitted).max(*next);
         }
         let (groups, records): (Vec<Group>, Vec<Records>) = groups.into_iter().unzip();
         self.guest.submit(records)?;
-        let stream_times = self.stream_times.clone();
+        let stream_times = self.state.stream_times.clone();
         Ok(Submitted { messages, fresh, groups, rejected, next_offsets, stream_times })
-    }
-
-    /// Already counted: a crash came between the state write and the offset commit, or a
-    /// rebalance re-delivered records of a batch under way.
-    fn already_counted(&self, message: &BorrowedMessage<'_>) -> bool {
-        self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next)
     }
 
     /// With `--event-time guest`: the event time the guest gives each record of the batch
     /// not yet counted (by index into `messages`); empty otherwise.
     fn guest_event_times(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<Vec<Option<Millis>>> {
-        if self.windows.is_none() || self.args.windows.event_time != EventTime::Guest {
+        if !self.needs_event_time() {
             return Ok(Vec::new());
         }
         let mut records = Records::default();
         let mut at = Vec::new();
         for (index, message) in messages.iter().enumerate() {
-            if let Some(value) = message.payload().filter(|_| !self.already_counted(message)) {
+            if let Some(value) = message.payload().filter(|_| !self.state.already_counted(message)) {
                 records.push(value);
                 at.push(index);
             }
@@ -641,6 +624,267 @@ impl Pipeline {
             times[index] = time;
         }
         Ok(times)
+    }
+
+    /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
+    /// the deltas to state's values (the overlay), and sends the changelog records. Needs
+    /// state to hold every earlier batch.
+    fn send_batch(&mut self, batch: Submitted<'_>) -> Result<Option<Sent<LocalBatch>>> {
+        let mut timer = StepTimer::start();
+        let waiting = self.shutdown.waiting_for("waiting for the guest's answer");
+        let (results, guest_ms) = self.guest.receive()?;
+        drop(waiting);
+        let results = results?;
+        let guest_wait_ms = timer.lap();
+        // Everything this batch produces (dead letters included) goes into the transaction.
+        self.committer.open_transaction()?;
+        let mut rejected = batch.rejected;
+        let mut deltas: Vec<(Vec<u8>, u64)> = Vec::new();
+        for (group, result) in batch.groups.iter().zip(results) {
+            for r in result.rejected {
+                let index =
+                    *group.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
+                rejected.push((index, r.reason));
+            }
+            match &group.windows {
+                None => deltas.extend(result.deltas.into_iter().map(|d| (d.key.into_bytes(), d.amount))),
+                Some(starts) => {
+                    for d in result.deltas {
+                        deltas
+                            .extend(starts.iter().map(|start| (window::state_key(*start, d.key.as_bytes()), d.amount)));
+                    }
+                }
+            }
+        }
+        // In input order, so dead letters keep the order of their records.
+        rejected.sort_by_key(|(index, _)| *index);
+        self.state.totals.records_processed += (batch.fresh.len() - rejected.len()) as u64;
+        self.metrics.records_counted.inc_by((batch.fresh.len() - rejected.len()) as u64);
+        self.metrics.step("guest", guest_ms / 1000.0);
+        for (index, reason) in &rejected {
+            self.reject(&batch.messages[*index], reason)?;
+        }
+        let mut overlay: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (key, amount) in deltas {
+            // The newest value: this batch's, else the open transaction's, else state's.
+            let current = match overlay.get(&key) {
+                Some(v) => *v,
+                None => self.state.current(&key)?,
+            };
+            let updated = current.saturating_add(amount);
+            if updated == u64::MAX && current != u64::MAX {
+                tracing::warn!(key = %String::from_utf8_lossy(&key), "counter saturated at u64::MAX");
+            }
+            overlay.insert(key, updated);
+        }
+        let changed = !batch.fresh.is_empty();
+        // With --window: the counters of windows past their retention go, in this same batch.
+        let dropped =
+            if changed { self.state.expired_counters(&batch.stream_times, &mut overlay)? } else { Vec::new() };
+        let changes = if changed {
+            self.state.changes(&overlay, &dropped, &batch.next_offsets, &batch.stream_times)
+        } else {
+            Vec::new()
+        };
+        self.send_changelog(&changes)?;
+        let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+        let offsets: Offsets =
+            batch.next_offsets.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
+        let changelog_records = changes.len() as u64;
+        if self.committer.in_transaction() {
+            // exactly-once: the batch joins the open transaction; state waits for its commit.
+            let txn = self.state.txn.get_or_insert_default();
+            txn.overlay.extend(overlay.into_iter().map(|(key, value)| (key, Some(value))));
+            txn.overlay.extend(dropped.into_iter().map(|key| (key, None)));
+            for (partition, next) in batch.next_offsets {
+                let at = txn.next_offsets.entry(partition).or_insert(next);
+                *at = (*at).max(next);
+            }
+            txn.stream_times.extend(batch.stream_times);
+            tracing::debug!(records = batch.messages.len(), guest_ms, guest_wait_ms, send_ms = timer.lap(), "batch");
+            self.committer.joined(offsets, timestamps, changelog_records);
+            return Ok(None);
+        }
+        Ok(Some(Sent {
+            produced: !changes.is_empty(),
+            changes: LocalBatch { changes, next_offsets: batch.next_offsets },
+            offsets,
+            timestamps,
+            changelog_records,
+            timings: Timings { records: batch.messages.len(), guest_ms, guest_wait_ms, send_ms: timer.lap() },
+        }))
+    }
+
+    /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
+    fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
+        self.state.totals.records_skipped += 1;
+        let dead_letter = self.args.topics.dead_letter.as_deref();
+        skip_record(self.committer.producer(), dead_letter, &self.metrics, &mut self.rejected_log, message, reason)
+    }
+
+    fn needs_event_time(&self) -> bool {
+        self.state.windows.is_some() && self.args.windows.event_time == EventTime::Guest
+    }
+
+    fn send_changelog(&self, changes: &[Change]) -> Result<()> {
+        let (producer, topic) = (self.committer.producer(), &self.state.changelog);
+        for change in changes {
+            match change {
+                Change::Count { key, value: Some(v) } => producer.send(topic, key, &v.to_be_bytes(), None)?,
+                Change::Meta { name, value: Some(v) } => {
+                    producer.send(topic, &changelog::meta_key(name), v, Some(changelog::meta_headers(name)))?
+                }
+                // Expired windows' counters: a tombstone, so compaction removes them.
+                Change::Count { key, value: None } => producer.send_tombstone(topic, key)?,
+                Change::Meta { value: None, .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Ranks and prints the board and produces it (with --emit final: the final boards of
+    /// the windows completed since the last flush instead).
+    fn publish_board(&mut self) -> Result<crate::board::Snapshot> {
+        let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
+        let state = &self.state;
+        // The board reads state, so the stream times state holds.
+        let stream_times = state.store.stream_times(&state.input)?;
+        let closing_blocked = state.closing_blocked(&stream_times);
+        let windows = state.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
+        let guest = &mut self.guest;
+        let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
+        let snapshot = crate::board::snapshot(&state.store, top_n, n, windows.as_ref())?;
+        let producer = self.committer.producer();
+        let Some(windows) = windows.filter(|_| state.emit == Emit::Final) else {
+            crate::board::produce(producer, &topic, &snapshot)?;
+            return Ok(snapshot);
+        };
+        let after = state.emitted_through;
+        let Some(newest) = crate::board::emit_final(&state.store, top_n, producer, &topic, n, &windows, after)? else {
+            return Ok(snapshot);
+        };
+        // Recorded like any state: in the changelog, then in state (under exactly-once, in
+        // the open transaction and in state when it commits).
+        let change = Change::u64(meta::EMITTED_THROUGH, newest as u64);
+        self.send_changelog(std::slice::from_ref(&change))?;
+        if self.committer.in_transaction() {
+            self.state.txn.get_or_insert_default().meta.push(change);
+        } else {
+            self.committer.producer().wait_acks()?;
+            self.state.store.apply([change], true)?;
+        }
+        self.state.emitted_through = Some(newest);
+        Ok(snapshot)
+    }
+
+    fn flush_board(&mut self, consumer: &HostConsumer) {
+        // Under exactly-once the board goes into the transaction.
+        if let Err(e) = self.committer.open_transaction() {
+            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
+            return;
+        }
+        let started = Instant::now();
+        let flushed = self
+            .publish_board()
+            // Under exactly-once the board is in the open transaction: "produced" means it
+            // reached the broker there (its fate is the transaction's).
+            .and_then(|snapshot| match self.committer.exactly_once() {
+                true => self.committer.producer().wait_acks().map(|()| snapshot),
+                false => Ok(snapshot),
+            });
+        match flushed {
+            Ok(snapshot) => {
+                self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
+                if self.args.http.is_some() {
+                    // For the board page and /metrics only: a round trip per partition.
+                    let lag = self.state.lag(consumer);
+                    for (partition, behind) in &lag {
+                        self.metrics
+                            .consumer_lag
+                            .get_or_create(&vec![("partition", partition.to_string())])
+                            .set(*behind);
+                    }
+                    self.board_view.lock().unwrap_or_else(|p| p.into_inner()).publish(snapshot, lag);
+                }
+                fault::point(Step::AfterBoard)
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
+        }
+    }
+}
+
+impl Tasks<HostContext> for Local {
+    type Batch = LocalBatch;
+
+    /// One atomic, fsynced write batch (a batch that changed nothing only moves `applied`).
+    fn apply_batch(&mut self, batch: LocalBatch, _positions: &Positions) -> Result<()> {
+        if !batch.changes.is_empty() {
+            let local = Change::written_under(Guarantee::AtLeastOnce.name());
+            self.store.apply(batch.changes.into_iter().chain([local]), true)?;
+        }
+        for (partition, next) in &batch.next_offsets {
+            let applied = self.applied.entry(*partition).or_insert(*next);
+            *applied = (*applied).max(*next);
+        }
+        Ok(())
+    }
+
+    /// One atomic write of the transaction's values, with the changelog positions it reaches.
+    fn apply_transaction(&mut self, positions: &Positions) -> Result<()> {
+        let txn = self.txn.take().unwrap_or_default();
+        let mut changes: Vec<Change> =
+            txn.overlay.into_iter().map(|(key, value)| Change::Count { key, value }).collect();
+        changes.extend(txn.stream_times.iter().map(|(p, t)| self.stream_time_change(*p, *t)));
+        changes.extend(txn.meta);
+        changes.extend(self.windows_change());
+        changes.extend(self.totals_changes());
+        let mut next_offsets = self.applied.clone();
+        for (partition, next) in &txn.next_offsets {
+            let at = next_offsets.entry(*partition).or_insert(*next);
+            *at = (*at).max(*next);
+        }
+        changes.extend(next_offsets.iter().map(|(p, next)| self.input_offset_change(*p, *next)));
+        changes.extend(changelog::position_changes(&self.changelog, positions));
+        changes.push(Change::written_under(Guarantee::ExactlyOnce.name()));
+        self.store.apply(changes, true)?;
+        self.applied = next_offsets;
+        Ok(())
+    }
+
+    /// Back to what state holds: counts restart from state's, the input from its offsets.
+    fn rewind(&mut self, consumer: &HostConsumer) -> Result<()> {
+        self.txn = None;
+        self.totals = self.store.totals()?;
+        self.submitted = self.applied.clone();
+        self.stream_times = self.store.stream_times(&self.input)?;
+        self.emitted_through = self.store.meta_i64(meta::EMITTED_THROUGH)?;
+        self.kept_from = None;
+        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
+        for element in assignment.elements() {
+            let partition = element.partition();
+            let offset = self.applied.get(&partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            consumer
+                .seek(element.topic(), partition, offset, Duration::from_secs(10))
+                .with_context(|| format!("rewinding input partition {partition}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Local {
+    /// Already counted: a crash came between the state write and the offset commit, or a
+    /// rebalance re-delivered records of a batch under way.
+    fn already_counted(&self, message: &BorrowedMessage<'_>) -> bool {
+        self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next)
+    }
+
+    /// A counter's newest value outside the batch being counted: the open transaction's,
+    /// else state's.
+    fn current(&self, key: &[u8]) -> Result<u64> {
+        match self.txn.as_ref().and_then(|t| t.overlay.get(key)) {
+            Some(v) => Ok(v.unwrap_or(0)),
+            None => self.store.count(key),
+        }
     }
 
     /// With --window: the windows still open for `message` (by its event time: the guest's
@@ -675,254 +919,6 @@ impl Pipeline {
         Ok(open)
     }
 
-    /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
-    /// the deltas to state's values (the overlay), and sends the changelog records. Needs
-    /// state to hold every earlier batch.
-    fn send_batch(&mut self, batch: Submitted<'_>) -> Result<Option<InFlight>> {
-        let mut timer = StepTimer::start();
-        let waiting = self.shutdown.waiting_for("waiting for the guest's answer");
-        let (results, guest_ms) = self.guest.receive()?;
-        drop(waiting);
-        let results = results?;
-        let guest_wait_ms = timer.lap();
-        if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
-            // Everything this batch produces (dead letters included) goes into the transaction.
-            self.begin_txn()?;
-        }
-        let mut rejected = batch.rejected;
-        let mut deltas: Vec<(Vec<u8>, u64)> = Vec::new();
-        for (group, result) in batch.groups.iter().zip(results) {
-            for r in result.rejected {
-                let index =
-                    *group.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
-                rejected.push((index, r.reason));
-            }
-            match &group.windows {
-                None => deltas.extend(result.deltas.into_iter().map(|d| (d.key.into_bytes(), d.amount))),
-                Some(starts) => {
-                    for d in result.deltas {
-                        deltas
-                            .extend(starts.iter().map(|start| (window::state_key(*start, d.key.as_bytes()), d.amount)));
-                    }
-                }
-            }
-        }
-        // In input order, so dead letters keep the order of their records.
-        rejected.sort_by_key(|(index, _)| *index);
-        self.totals.records_processed += (batch.fresh.len() - rejected.len()) as u64;
-        self.metrics.records_counted.inc_by((batch.fresh.len() - rejected.len()) as u64);
-        self.metrics.step("guest", guest_ms / 1000.0);
-        for (index, reason) in &rejected {
-            self.reject(&batch.messages[*index], reason)?;
-        }
-        let mut overlay: HashMap<Vec<u8>, u64> = HashMap::new();
-        for (key, amount) in deltas {
-            // The newest value: this batch's, else the open transaction's, else state's.
-            let current = match overlay.get(&key) {
-                Some(v) => *v,
-                None => match self.txn.as_ref().and_then(|t| t.overlay.get(&key)) {
-                    Some(v) => v.unwrap_or(0),
-                    None => self.store.count(&key)?,
-                },
-            };
-            let updated = current.saturating_add(amount);
-            if updated == u64::MAX && current != u64::MAX {
-                tracing::warn!(key = %String::from_utf8_lossy(&key), "counter saturated at u64::MAX");
-            }
-            overlay.insert(key, updated);
-        }
-        let changed = !batch.fresh.is_empty();
-        // With --window: the counters of windows past their retention go, in this same batch.
-        let dropped = if changed { self.expired_counters(&batch.stream_times, &mut overlay)? } else { Vec::new() };
-        let changes = if changed {
-            self.changes(&overlay, &dropped, &batch.next_offsets, &batch.stream_times)
-        } else {
-            Vec::new()
-        };
-        self.send_changelog(&changes)?;
-        let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
-        if let Some(txn) = &mut self.txn {
-            // exactly-once: the batch joins the open transaction; state waits for its commit.
-            txn.overlay.extend(overlay.into_iter().map(|(key, value)| (key, Some(value))));
-            txn.overlay.extend(dropped.into_iter().map(|key| (key, None)));
-            for (partition, next) in batch.next_offsets {
-                let at = txn.next_offsets.entry(partition).or_insert(next);
-                *at = (*at).max(next);
-            }
-            txn.stream_times.extend(batch.stream_times);
-            txn.timestamps.extend_from_slice(&timestamps);
-            txn.changelog_records += changes.len() as u64;
-            tracing::debug!(records = batch.messages.len(), guest_ms, guest_wait_ms, send_ms = timer.lap(), "batch");
-            fault::point(Step::MidTransaction);
-            return Ok(None);
-        }
-        Ok(Some(InFlight {
-            changes,
-            next_offsets: batch.next_offsets,
-            timestamps,
-            records: batch.messages.len(),
-            guest_ms,
-            guest_wait_ms,
-            send_ms: timer.lap(),
-        }))
-    }
-
-    /// exactly-once: opens a transaction for the next batches (and boards).
-    fn begin_txn(&mut self) -> Result<()> {
-        self.producer.begin().map_err(TxnError::stopping)?;
-        self.txn = Some(OpenTxn {
-            opened: Instant::now(),
-            overlay: HashMap::new(),
-            stream_times: BTreeMap::new(),
-            meta: Vec::new(),
-            next_offsets: BTreeMap::new(),
-            timestamps: Vec::new(),
-            changelog_records: 0,
-        });
-        Ok(())
-    }
-
-    /// exactly-once: commits the open transaction with its input offsets, then applies it to
-    /// state in one atomic write, with the changelog positions it reaches. Returns false when
-    /// the transaction had to be aborted (the input is rewound; the caller drops what it
-    /// polled since).
-    fn commit_txn(&mut self, consumer: &HostConsumer) -> Result<bool> {
-        let Some(txn) = self.txn.take() else { return Ok(true) };
-        let mut timer = StepTimer::start();
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in &txn.next_offsets {
-            offsets.add_partition_offset(&self.args.topics.input, *partition, Offset::Offset(*next))?;
-        }
-        let group = consumer.group_metadata().context("the consumer has no group metadata")?;
-        let committed = if !txn.next_offsets.is_empty() && fault::due(Step::AbortTransaction) {
-            Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
-        } else {
-            self.producer.commit(&offsets, &group)
-        };
-        match committed {
-            Ok(()) => {}
-            Err(TxnError::Abortable(reason)) => {
-                self.abort_txn(consumer, &reason)?;
-                return Ok(false);
-            }
-            Err(e) => return Err(e.stopping()),
-        }
-        let commit_ms = timer.lap();
-        self.metrics.step("commit", commit_ms / 1000.0);
-        self.metrics.changelog_records.inc_by(txn.changelog_records);
-        self.stats.changelog_records += txn.changelog_records;
-        self.stats.acknowledged(txn.timestamps.into_iter());
-        // Fault points count transactions that carry batches, not board-only ones.
-        let carries_batches = !txn.next_offsets.is_empty();
-        if carries_batches {
-            fault::point(Step::AfterChangelog);
-        }
-
-        let mut changes: Vec<Change> =
-            txn.overlay.into_iter().map(|(key, value)| Change::Count { key, value }).collect();
-        changes.extend(txn.stream_times.iter().map(|(p, t)| self.stream_time_change(*p, *t)));
-        changes.extend(txn.meta);
-        changes.extend(self.windows_change());
-        changes.extend(self.totals_changes());
-        let mut next_offsets = self.applied.clone();
-        for (partition, next) in &txn.next_offsets {
-            let at = next_offsets.entry(*partition).or_insert(*next);
-            *at = (*at).max(*next);
-        }
-        changes.extend(next_offsets.iter().map(|(p, next)| self.input_offset_change(*p, *next)));
-        let positions = self.producer.changelog_positions();
-        changes.extend(changelog::position_changes(&self.args.topics.changelog, &positions));
-        changes.push(Change::written_under(Guarantee::ExactlyOnce.name()));
-        self.store.apply(changes, true).context("state write")?;
-        self.applied = next_offsets;
-        let state_ms = timer.lap();
-        self.metrics.step("state", state_ms / 1000.0);
-        self.stats.committed();
-        tracing::debug!(commit_ms, state_ms, "transaction committed and applied");
-        if carries_batches {
-            fault::point(Step::AfterState);
-            fault::point(Step::AfterCommit);
-        }
-        Ok(true)
-    }
-
-    /// exactly-once: aborts the open transaction and rewinds the input to what state
-    /// reflects; counts restart from state's.
-    fn abort_txn(&mut self, consumer: &HostConsumer, reason: &str) -> Result<()> {
-        tracing::warn!(reason, "aborting the transaction; the input is rewound to the last commit");
-        self.metrics.transactions_aborted.inc();
-        self.producer.abort().map_err(TxnError::stopping)?;
-        self.txn = None;
-        self.totals = self.store.totals()?;
-        self.submitted = self.applied.clone();
-        self.stream_times = self.store.stream_times(&self.args.topics.input)?;
-        self.emitted_through = self.store.meta_i64(meta::EMITTED_THROUGH)?;
-        self.kept_from = None;
-        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
-        for element in assignment.elements() {
-            let partition = element.partition();
-            let offset = self.applied.get(&partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
-            consumer
-                .seek(element.topic(), partition, offset, Duration::from_secs(10))
-                .with_context(|| format!("rewinding input partition {partition}"))?;
-        }
-        Ok(())
-    }
-
-    /// Steps 2 (the wait), 3 and 4 of a batch whose changelog records are sent.
-    fn finish(&mut self, consumer: &HostConsumer, batch: InFlight) -> Result<()> {
-        let mut timer = StepTimer::start();
-        let (mut changelog_ms, mut state_ms) = (0.0, 0.0);
-        if !batch.changes.is_empty() {
-            // 2. Changelog: every record acknowledged.
-            let waiting = self.shutdown.waiting_for("waiting for Kafka to acknowledge the changelog");
-            self.producer.wait_acks().context("changelog write")?;
-            drop(waiting);
-            changelog_ms = timer.lap();
-            self.stats.changelog_records += batch.changes.len() as u64;
-            self.metrics.changelog_records.inc_by(batch.changes.len() as u64);
-            self.metrics.step("changelog", changelog_ms / 1000.0);
-            self.stats.acknowledged(batch.timestamps.into_iter());
-            fault::point(Step::AfterChangelog);
-
-            // 3. State: one atomic, fsynced write batch.
-            let local = Change::written_under(Guarantee::AtLeastOnce.name());
-            self.store.apply(batch.changes.into_iter().chain([local]), true).context("state write")?;
-            state_ms = timer.lap();
-            self.metrics.step("state", state_ms / 1000.0);
-            fault::point(Step::AfterState);
-        }
-        for (partition, next) in &batch.next_offsets {
-            let applied = self.applied.entry(*partition).or_insert(*next);
-            *applied = (*applied).max(*next);
-        }
-
-        // 4. Offsets: only now is the batch committed to the group.
-        self.commit(consumer, &batch.next_offsets);
-        let commit_ms = timer.lap();
-        self.metrics.step("commit", commit_ms / 1000.0);
-        self.stats.committed();
-        tracing::debug!(
-            records = batch.records,
-            guest_ms = batch.guest_ms,
-            guest_wait_ms = batch.guest_wait_ms,
-            send_ms = batch.send_ms,
-            changelog_ms,
-            state_ms,
-            commit_ms,
-            "batch"
-        );
-        fault::point(Step::AfterCommit);
-        Ok(())
-    }
-
-    /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
-    fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
-        self.totals.records_skipped += 1;
-        let dead_letter = self.args.topics.dead_letter.as_deref();
-        skip_record(&self.producer, dead_letter, &self.metrics, &mut self.rejected_log, message, reason)
-    }
-
     /// The batch as state changes: counters (and, with --window, the counters of expired
     /// windows deleted, and the stream times), totals, and the input offsets they reflect.
     fn changes(
@@ -955,11 +951,7 @@ impl Pipeline {
     }
 
     fn input_offset_change(&self, partition: i32, next: i64) -> Change {
-        Change::u64(&meta::input_offset(&self.args.topics.input, partition), next as u64)
-    }
-
-    fn needs_event_time(&self) -> bool {
-        self.windows.is_some() && self.args.windows.event_time == EventTime::Guest
+        Change::u64(&meta::input_offset(&self.input, partition), next as u64)
     }
 
     /// With --window, the windows state is counted in (in every batch: a restore from the
@@ -970,7 +962,7 @@ impl Pipeline {
     }
 
     fn stream_time_change(&self, partition: i32, time: Millis) -> Change {
-        Change::u64(&meta::stream_time(&self.args.topics.input, partition), time as u64)
+        Change::u64(&meta::stream_time(&self.input, partition), time as u64)
     }
 
     /// --window: the first window start kept in state once the partitions are at
@@ -982,7 +974,7 @@ impl Pipeline {
             return None;
         }
         let keep_from = spec.keep_from(*slowest);
-        Some(match self.args.windows.emit {
+        Some(match self.emit {
             Emit::Final => keep_from.min(self.emitted_through.map_or(Millis::MIN, |e| e.saturating_add(1))),
             Emit::Changes => keep_from,
         })
@@ -1029,43 +1021,6 @@ impl Pipeline {
         Ok(keys)
     }
 
-    fn send_changelog(&self, changes: &[Change]) -> Result<()> {
-        let topic = &self.args.topics.changelog;
-        for change in changes {
-            match change {
-                Change::Count { key, value: Some(v) } => self.producer.send(topic, key, &v.to_be_bytes(), None)?,
-                Change::Meta { name, value: Some(v) } => {
-                    self.producer.send(topic, &changelog::meta_key(name), v, Some(changelog::meta_headers(name)))?
-                }
-                // Expired windows' counters: a tombstone, so compaction removes them.
-                Change::Count { key, value: None } => self.producer.send_tombstone(topic, key)?,
-                Change::Meta { value: None, .. } => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits next offsets, asynchronously: the commit only spares a restart from re-reading
-    /// records, because state already records the offsets it reflects (and skips what it
-    /// applied). So a lost or failed commit costs nothing but a re-read, and no batch waits
-    /// for a round trip to the group coordinator. Failures are logged by `HostContext`.
-    fn commit(&mut self, consumer: &HostConsumer, next_offsets: &BTreeMap<i32, i64>) {
-        if next_offsets.is_empty() {
-            return;
-        }
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in next_offsets {
-            if let Err(e) = offsets.add_partition_offset(&self.args.topics.input, *partition, Offset::Offset(*next)) {
-                tracing::warn!(partition, error = %e, "cannot build offset commit");
-            }
-        }
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Async)
-            && let Some(suppressed) = self.consumer_log.allow()
-        {
-            tracing::warn!(error = %e, suppressed, "offset commit not sent; the next batch commits again");
-        }
-    }
-
     /// Per assigned input partition, records not yet in state: its end offset minus the
     /// next offset state reflects.
     fn lag(&self, consumer: &HostConsumer) -> BTreeMap<i32, i64> {
@@ -1079,77 +1034,6 @@ impl Pipeline {
             }
         }
         lag
-    }
-
-    /// Ranks and prints the board and produces it (with --emit final: the final boards of
-    /// the windows completed since the last flush instead).
-    fn publish_board(&mut self) -> Result<crate::board::Snapshot> {
-        let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
-        // The board reads state, so the stream times state holds.
-        let stream_times = self.store.stream_times(&self.args.topics.input)?;
-        let closing_blocked = self.closing_blocked(&stream_times);
-        let windows = self.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
-        let guest = &mut self.guest;
-        let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
-        let snapshot = crate::board::snapshot(&self.store, top_n, n, windows.as_ref())?;
-        let Some(windows) = windows.filter(|_| self.args.windows.emit == Emit::Final) else {
-            crate::board::produce(&self.producer, &topic, &snapshot)?;
-            return Ok(snapshot);
-        };
-        let after = self.emitted_through;
-        if let Some(newest) = crate::board::emit_final(&self.store, top_n, &self.producer, &topic, n, &windows, after)?
-        {
-            // Recorded like any state: in the changelog, then in state (under exactly-once,
-            // in the open transaction and in state when it commits).
-            let change = Change::u64(meta::EMITTED_THROUGH, newest as u64);
-            self.send_changelog(std::slice::from_ref(&change))?;
-            match &mut self.txn {
-                Some(txn) => txn.meta.push(change),
-                None => {
-                    self.producer.wait_acks()?;
-                    self.store.apply([change], true)?;
-                }
-            }
-            self.emitted_through = Some(newest);
-        }
-        Ok(snapshot)
-    }
-
-    fn flush_board(&mut self, consumer: &HostConsumer) {
-        if self.args.guarantee == Guarantee::ExactlyOnce
-            && self.txn.is_none()
-            && let Err(e) = self.begin_txn()
-        {
-            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
-            return;
-        }
-        let started = Instant::now();
-        let flushed = self
-            .publish_board()
-            // Under exactly-once the board is in the open transaction: "produced" means it
-            // reached the broker there (its fate is the transaction's).
-            .and_then(|snapshot| match self.args.guarantee {
-                Guarantee::ExactlyOnce => self.producer.wait_acks().map(|()| snapshot),
-                Guarantee::AtLeastOnce => Ok(snapshot),
-            });
-        match flushed {
-            Ok(snapshot) => {
-                self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
-                if self.args.http.is_some() {
-                    // For the board page and /metrics only: a round trip per partition.
-                    let lag = self.lag(consumer);
-                    for (partition, behind) in &lag {
-                        self.metrics
-                            .consumer_lag
-                            .get_or_create(&vec![("partition", partition.to_string())])
-                            .set(*behind);
-                    }
-                    self.board_view.lock().unwrap_or_else(|p| p.into_inner()).publish(snapshot, lag);
-                }
-                fault::point(Step::AfterBoard)
-            }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
-        }
     }
 }
 

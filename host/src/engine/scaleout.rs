@@ -58,14 +58,15 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::cli::{Guarantee, RunArgs};
+use crate::engine::committer::{Committer, Offsets, Positions, Sent, Tasks, Timings};
+use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
 use crate::engine::records::{NO_VALUE, POLL_WAIT, poll_batch, skip_record};
-use crate::engine::stats::RunStats;
 use crate::guest::reload::GuestReload;
 use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
 use crate::kafka::clients::{ScaleOutConsumer, ScaleOutContext};
-use crate::kafka::producer::{AckedProducer, TxnError};
+use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, decode_u64, meta};
@@ -132,24 +133,32 @@ pub fn run(
         "host running (scale-out)"
     );
     let mut job = ScaleOut {
+        committer: Committer::new(
+            producer,
+            args.guarantee,
+            args.commit_interval,
+            http.metrics.clone(),
+            shutdown.clone(),
+        ),
+        shards: Shards {
+            open: BTreeMap::new(),
+            txn: BTreeMap::new(),
+            processed: Offsets::new(),
+            repartition: repartition.clone(),
+            changelog: args.topics.changelog.clone(),
+        },
         repartition,
-        producer,
         guest: GuestThread::spawn(guest)?,
-        shards: BTreeMap::new(),
         opening: BTreeMap::new(),
         not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
-        processed: BTreeMap::new(),
-        txn: None,
         rejected_log: LogLimit::new(Duration::from_secs(1)),
         consumer_log: LogLimit::new(Duration::from_secs(5)),
-        stats: RunStats::default(),
         metrics: http.metrics.clone(),
         ready: http.ready.clone(),
         held: http.shards.clone(),
         reload,
         pace: crate::engine::pace::Pace::new(args.max_rate),
         watchdog: crate::engine::stall::Watchdog::new(args.stall_timeout),
-        unconfirmed_commits: false,
         shutdown: shutdown.clone(),
         watermarks: None,
         args,
@@ -167,23 +176,19 @@ pub fn run(
 struct ScaleOut {
     args: RunArgs,
     repartition: String,
-    producer: AckedProducer,
+    /// The write order and the exactly-once transaction (`engine::committer`).
+    committer: Committer,
+    /// The state tasks: the shards this host owns and counts.
+    shards: Shards,
     guest: GuestThread,
-    /// The shards of the repartition partitions this host owns and counts.
-    shards: BTreeMap<i32, Shard>,
     /// Shards being opened (caught up with the changelog) while their partition is paused.
     opening: BTreeMap<i32, std::thread::JoinHandle<Result<Shard>>>,
     /// Shards on disk of partitions this host does not own, and since when: deleted after
     /// `--shard-cleanup-delay`, so a host keeps only its partitions' state (and, for a while,
     /// a partition's that may come back).
     not_owned: BTreeMap<i32, Instant>,
-    /// Next offset per (topic, partition) whose records are processed (what a commit sends).
-    processed: BTreeMap<(String, i32), i64>,
-    /// exactly-once: the open transaction.
-    txn: Option<OpenTxn>,
     rejected_log: LogLimit,
     consumer_log: LogLimit,
-    stats: RunStats,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     /// For --http: the shards this host holds.
@@ -193,10 +198,21 @@ struct ScaleOut {
     watchdog: crate::engine::stall::Watchdog,
     /// SIGINT/SIGTERM end the loop (and interrupt shard restores); SIGHUP reloads the guest.
     shutdown: Shutdown,
-    /// at-least-once: asynchronous commits were sent since the last confirmed one.
-    unconfirmed_commits: bool,
     /// `--stop-at-end`: a client that reads high watermarks (see `job_done`).
     watermarks: Option<crate::kafka::clients::HostConsumer>,
+}
+
+/// The state tasks of a scale-out host: one shard per repartition partition it owns, each
+/// written without an fsync and always caught up with its changelog partition when opened
+/// (see `Shards::apply`), and what the open transaction changes in them.
+struct Shards {
+    open: BTreeMap<i32, Shard>,
+    /// exactly-once: what the open transaction changes in each shard, once it commits.
+    txn: BTreeMap<i32, ShardBatch>,
+    /// Next offset per (topic, partition) whose records are processed (what a commit sends).
+    processed: Offsets,
+    repartition: String,
+    changelog: String,
 }
 
 /// The state of one repartition partition.
@@ -226,20 +242,7 @@ struct Submitted<'b> {
 }
 
 /// at-least-once: a poll whose records are sent, not yet known to be acknowledged.
-struct InFlight {
-    counted: BTreeMap<i32, ShardBatch>,
-    offsets: BTreeMap<(String, i32), i64>,
-    timestamps: Vec<i64>,
-}
-
-/// exactly-once: a transaction under way.
-struct OpenTxn {
-    opened: Instant,
-    shards: BTreeMap<i32, ShardBatch>,
-    offsets: BTreeMap<(String, i32), i64>,
-    /// Record timestamps (ms), for the latency histogram once committed.
-    timestamps: Vec<i64>,
-}
+type InFlight = Sent<BTreeMap<i32, ShardBatch>>;
 
 impl ScaleOut {
     fn run_until(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
@@ -249,7 +252,7 @@ impl ScaleOut {
         let mut in_flight: Option<InFlight> = None;
         while !self.shutdown.requested() {
             // With work under way, don't wait for input: finishing it is the better use of time.
-            let wait = if self.txn.is_none() && in_flight.is_none() { POLL_WAIT } else { Duration::ZERO };
+            let wait = if !self.committer.in_transaction() && in_flight.is_none() { POLL_WAIT } else { Duration::ZERO };
             let batch = if self.watchdog.input_stopped_by_fault() {
                 std::thread::sleep(wait);
                 Vec::new()
@@ -279,12 +282,12 @@ impl ScaleOut {
             let idle = batch.is_empty();
             let mut submitted = if idle { None } else { Some(self.submit(&batch)?) };
             if let Some(poll) = in_flight.take() {
-                self.finish(consumer, poll)?;
+                self.committer.finish(consumer, &mut self.shards, poll)?;
             }
             let revoking = rebalances.revoked.is_some();
-            if self.txn.as_ref().is_some_and(|t| idle || revoking || t.opened.elapsed() >= self.args.commit_interval)
+            if self.committer.transaction_due(idle || revoking)
                 && !rebalances.lost
-                && !self.commit_txn(consumer)?
+                && !self.committer.commit_txn(consumer, &mut self.shards)?
                 && let Some(dropped) = submitted.take()
             {
                 // Aborted and rewound: this poll's records are read again.
@@ -297,15 +300,15 @@ impl ScaleOut {
                 && let Some(poll) = in_flight.take()
             {
                 // Revoked partitions are finished before they are given up.
-                self.finish(consumer, poll)?;
+                self.committer.finish(consumer, &mut self.shards, poll)?;
             }
             drop(batch);
             // at-least-once: asynchronous commits can fail (e.g. during a rebalance) and no
             // later poll may bring the partition's records to commit again: once idle, the
             // processed offsets are committed and confirmed (the group's offsets are what
             // `--stop-at-end`, and a restart, go by).
-            if idle && self.unconfirmed_commits && self.commit_offsets(consumer, None, CommitMode::Sync) {
-                self.unconfirmed_commits = false;
+            if idle {
+                self.committer.confirm_commits(consumer, &self.shards.processed);
             }
             if let Some(revoked) = rebalances.revoked {
                 self.give_up(consumer, &revoked, rebalances.lost)?;
@@ -319,10 +322,10 @@ impl ScaleOut {
                 tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
                 self.guest.swap(Box::new(next))?;
             }
-            self.producer.poll();
+            self.committer.producer().poll();
             if self.args.stop_at_end
                 && idle
-                && self.txn.is_none()
+                && !self.committer.in_transaction()
                 && self.opening.is_empty()
                 && last_done_check.elapsed() >= DONE_CHECK_EVERY
             {
@@ -347,21 +350,21 @@ impl ScaleOut {
             let _ = opening.join();
         }
         if let Some(poll) = in_flight.take() {
-            self.finish(consumer, poll)?;
+            self.committer.finish(consumer, &mut self.shards, poll)?;
         }
-        self.commit_txn(consumer)?;
-        if self.args.guarantee == Guarantee::AtLeastOnce {
+        self.committer.commit_txn(consumer, &mut self.shards)?;
+        if !self.committer.exactly_once() {
             // Closing the consumer waits for it; a synchronous commit could wait forever on a
             // coordinator that is away.
-            self.commit_offsets(consumer, None, CommitMode::Async);
+            self.committer.commit_offsets(consumer, &self.shards.processed, CommitMode::Async);
         }
         tracing::info!("shutting down: committed, publishing last boards");
         self.shutdown.working("publishing the last boards");
         self.publish_boards(consumer)?;
-        self.commit_txn(consumer)?;
-        self.producer.wait_acks()?;
-        self.stats.log();
-        tracing::info!(shards = ?self.shards.keys().collect::<Vec<_>>(), "stopped cleanly");
+        self.committer.commit_txn(consumer, &mut self.shards)?;
+        self.committer.producer().wait_acks()?;
+        self.committer.stats.log();
+        tracing::info!(shards = ?self.shards.open.keys().collect::<Vec<_>>(), "stopped cleanly");
         Ok(())
     }
 
@@ -387,6 +390,7 @@ impl ScaleOut {
             }
             let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) else { continue };
             let next = self
+                .shards
                 .processed
                 .get(&(topic.to_owned(), partition))
                 .copied()
@@ -404,14 +408,14 @@ impl ScaleOut {
         let fresh: Vec<&BorrowedMessage<'_>> = batch
             .iter()
             .filter(|m| {
-                self.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
+                self.shards.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
             })
-            .filter(|m| m.topic() == self.args.topics.input || self.shards.contains_key(&m.partition()))
+            .filter(|m| m.topic() == self.args.topics.input || self.shards.open.contains_key(&m.partition()))
             .collect();
         let (input, repartitioned): (Vec<&BorrowedMessage<'_>>, Vec<&BorrowedMessage<'_>>) =
             fresh.into_iter().partition(|m| m.topic() == self.args.topics.input);
         // Records of the input (the repartition topic's are the job's own traffic).
-        self.stats.batch_polled(input.len());
+        self.committer.stats.batch_polled(input.len());
         self.metrics.records_consumed.inc_by(input.len() as u64);
         self.metrics.batch_records.observe(input.len() as f64);
         let mut records = Records::default();
@@ -444,67 +448,44 @@ impl ScaleOut {
     /// A submitted poll's writes, sent: stage A (the guest's deltas to the repartition topic)
     /// and stage B (the shards' new values to their changelog partitions). Under exactly-once
     /// into the open transaction; under at-least-once the rest (acknowledgements -> shards ->
-    /// offsets) is `finish`'s, after the next poll is submitted. Needs the shards to hold
+    /// offsets) is the committer's, after the next poll is submitted. Needs the shards to hold
     /// every earlier poll.
     fn send(&mut self, submitted: Submitted<'_>) -> Result<Option<InFlight>> {
-        if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
-            self.begin_txn()?;
-        }
+        let started = Instant::now();
+        self.committer.open_transaction()?;
         let Submitted { input, positions, rejected, repartitioned, with_guest } = submitted;
         // Stage A.
-        if with_guest {
-            self.repartition_deltas(&input, &positions, rejected)?;
-        }
+        let guest_ms = if with_guest { self.repartition_deltas(&input, &positions, rejected)? } else { 0.0 };
         // Stage B, per shard.
         let mut by_partition: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
         for message in &repartitioned {
             by_partition.entry(message.partition()).or_default().push(message);
         }
         let mut counted: BTreeMap<i32, ShardBatch> = BTreeMap::new();
+        let mut changelog_records = 0;
         for (partition, messages) in by_partition {
-            let pending = match &mut self.txn {
-                Some(txn) => txn.shards.remove(&partition),
-                None => None,
-            };
-            let shard_batch = self.count_in_shard(partition, pending, &messages)?;
+            let pending = self.shards.txn.remove(&partition);
+            let (shard_batch, sent) = self.count_in_shard(partition, pending, &messages)?;
+            changelog_records += sent;
             counted.insert(partition, shard_batch);
         }
         let all = input.iter().chain(&repartitioned);
-        let offsets: BTreeMap<(String, i32), i64> =
-            all.clone().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
+        let offsets: Offsets = all.clone().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
         let timestamps: Vec<i64> = all.filter_map(|m| m.timestamp().to_millis()).collect();
-        self.processed.extend(offsets.clone());
-        if let Some(txn) = &mut self.txn {
-            txn.shards.extend(counted);
-            txn.offsets.extend(offsets);
-            txn.timestamps.extend(timestamps);
-            crate::engine::fault::point(crate::engine::fault::Step::MidTransaction);
+        self.shards.processed.extend(offsets.clone());
+        if self.committer.in_transaction() {
+            self.shards.txn.extend(counted);
+            self.committer.joined(offsets, timestamps, changelog_records);
             return Ok(None);
         }
-        Ok(Some(InFlight { counted, offsets, timestamps }))
-    }
-
-    /// at-least-once, the rest of a sent poll: 1. every record acknowledged, 2. shards,
-    /// 3. offsets (asynchronously; confirmed when idle, see the loop).
-    fn finish(&mut self, consumer: &ScaleOutConsumer, poll: InFlight) -> Result<()> {
-        let started = Instant::now();
-        self.producer.wait_acks().context("repartition and changelog write")?;
-        self.metrics.step("changelog", started.elapsed().as_secs_f64());
-        self.stats.acknowledged(poll.timestamps.into_iter());
-        crate::engine::fault::point(crate::engine::fault::Step::AfterChangelog);
-        let started = Instant::now();
-        for (partition, shard_batch) in poll.counted {
-            self.apply(partition, shard_batch, Guarantee::AtLeastOnce)?;
-        }
-        self.metrics.step("state", started.elapsed().as_secs_f64());
-        crate::engine::fault::point(crate::engine::fault::Step::AfterState);
-        let started = Instant::now();
-        self.commit_offsets(consumer, Some(&poll.offsets), CommitMode::Async);
-        self.metrics.step("commit", started.elapsed().as_secs_f64());
-        self.unconfirmed_commits = true;
-        self.stats.committed();
-        crate::engine::fault::point(crate::engine::fault::Step::AfterCommit);
-        Ok(())
+        let timings = Timings {
+            records: input.len() + repartitioned.len(),
+            guest_ms,
+            guest_wait_ms: 0.0,
+            send_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        let produced = with_guest || !counted.is_empty();
+        Ok(Some(Sent { changes: counted, produced, offsets, timestamps, changelog_records, timings }))
     }
 
     /// Stage A: the guest's result for the input records; their deltas, summed per key, and
@@ -514,8 +495,10 @@ impl ScaleOut {
         messages: &[&BorrowedMessage<'_>],
         positions: &[usize],
         mut rejected: Vec<(usize, String)>,
-    ) -> Result<()> {
+    ) -> Result<f64> {
+        let waiting = self.shutdown.waiting_for("waiting for the guest's answer");
         let (results, guest_ms) = self.guest.receive()?;
+        drop(waiting);
         self.metrics.step("guest", guest_ms / 1000.0);
         let mut sums: HashMap<String, u64> = HashMap::new();
         for result in results? {
@@ -531,31 +514,34 @@ impl ScaleOut {
         rejected.sort_by_key(|(index, _)| *index);
         let dead_letter = self.args.topics.dead_letter.as_deref();
         for (index, reason) in &rejected {
-            skip_record(&self.producer, dead_letter, &self.metrics, &mut self.rejected_log, messages[*index], reason)?;
+            let producer = self.committer.producer();
+            skip_record(producer, dead_letter, &self.metrics, &mut self.rejected_log, messages[*index], reason)?;
         }
         let counted = (messages.len() - rejected.len()) as u64;
         self.metrics.records_counted.inc_by(counted);
+        let producer = self.committer.producer();
         for (key, amount) in &sums {
-            self.producer.send(&self.repartition, key.as_bytes(), &amount.to_be_bytes(), None)?;
+            producer.send(&self.repartition, key.as_bytes(), &amount.to_be_bytes(), None)?;
         }
         for (name, amount) in [(meta::RECORDS_PROCESSED, counted), (meta::RECORDS_SKIPPED, rejected.len() as u64)] {
             if amount > 0 {
-                self.producer.send(&self.repartition, &changelog::meta_key(name), &amount.to_be_bytes(), None)?;
+                producer.send(&self.repartition, &changelog::meta_key(name), &amount.to_be_bytes(), None)?;
             }
         }
-        Ok(())
+        Ok(guest_ms)
     }
 
     /// Stage B for one shard: adds the deltas of its repartition records not yet counted to
     /// `pending` (the open transaction's changes to it, else a fresh batch) and sends the new
-    /// values, totals and repartition offset to its changelog partition.
+    /// values, totals and repartition offset to its changelog partition; with the number of
+    /// changelog records sent.
     fn count_in_shard(
         &mut self,
         partition: i32,
         pending: Option<ShardBatch>,
         messages: &[&BorrowedMessage<'_>],
-    ) -> Result<ShardBatch> {
-        let shard = self.shards.get(&partition).context("a repartition record for a shard not open")?;
+    ) -> Result<(ShardBatch, u64)> {
+        let shard = self.shards.open.get(&partition).context("a repartition record for a shard not open")?;
         let mut batch = match pending {
             Some(batch) => batch,
             None => ShardBatch { counts: HashMap::new(), totals: shard.store.totals()?, next: shard.applied },
@@ -594,9 +580,9 @@ impl ScaleOut {
                 changed.insert(key.to_vec());
             }
         }
-        let topic = &self.args.topics.changelog;
+        let (producer, topic) = (self.committer.producer(), &self.shards.changelog);
         for key in &changed {
-            self.producer.send_to(topic, partition, key, Some(&batch.counts[key].to_be_bytes()), None)?;
+            producer.send_to(topic, partition, key, Some(&batch.counts[key].to_be_bytes()), None)?;
         }
         let mut metas = vec![(meta::input_offset(&self.repartition, partition), batch.next as u64)];
         if batch.totals != totals_before {
@@ -606,50 +592,15 @@ impl ScaleOut {
         let metas_sent = metas.len();
         for (name, value) in metas {
             let headers = Some(changelog::meta_headers(&name));
-            self.producer.send_to(
-                topic,
-                partition,
-                &changelog::meta_key(&name),
-                Some(&value.to_be_bytes()),
-                headers,
-            )?;
+            producer.send_to(topic, partition, &changelog::meta_key(&name), Some(&value.to_be_bytes()), headers)?;
         }
-        // Counted when sent (under exactly-once, an aborted transaction's too: counters count
-        // the work this process did).
-        let records = (changed.len() + metas_sent) as u64;
-        self.metrics.changelog_records.inc_by(records);
-        self.stats.changelog_records += records;
-        Ok(batch)
-    }
-
-    /// Writes a shard's batch in one atomic write, with the changelog position its records
-    /// reached (its changelog records are acknowledged or committed by now). Not fsynced: a
-    /// shard is always caught up with its changelog partition when it is opened, from the
-    /// position it holds, so a write lost with the machine is replayed from the changelog
-    /// (RocksDB recovers a consistent prefix of its writes). An fsync per shard and poll cost
-    /// a one-host job ~15% of its rate (`bench.py --probe scale1`: 299k -> 346k orders/s).
-    fn apply(&mut self, partition: i32, batch: ShardBatch, guarantee: Guarantee) -> Result<()> {
-        let position = self.producer.changelog_positions().get(&partition).copied();
-        let shard = self.shards.get_mut(&partition).context("applying to a shard not open")?;
-        let mut changes: Vec<Change> =
-            batch.counts.into_iter().map(|(key, value)| Change::Count { key, value: Some(value) }).collect();
-        changes.push(Change::u64(meta::RECORDS_PROCESSED, batch.totals.records_processed));
-        changes.push(Change::u64(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
-        changes.push(Change::u64(&meta::input_offset(&self.repartition, partition), batch.next as u64));
-        if let Some(position) = position {
-            changes
-                .push(Change::u64(&meta::changelog_position(&self.args.topics.changelog, partition), position as u64));
-        }
-        changes.push(Change::written_under(guarantee.name()));
-        shard.store.apply(changes, false).with_context(|| format!("writing shard {partition}"))?;
-        shard.applied = batch.next;
-        Ok(())
+        Ok((batch, (changed.len() + metas_sent) as u64))
     }
 
     /// Starts opening shard `partition` on a thread of its own while its repartition
     /// partition is paused, so the partitions this host already counts keep flowing.
     fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32) -> Result<()> {
-        if self.shards.contains_key(&partition) || self.opening.contains_key(&partition) {
+        if self.shards.open.contains_key(&partition) || self.opening.contains_key(&partition) {
             return Ok(());
         }
         consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
@@ -687,7 +638,7 @@ impl ScaleOut {
                 .with_context(|| format!("seeking repartition partition {partition}"))?;
             consumer.resume(&self.repartition_partition(partition)?).context("resuming a repartition partition")?;
             lock(&self.held).stores.insert(partition, shard.store.shared());
-            self.shards.insert(partition, shard);
+            self.shards.open.insert(partition, shard);
         }
         Ok(())
     }
@@ -699,7 +650,7 @@ impl ScaleOut {
         let due: Vec<i32> =
             self.not_owned.iter().filter(|(_, since)| since.elapsed() >= delay).map(|(p, _)| *p).collect();
         for partition in due {
-            if self.shards.contains_key(&partition) || self.opening.contains_key(&partition) {
+            if self.shards.open.contains_key(&partition) || self.opening.contains_key(&partition) {
                 self.not_owned.remove(&partition);
                 continue;
             }
@@ -730,28 +681,26 @@ impl ScaleOut {
     fn give_up(&mut self, consumer: &ScaleOutConsumer, revoked: &TopicPartitionList, lost: bool) -> Result<()> {
         if lost {
             // The group has given them to another host: nothing of ours may count.
-            if self.txn.is_some() {
-                self.abort_txn(consumer, "partitions lost (session timed out)")?;
-            }
+            self.committer.abort_open(consumer, &mut self.shards, "partitions lost (session timed out)")?;
         } else {
-            self.commit_txn(consumer)?;
-            if self.args.guarantee == Guarantee::AtLeastOnce {
-                let revoked: BTreeMap<(String, i32), i64> = revoked
+            self.committer.commit_txn(consumer, &mut self.shards)?;
+            if !self.committer.exactly_once() {
+                let revoked: Offsets = revoked
                     .elements()
                     .iter()
                     .filter_map(|e| {
                         let key = (e.topic().to_owned(), e.partition());
-                        self.processed.get(&key).map(|next| (key, *next))
+                        self.shards.processed.get(&key).map(|next| (key, *next))
                     })
                     .collect();
-                self.commit_offsets(consumer, Some(&revoked), CommitMode::Sync);
+                self.committer.commit_offsets(consumer, &revoked, CommitMode::Sync);
             }
         }
         // A shard still opening is waited for (its restore is bounded), then closed.
         self.finish_opening(consumer, true)?;
         for element in revoked.elements() {
-            self.processed.remove(&(element.topic().to_owned(), element.partition()));
-            if element.topic() == self.repartition && self.shards.remove(&element.partition()).is_some() {
+            self.shards.processed.remove(&(element.topic().to_owned(), element.partition()));
+            if element.topic() == self.repartition && self.shards.open.remove(&element.partition()).is_some() {
                 lock(&self.held).stores.remove(&element.partition());
                 tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
                 self.not_owned.insert(element.partition(), Instant::now());
@@ -761,139 +710,29 @@ impl ScaleOut {
         Ok(())
     }
 
-    fn begin_txn(&mut self) -> Result<()> {
-        self.producer.begin().map_err(TxnError::stopping)?;
-        self.txn = Some(OpenTxn {
-            opened: Instant::now(),
-            shards: BTreeMap::new(),
-            offsets: BTreeMap::new(),
-            timestamps: Vec::new(),
-        });
-        Ok(())
-    }
-
-    /// exactly-once: commits the open transaction with the offsets of both stages, then
-    /// applies it to the shards. An abortable failure aborts and rewinds instead: then false
-    /// (records polled since are read again; the caller drops them).
-    fn commit_txn(&mut self, consumer: &ScaleOutConsumer) -> Result<bool> {
-        let Some(txn) = self.txn.take() else { return Ok(true) };
-        let started = Instant::now();
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &txn.offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
-        let group = consumer.group_metadata().context("the consumer has no group metadata")?;
-        let committed =
-            if !txn.offsets.is_empty() && crate::engine::fault::due(crate::engine::fault::Step::AbortTransaction) {
-                Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
-            } else {
-                self.producer.commit(&offsets, &group)
-            };
-        match committed {
-            Ok(()) => {}
-            Err(TxnError::Abortable(reason)) => {
-                self.txn = Some(txn);
-                self.abort_txn(consumer, &reason)?;
-                return Ok(false);
-            }
-            Err(e) => return Err(e.stopping()),
-        }
-        self.metrics.step("commit", started.elapsed().as_secs_f64());
-        self.stats.acknowledged(txn.timestamps.into_iter());
-        let carries_batches = !txn.offsets.is_empty();
-        if carries_batches {
-            crate::engine::fault::point(crate::engine::fault::Step::AfterChangelog);
-        }
-        let started = Instant::now();
-        for (partition, batch) in txn.shards {
-            self.apply(partition, batch, Guarantee::ExactlyOnce)?;
-        }
-        self.metrics.step("state", started.elapsed().as_secs_f64());
-        if carries_batches {
-            self.stats.committed();
-            crate::engine::fault::point(crate::engine::fault::Step::AfterState);
-            crate::engine::fault::point(crate::engine::fault::Step::AfterCommit);
-        }
-        Ok(true)
-    }
-
-    /// exactly-once: aborts the open transaction and rewinds every assigned partition to
-    /// what is committed (input) or in its shard (repartition).
-    fn abort_txn(&mut self, consumer: &ScaleOutConsumer, reason: &str) -> Result<()> {
-        tracing::warn!(reason, "aborting the transaction; the partitions are rewound to the last commit");
-        self.metrics.transactions_aborted.inc();
-        self.producer.abort().map_err(TxnError::stopping)?;
-        self.txn = None;
-        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
-        let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(10))?;
-        for element in committed.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            let offset = match self.shards.get(&partition).filter(|_| topic == self.repartition) {
-                Some(shard) => Offset::Offset(shard.applied),
-                None => match element.offset() {
-                    Offset::Offset(next) => Offset::Offset(next),
-                    _ => Offset::Beginning,
-                },
-            };
-            self.processed.remove(&(topic.to_owned(), partition));
-            consumer
-                .seek(topic, partition, offset, Duration::from_secs(10))
-                .with_context(|| format!("rewinding {topic} [{partition}]"))?;
-        }
-        Ok(())
-    }
-
-    /// at-least-once: commits `offsets` (all processed ones when `None`); false when the
-    /// commit failed (a synchronous one) or could not be sent.
-    fn commit_offsets(
-        &mut self,
-        consumer: &ScaleOutConsumer,
-        offsets: Option<&BTreeMap<(String, i32), i64>>,
-        mode: CommitMode,
-    ) -> bool {
-        let offsets = offsets.unwrap_or(&self.processed);
-        if offsets.is_empty() {
-            return true;
-        }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), next) in offsets {
-            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
-        }
-        match consumer.commit(&list, mode) {
-            Ok(()) => true,
-            Err(e) => {
-                if let Some(suppressed) = self.consumer_log.allow() {
-                    tracing::warn!(error = %e, suppressed, "offset commit failed; it is sent again");
-                }
-                false
-            }
-        }
-    }
-
     /// Every shard's local board (from its committed state) to the output topic under
     /// `shard/<p>`; under exactly-once, inside a transaction.
     fn publish_boards(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
-        if self.shards.is_empty() {
+        if self.shards.open.is_empty() {
             return Ok(());
         }
-        if self.args.guarantee == Guarantee::ExactlyOnce && self.txn.is_none() {
-            self.begin_txn()?;
-        }
+        self.committer.open_transaction()?;
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let started = Instant::now();
         let mut summary = Vec::new();
-        for (partition, shard) in &self.shards {
+        for (partition, shard) in &self.shards.open {
             let guest = &mut self.guest;
             let snapshot = crate::board::local_snapshot(&shard.store, &mut |c, n| guest.top_n(c, n), n)?;
-            crate::board::produce_as(&self.producer, &topic, &crate::board::shard_key(*partition), &snapshot)?;
+            let key = crate::board::shard_key(*partition);
+            crate::board::produce_as(self.committer.producer(), &topic, &key, &snapshot)?;
             summary.push(format!("{partition}: {}", snapshot.top.first().map_or("-".into(), |e| e.key.clone())));
         }
         self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(shards = %summary.join(", "), "local boards published (`host board` shows the global one)");
-        if self.txn.as_ref().is_some_and(|t| t.offsets.is_empty()) {
-            self.commit_txn(consumer)?;
+        if self.committer.in_transaction() && !self.committer.transaction_carries_batches() {
+            self.committer.commit_txn(consumer, &mut self.shards)?;
         }
-        crate::engine::fault::point(crate::engine::fault::Step::AfterBoard);
+        fault::point(Step::AfterBoard);
         Ok(())
     }
 
@@ -977,4 +816,69 @@ fn open_shard(
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Tasks<ScaleOutContext> for Shards {
+    type Batch = BTreeMap<i32, ShardBatch>;
+
+    fn apply_batch(&mut self, counted: Self::Batch, positions: &Positions) -> Result<()> {
+        for (partition, batch) in counted {
+            self.apply(partition, batch, Guarantee::AtLeastOnce, positions)?;
+        }
+        Ok(())
+    }
+
+    fn apply_transaction(&mut self, positions: &Positions) -> Result<()> {
+        for (partition, batch) in std::mem::take(&mut self.txn) {
+            self.apply(partition, batch, Guarantee::ExactlyOnce, positions)?;
+        }
+        Ok(())
+    }
+
+    /// Every assigned partition back to what is committed (input) or in its shard
+    /// (repartition).
+    fn rewind(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
+        self.txn.clear();
+        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
+        let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(10))?;
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let offset = match self.open.get(&partition).filter(|_| topic == self.repartition) {
+                Some(shard) => Offset::Offset(shard.applied),
+                None => match element.offset() {
+                    Offset::Offset(next) => Offset::Offset(next),
+                    _ => Offset::Beginning,
+                },
+            };
+            self.processed.remove(&(topic.to_owned(), partition));
+            consumer
+                .seek(topic, partition, offset, Duration::from_secs(10))
+                .with_context(|| format!("rewinding {topic} [{partition}]"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Shards {
+    /// Writes a shard's batch in one atomic write, with the changelog position its records
+    /// reached (its changelog records are acknowledged or committed by now). Not fsynced: a
+    /// shard is always caught up with its changelog partition when it is opened, from the
+    /// position it holds, so a write lost with the machine is replayed from the changelog
+    /// (RocksDB recovers a consistent prefix of its writes). An fsync per shard and poll cost
+    /// a one-host job ~15% of its rate (`bench.py --probe scale1`: 299k -> 346k orders/s).
+    fn apply(&mut self, partition: i32, batch: ShardBatch, guarantee: Guarantee, positions: &Positions) -> Result<()> {
+        let shard = self.open.get_mut(&partition).context("applying to a shard not open")?;
+        let mut changes: Vec<Change> =
+            batch.counts.into_iter().map(|(key, value)| Change::Count { key, value: Some(value) }).collect();
+        changes.push(Change::u64(meta::RECORDS_PROCESSED, batch.totals.records_processed));
+        changes.push(Change::u64(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
+        changes.push(Change::u64(&meta::input_offset(&self.repartition, partition), batch.next as u64));
+        if let Some(position) = positions.get(&partition) {
+            changes.push(Change::u64(&meta::changelog_position(&self.changelog, partition), *position as u64));
+        }
+        changes.push(Change::written_under(guarantee.name()));
+        shard.store.apply(changes, false).with_context(|| format!("writing shard {partition}"))?;
+        shard.applied = batch.next;
+        Ok(())
+    }
 }

@@ -82,24 +82,9 @@ pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shu
     restore_partitions(kafka, topic, None, store, shutdown)
 }
 
-/// Scale-out: brings a shard (the state of changelog partition `partition`) up to the
-/// changelog's end: restored in full when it is new, lost or half-restored, else only the
-/// tail past the position it holds is replayed (another host may have owned it since).
-pub fn catch_up_shard(
-    kafka: &KafkaArgs,
-    topic: &str,
-    partition: i32,
-    store: &mut Store,
-    shutdown: &Shutdown,
-) -> Result<RestoreReport> {
-    if store.needs_restore()? {
-        restore_partitions(kafka, topic, Some(partition), store, shutdown)
-    } else {
-        replay_partitions(kafka, topic, Some(partition), store, shutdown)
-    }
-}
-
-pub(crate) fn restore_partitions(
+/// Reads `topic` (or only its partition `only`) from the beginning into `store`, cleared
+/// first, marked incomplete until it is done (see `restore`).
+pub fn restore_partitions(
     kafka: &KafkaArgs,
     topic: &str,
     only: Option<i32>,
@@ -129,13 +114,9 @@ pub(crate) fn restore_partitions(
     Ok(report)
 }
 
-/// Brings `store` up to the end of `topic` by reading only what lies past the positions it
-/// already holds (all of it where it holds none).
-pub fn replay_tail(kafka: &KafkaArgs, topic: &str, store: &Store, shutdown: &Shutdown) -> Result<RestoreReport> {
-    replay_partitions(kafka, topic, None, store, shutdown)
-}
-
-fn replay_partitions(
+/// Brings `store` up to the end of `topic` (or only of its partition `only`) by reading
+/// only what lies past the positions it already holds (all of it where it holds none).
+pub fn replay_partitions(
     kafka: &KafkaArgs,
     topic: &str,
     only: Option<i32>,

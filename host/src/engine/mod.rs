@@ -12,3 +12,4 @@ pub mod records;
 pub mod scaleout;
 pub mod stall;
 pub mod stats;
+pub mod task;

@@ -69,6 +69,7 @@ use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
 use crate::engine::records::{LATE, NO_VALUE, POLL_WAIT, poll_batch, skip_record};
 use crate::engine::stall::Watchdog;
+use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
@@ -116,32 +117,28 @@ pub fn run(
             crate::WIT_PACKAGE
         );
     }
-    let mut store = Store::open(&args.state.state_dir)?;
-    check_windows_match_state(&store, windows.as_ref())?;
+    let mut task = Task::open(&args.state.state_dir, Durability::Fsynced, &args.topics.changelog, None)?;
+    check_windows_match_state(task.store(), windows.as_ref())?;
     shutdown.starting("checking the topics");
     let checked = crate::kafka::topics::check(&args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
-    let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
     // Before reading the changelog (see `AckedProducer::for_run`).
     let (producer, transactional_id) =
         AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes, shutdown)?;
 
-    let restored = store.needs_restore()?;
-    if restored {
-        shutdown.starting("restoring state from the changelog");
-        // A new or lost state dir (or an interrupted restore): rebuild it from the changelog
-        // before counting on top of it.
-        let report = changelog::restore(&args.topics.kafka, &args.topics.changelog, &mut store, shutdown)?;
-        if report.records_read > 0 {
-            tracing::info!(
-                keys = report.keys,
-                records = report.records_read,
-                "state was empty: restored it from the changelog"
-            );
-        }
+    // A new or lost state dir (or an interrupted restore): rebuilt from the changelog before
+    // counting on top of it.
+    shutdown.starting("restoring state from the changelog");
+    let restored = task.restore_if_needed(&args.topics.kafka, shutdown)?;
+    if let Some(report) = restored.as_ref().filter(|r| r.records_read > 0) {
+        tracing::info!(
+            keys = report.keys,
+            records = report.records_read,
+            "state was empty: restored it from the changelog"
+        );
     }
 
-    let instance_id = crate::kafka::clients::instance_id(args.instance_id.as_deref(), &args.group, store.dir());
+    let instance_id = crate::kafka::clients::instance_id(args.instance_id.as_deref(), &args.group, task.store().dir());
     // Subscribed before the (short) changelog catch-up, so that joining the group overlaps it;
     // nothing is consumed before the loop starts.
     shutdown.starting("describing the consumer group");
@@ -156,15 +153,22 @@ pub fn run(
     let consumer = std::mem::ManuallyDrop::new(consumer);
     check_group_is_ours(&consumer, &args.group, instance_id.as_deref())?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
-    if exactly_once && !restored {
+    if restored.is_none() {
         shutdown.starting("catching up with the changelog");
-        catch_up_with_changelog(&args, &store, shutdown)?;
+        let report = task.catch_up(&args.topics.kafka, args.guarantee, shutdown)?;
+        if report.records_read > 0 {
+            tracing::info!(
+                records = report.records_read,
+                "state caught up with the changelog (a crash came after a commit)"
+            );
+        }
     }
 
     // Readers see state from now on (a restore, which rebuilds it, is over).
+    let store = task.store();
     let _ = http.store.set(store.shared());
     let applied = store.input_offsets(&args.topics.input)?;
-    check_input_not_behind_state(&args, &store, &applied)?;
+    check_input_not_behind_state(&args, store, &applied)?;
     let stream_times = store.stream_times(&args.topics.input)?;
     let non_empty_partitions = match windows {
         Some(_) => changelog::non_empty_partitions(&args.topics.kafka, &args.topics.input)?,
@@ -181,7 +185,7 @@ pub fn run(
         input: args.topics.input.clone(),
         changelog: args.topics.changelog.clone(),
         emit,
-        store,
+        task,
         txn: None,
         windows,
         stream_times,
@@ -219,7 +223,7 @@ pub fn run(
         input = %pipeline.args.topics.input,
         group = %pipeline.args.group,
         instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
-        state_dir = %pipeline.state.store.dir().display(),
+        state_dir = %pipeline.state.task.store().dir().display(),
         records_processed = pipeline.state.totals.records_processed,
         "host running"
     );
@@ -315,27 +319,6 @@ fn state_beyond_input(applied: &BTreeMap<i32, i64>, ends: &BTreeMap<i32, i64>) -
     })
 }
 
-/// exactly-once start-up with state present: state may be behind the changelog (a crash
-/// between a transaction's commit and the state write), so it replays the changelog's tail.
-/// State last written under at-least-once is not: its changelog tail may hold part of a
-/// batch that will be consumed again, so it only records where the changelog ends now.
-fn catch_up_with_changelog(args: &RunArgs, store: &Store, shutdown: &Shutdown) -> Result<()> {
-    let (kafka, topic) = (&args.topics.kafka, &args.topics.changelog);
-    if store.written_under()?.as_deref() == Some(Guarantee::AtLeastOnce.name()) {
-        tracing::info!("state was last written under at-least-once: starting from the changelog's current end");
-        let ends = changelog::end_positions(kafka, topic)?;
-        return store.apply(changelog::position_changes(topic, &ends), true);
-    }
-    let report = changelog::replay_tail(kafka, topic, store, shutdown)?;
-    if report.records_read > 0 {
-        tracing::info!(
-            records = report.records_read,
-            "state caught up with the changelog (a crash came after a commit)"
-        );
-    }
-    Ok(())
-}
-
 /// Everything the loop owns except the consumer, whose polled messages borrow it while
 /// the pipeline is mutated.
 struct Pipeline {
@@ -364,7 +347,7 @@ struct Pipeline {
 /// batch (so under at-least-once it never replays its changelog's tail, see the module doc),
 /// and what the batches under way and the open transaction change in it.
 struct Local {
-    store: Store,
+    task: Task,
     input: String,
     changelog: String,
     emit: Emit,
@@ -748,19 +731,20 @@ impl Pipeline {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let state = &self.state;
         // The board reads state, so the stream times state holds.
-        let stream_times = state.store.stream_times(&state.input)?;
+        let stream_times = state.task.store().stream_times(&state.input)?;
         let closing_blocked = state.closing_blocked(&stream_times);
         let windows = state.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
         let guest = &mut self.guest;
         let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
-        let snapshot = crate::board::snapshot(&state.store, top_n, n, windows.as_ref())?;
+        let snapshot = crate::board::snapshot(state.task.store(), top_n, n, windows.as_ref())?;
         let producer = self.committer.producer();
         let Some(windows) = windows.filter(|_| state.emit == Emit::Final) else {
             crate::board::produce(producer, &topic, &snapshot)?;
             return Ok(snapshot);
         };
         let after = state.emitted_through;
-        let Some(newest) = crate::board::emit_final(&state.store, top_n, producer, &topic, n, &windows, after)? else {
+        let Some(newest) = crate::board::emit_final(state.task.store(), top_n, producer, &topic, n, &windows, after)?
+        else {
             return Ok(snapshot);
         };
         // Recorded like any state: in the changelog, then in state (under exactly-once, in
@@ -771,7 +755,7 @@ impl Pipeline {
             self.state.txn.get_or_insert_default().meta.push(change);
         } else {
             self.committer.producer().wait_acks()?;
-            self.state.store.apply([change], true)?;
+            self.state.task.write([change])?;
         }
         self.state.emitted_through = Some(newest);
         Ok(snapshot)
@@ -820,7 +804,7 @@ impl Tasks<HostContext> for Local {
     fn apply_batch(&mut self, batch: LocalBatch, _positions: &Positions) -> Result<()> {
         if !batch.changes.is_empty() {
             let local = Change::written_under(Guarantee::AtLeastOnce.name());
-            self.store.apply(batch.changes.into_iter().chain([local]), true)?;
+            self.task.write(batch.changes.into_iter().chain([local]))?;
         }
         for (partition, next) in &batch.next_offsets {
             let applied = self.applied.entry(*partition).or_insert(*next);
@@ -846,7 +830,7 @@ impl Tasks<HostContext> for Local {
         changes.extend(next_offsets.iter().map(|(p, next)| self.input_offset_change(*p, *next)));
         changes.extend(changelog::position_changes(&self.changelog, positions));
         changes.push(Change::written_under(Guarantee::ExactlyOnce.name()));
-        self.store.apply(changes, true)?;
+        self.task.write(changes)?;
         self.applied = next_offsets;
         Ok(())
     }
@@ -854,10 +838,10 @@ impl Tasks<HostContext> for Local {
     /// Back to what state holds: counts restart from state's, the input from its offsets.
     fn rewind(&mut self, consumer: &HostConsumer) -> Result<()> {
         self.txn = None;
-        self.totals = self.store.totals()?;
+        self.totals = self.task.store().totals()?;
         self.submitted = self.applied.clone();
-        self.stream_times = self.store.stream_times(&self.input)?;
-        self.emitted_through = self.store.meta_i64(meta::EMITTED_THROUGH)?;
+        self.stream_times = self.task.store().stream_times(&self.input)?;
+        self.emitted_through = self.task.store().meta_i64(meta::EMITTED_THROUGH)?;
         self.kept_from = None;
         let assignment = consumer.assignment().context("reading the consumer's assignment")?;
         for element in assignment.elements() {
@@ -883,7 +867,7 @@ impl Local {
     fn current(&self, key: &[u8]) -> Result<u64> {
         match self.txn.as_ref().and_then(|t| t.overlay.get(key)) {
             Some(v) => Ok(v.unwrap_or(0)),
-            None => self.store.count(key),
+            None => self.task.store().count(key),
         }
     }
 
@@ -1004,7 +988,8 @@ impl Local {
         // were never written, so they just go.
         overlay.retain(|key, _| !before(key));
         let mut keys: Vec<Vec<u8>> = self
-            .store
+            .task
+            .store()
             .windowed_keys_between(self.kept_from, keep_from)
             .map(|k| k.map(Vec::from))
             .collect::<Result<_>>()?;

@@ -62,6 +62,7 @@ use crate::engine::committer::{Committer, Offsets, Positions, Sent, Tasks, Timin
 use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
 use crate::engine::records::{NO_VALUE, POLL_WAIT, poll_batch, skip_record};
+use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
@@ -69,7 +70,7 @@ use crate::kafka::clients::{ScaleOutConsumer, ScaleOutContext};
 use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::serve::metrics::Metrics;
-use crate::state::{Change, Store, Totals, decode_u64, meta};
+use crate::state::{Change, Totals, decode_u64, meta};
 
 /// exactly-once: Kafka's transaction.timeout.ms for scale-out hosts (see `run`).
 const TRANSACTION_TIMEOUT_MS: &str = "10000";
@@ -202,9 +203,8 @@ struct ScaleOut {
     watermarks: Option<crate::kafka::clients::HostConsumer>,
 }
 
-/// The state tasks of a scale-out host: one shard per repartition partition it owns, each
-/// written without an fsync and always caught up with its changelog partition when opened
-/// (see `Shards::apply`), and what the open transaction changes in them.
+/// The state tasks of a scale-out host: one shard per repartition partition it owns
+/// (`Durability::Replayed`), and what the open transaction changes in them.
 struct Shards {
     open: BTreeMap<i32, Shard>,
     /// exactly-once: what the open transaction changes in each shard, once it commits.
@@ -217,7 +217,7 @@ struct Shards {
 
 /// The state of one repartition partition.
 struct Shard {
-    store: Store,
+    task: Task,
     /// The next repartition offset the shard reflects: records below it are counted.
     applied: i64,
 }
@@ -544,7 +544,7 @@ impl ScaleOut {
         let shard = self.shards.open.get(&partition).context("a repartition record for a shard not open")?;
         let mut batch = match pending {
             Some(batch) => batch,
-            None => ShardBatch { counts: HashMap::new(), totals: shard.store.totals()?, next: shard.applied },
+            None => ShardBatch { counts: HashMap::new(), totals: shard.task.store().totals()?, next: shard.applied },
         };
         let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
         let totals_before = batch.totals;
@@ -574,7 +574,7 @@ impl ScaleOut {
             } else {
                 let current = match batch.counts.get(key) {
                     Some(value) => *value,
-                    None => shard.store.count(key)?,
+                    None => shard.task.store().count(key)?,
                 };
                 batch.counts.insert(key.to_vec(), current.saturating_add(amount));
                 changed.insert(key.to_vec());
@@ -608,10 +608,10 @@ impl ScaleOut {
         let kafka = self.args.topics.kafka.clone();
         let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
         let dir = crate::state::shard_dir(&self.args.state.state_dir, partition);
-        let shutdown = self.shutdown.clone();
+        let (shutdown, guarantee) = (self.shutdown.clone(), self.args.guarantee);
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
-            .spawn(move || open_shard(&kafka, &changelog, &repartition, &dir, partition, &shutdown))
+            .spawn(move || open_shard(&kafka, &changelog, &repartition, &dir, partition, guarantee, &shutdown))
             .context("starting a shard's restore")?;
         self.opening.insert(partition, opening);
         Ok(())
@@ -637,7 +637,7 @@ impl ScaleOut {
                 .seek(&self.repartition, partition, Offset::Offset(shard.applied), Duration::from_secs(10))
                 .with_context(|| format!("seeking repartition partition {partition}"))?;
             consumer.resume(&self.repartition_partition(partition)?).context("resuming a repartition partition")?;
-            lock(&self.held).stores.insert(partition, shard.store.shared());
+            lock(&self.held).stores.insert(partition, shard.task.store().shared());
             self.shards.open.insert(partition, shard);
         }
         Ok(())
@@ -722,7 +722,7 @@ impl ScaleOut {
         let mut summary = Vec::new();
         for (partition, shard) in &self.shards.open {
             let guest = &mut self.guest;
-            let snapshot = crate::board::local_snapshot(&shard.store, &mut |c, n| guest.top_n(c, n), n)?;
+            let snapshot = crate::board::local_snapshot(shard.task.store(), &mut |c, n| guest.top_n(c, n), n)?;
             let key = crate::board::shard_key(*partition);
             crate::board::produce_as(self.committer.producer(), &topic, &key, &snapshot)?;
             summary.push(format!("{partition}: {}", snapshot.top.first().map_or("-".into(), |e| e.key.clone())));
@@ -798,12 +798,16 @@ fn open_shard(
     repartition: &str,
     dir: &Path,
     partition: i32,
+    guarantee: Guarantee,
     shutdown: &Shutdown,
 ) -> Result<Shard> {
     let started = Instant::now();
-    let mut store = Store::open(dir)?;
-    let report = changelog::catch_up_shard(kafka, changelog, partition, &mut store, shutdown)?;
-    let applied = store.input_offsets(repartition)?.get(&partition).copied().unwrap_or(0);
+    let mut task = Task::open(dir, Durability::Replayed, changelog, Some(partition))?;
+    let report = match task.restore_if_needed(kafka, shutdown)? {
+        Some(report) => report,
+        None => task.catch_up(kafka, guarantee, shutdown)?,
+    };
+    let applied = task.store().input_offsets(repartition)?.get(&partition).copied().unwrap_or(0);
     tracing::info!(
         shard = partition,
         changelog_records_read = report.records_read,
@@ -811,7 +815,7 @@ fn open_shard(
         ms = started.elapsed().as_millis() as u64,
         "shard open"
     );
-    Ok(Shard { store, applied })
+    Ok(Shard { task, applied })
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -861,11 +865,8 @@ impl Tasks<ScaleOutContext> for Shards {
 
 impl Shards {
     /// Writes a shard's batch in one atomic write, with the changelog position its records
-    /// reached (its changelog records are acknowledged or committed by now). Not fsynced: a
-    /// shard is always caught up with its changelog partition when it is opened, from the
-    /// position it holds, so a write lost with the machine is replayed from the changelog
-    /// (RocksDB recovers a consistent prefix of its writes). An fsync per shard and poll cost
-    /// a one-host job ~15% of its rate (`bench.py --probe scale1`: 299k -> 346k orders/s).
+    /// reached (they are acknowledged or committed by now): the position the shard's next
+    /// opening replays from (`Durability::Replayed`).
     fn apply(&mut self, partition: i32, batch: ShardBatch, guarantee: Guarantee, positions: &Positions) -> Result<()> {
         let shard = self.open.get_mut(&partition).context("applying to a shard not open")?;
         let mut changes: Vec<Change> =
@@ -877,7 +878,7 @@ impl Shards {
             changes.push(Change::u64(&meta::changelog_position(&self.changelog, partition), *position as u64));
         }
         changes.push(Change::written_under(guarantee.name()));
-        shard.store.apply(changes, false).with_context(|| format!("writing shard {partition}"))?;
+        shard.task.write(changes).with_context(|| format!("writing shard {partition}"))?;
         shard.applied = batch.next;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! `host run`: loads the guest, checks the flags whose meaning is the same in both modes,
 //! serves `--http`, and starts the topology the flags ask for: one host
-//! ([`crate::engine::pipeline`]) or a share of a job spread over several (`--scale-out`,
-//! [`crate::engine::scaleout`]).
+//! ([`crate::engine::direct`]) or a share of a job spread over several (`--scale-out`,
+//! [`crate::engine::repartitioned`]).
 
 use anyhow::{Context, Result, bail};
 
@@ -53,7 +53,7 @@ fn start(
         bail!("--emit final needs --window: without windows there is no window to complete");
     }
     if args.topics.scale_out {
-        return crate::engine::scaleout::run(args, guest, reload, shutdown, &http);
+        return crate::engine::repartitioned::run(args, guest, reload, shutdown, &http);
     }
-    crate::engine::pipeline::run(args, guest, reload, windows, shutdown, &http)
+    crate::engine::direct::run(args, guest, reload, windows, shutdown, &http)
 }

@@ -4,12 +4,13 @@
 //! watchdog, pacing, run statistics.
 
 pub mod committer;
+pub mod cycle;
+pub mod direct;
 pub mod fault;
 pub mod log_limit;
 pub mod pace;
-pub mod pipeline;
 pub mod records;
-pub mod scaleout;
+pub mod repartitioned;
 pub mod stall;
 pub mod stats;
 pub mod task;

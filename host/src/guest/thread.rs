@@ -4,7 +4,7 @@
 //! Requests are served in the order they are submitted. `process-batch` results come back
 //! on their own channel, so a board ranked between batches (`top-n`, answered at once after
 //! whatever is queued before it) never mixes with them. The guest thread writes nothing:
-//! every durable write stays on the pipeline thread, in the order `pipeline.rs` documents.
+//! every durable write stays on the engine's thread, in the order `engine/committer.rs` writes.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;

@@ -11,9 +11,10 @@
 //!   then into the shard with the repartition offset they reflect, in one atomic write.
 //! - **commit**: the offsets of both stages, once all of the above is durable.
 //!
-//! As in `pipeline.rs`, a poll's input is with the guest thread (which writes nothing) while
-//! the poll before it is finished, and its output is computed and sent only after that, so
-//! the durable writes happen in the order above, one poll after another.
+//! The loop (`engine::cycle`) moves polls as it moves a single host's batches: a poll's
+//! input is with the guest thread (which writes nothing) while the one before it is sent and
+//! the one before that finished, so its output is computed on shards that hold every earlier
+//! poll, and the durable writes happen in the committer's order, one poll after another.
 //!
 //! So each key's counter lives in exactly one shard (Kafka Streams' `groupBy().count()`), and
 //! the global board is the guest's top-n over the shards' local top-Ns (`host board`).
@@ -48,7 +49,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -58,18 +58,16 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::cli::{Guarantee, RunArgs};
-use crate::engine::committer::{Committer, Offsets, Positions, Sent, Tasks, Timings};
+use crate::engine::committer::{Offsets, Positions, Sent, Tasks, Timings};
+use crate::engine::cycle::{self, Engine, Rebalance, Topology};
 use crate::engine::fault::{self, Step};
-use crate::engine::log_limit::LogLimit;
-use crate::engine::records::{NO_VALUE, POLL_WAIT, poll_batch, skip_record};
+use crate::engine::records::{NO_VALUE, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
-use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
 use crate::kafka::clients::{ScaleOutConsumer, ScaleOutContext};
 use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
-use crate::serve::metrics::Metrics;
 use crate::state::{Change, Totals, decode_u64, meta};
 
 /// exactly-once: Kafka's transaction.timeout.ms for scale-out hosts (see `run`).
@@ -133,14 +131,8 @@ pub fn run(
         state_dir = %state_dir.display(),
         "host running (scale-out)"
     );
-    let mut job = ScaleOut {
-        committer: Committer::new(
-            producer,
-            args.guarantee,
-            args.commit_interval,
-            http.metrics.clone(),
-            shutdown.clone(),
-        ),
+    let mut engine = Engine::new(&args, producer, guest, reload, shutdown, http)?;
+    let mut job = Repartitioned {
         shards: Shards {
             open: BTreeMap::new(),
             txn: BTreeMap::new(),
@@ -149,23 +141,15 @@ pub fn run(
             changelog: args.topics.changelog.clone(),
         },
         repartition,
-        guest: GuestThread::spawn(guest)?,
         opening: BTreeMap::new(),
         not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
-        rejected_log: LogLimit::new(Duration::from_secs(1)),
-        consumer_log: LogLimit::new(Duration::from_secs(5)),
-        metrics: http.metrics.clone(),
-        ready: http.ready.clone(),
         held: http.shards.clone(),
-        reload,
-        pace: crate::engine::pace::Pace::new(args.max_rate),
-        watchdog: crate::engine::stall::Watchdog::new(args.stall_timeout),
-        shutdown: shutdown.clone(),
         watermarks: None,
+        last_done_check: Instant::now(),
         args,
     };
     shutdown.working("counting");
-    job.run_until(&consumer)?;
+    cycle::run(&mut engine, &mut job, &consumer)?;
     shutdown.working("closing the Kafka consumer");
     let consumer = std::mem::ManuallyDrop::into_inner(consumer);
     consumer.context().closing();
@@ -173,34 +157,25 @@ pub fn run(
     Ok(())
 }
 
-/// Everything the loop owns except the consumer.
-struct ScaleOut {
+/// The repartitioned topology: input -> guest -> repartition topic -> a state task (shard)
+/// per repartition partition this host is assigned.
+struct Repartitioned {
     args: RunArgs,
     repartition: String,
-    /// The write order and the exactly-once transaction (`engine::committer`).
-    committer: Committer,
     /// The state tasks: the shards this host owns and counts.
     shards: Shards,
-    guest: GuestThread,
     /// Shards being opened (caught up with the changelog) while their partition is paused.
     opening: BTreeMap<i32, std::thread::JoinHandle<Result<Shard>>>,
     /// Shards on disk of partitions this host does not own, and since when: deleted after
     /// `--shard-cleanup-delay`, so a host keeps only its partitions' state (and, for a while,
     /// a partition's that may come back).
     not_owned: BTreeMap<i32, Instant>,
-    rejected_log: LogLimit,
-    consumer_log: LogLimit,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
     /// For --http: the shards this host holds.
     held: Arc<std::sync::Mutex<crate::serve::http::HeldShards>>,
-    reload: Option<GuestReload>,
-    pace: crate::engine::pace::Pace,
-    watchdog: crate::engine::stall::Watchdog,
-    /// SIGINT/SIGTERM end the loop (and interrupt shard restores); SIGHUP reloads the guest.
-    shutdown: Shutdown,
-    /// `--stop-at-end`: a client that reads high watermarks (see `job_done`).
+    /// `--stop-at-end`: a client that reads high watermarks (see `job_done`), and when it
+    /// last looked.
     watermarks: Option<crate::kafka::clients::HostConsumer>,
+    last_done_check: Instant,
 }
 
 /// The state tasks of a scale-out host: one shard per repartition partition it owns
@@ -231,151 +206,135 @@ struct ShardBatch {
 }
 
 /// A poll's records to process, its input records with the guest (see `submit`).
-struct Submitted<'b> {
-    input: Vec<&'b BorrowedMessage<'b>>,
+struct Submitted<'c> {
+    input: Vec<BorrowedMessage<'c>>,
     /// Index in `input` of each record given to the guest, in order.
     positions: Vec<usize>,
     /// Input records refused without asking the guest (no value).
     rejected: Vec<(usize, String)>,
-    repartitioned: Vec<&'b BorrowedMessage<'b>>,
+    repartitioned: Vec<BorrowedMessage<'c>>,
     with_guest: bool,
 }
 
 /// at-least-once: a poll whose records are sent, not yet known to be acknowledged.
 type InFlight = Sent<BTreeMap<i32, ShardBatch>>;
 
-impl ScaleOut {
-    fn run_until(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
-        let mut last_board = Instant::now();
-        let mut last_done_check = Instant::now();
-        let mut at_end = BTreeSet::new();
-        let mut in_flight: Option<InFlight> = None;
-        while !self.shutdown.requested() {
-            // With work under way, don't wait for input: finishing it is the better use of time.
-            let wait = if !self.committer.in_transaction() && in_flight.is_none() { POLL_WAIT } else { Duration::ZERO };
-            let batch = if self.watchdog.input_stopped_by_fault() {
-                std::thread::sleep(wait);
-                Vec::new()
-            } else {
-                poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end)
-            };
-            self.watch_for_stall(consumer, !batch.is_empty())?;
-            self.pace.consumed(batch.iter().filter(|m| m.topic() == self.args.topics.input).count());
-            let rebalances = consumer.context().take();
-            // A partition's records are counted only on its caught-up shard.
-            for (topic, partition) in &rebalances.assigned {
-                if *topic == self.repartition {
-                    self.start_opening(consumer, *partition)?;
-                }
-            }
-            self.finish_opening(consumer, false)?;
-            if !self.ready.load(Ordering::Relaxed)
-                && self.opening.is_empty()
-                && consumer.assignment().is_ok_and(|a| a.count() > 0)
-            {
-                self.ready.store(true, Ordering::Relaxed);
-                tracing::info!("ready: partitions assigned");
-            }
-            // Two polls move at once: this one's input is with the guest thread while the
-            // previous one is finished (acknowledged, written, committed), and only then is this
-            // one's output sent, computed on shards that hold every earlier poll.
-            let idle = batch.is_empty();
-            let mut submitted = if idle { None } else { Some(self.submit(&batch)?) };
-            if let Some(poll) = in_flight.take() {
-                self.committer.finish(consumer, &mut self.shards, poll)?;
-            }
-            let revoking = rebalances.revoked.is_some();
-            if self.committer.transaction_due(idle || revoking)
-                && !rebalances.lost
-                && !self.committer.commit_txn(consumer, &mut self.shards)?
-                && let Some(dropped) = submitted.take()
-            {
-                // Aborted and rewound: this poll's records are read again.
-                self.discard(dropped)?;
-            }
-            if let Some(poll) = submitted {
-                in_flight = self.send(poll)?;
-            }
-            if rebalances.revoked.is_some()
-                && let Some(poll) = in_flight.take()
-            {
-                // Revoked partitions are finished before they are given up.
-                self.committer.finish(consumer, &mut self.shards, poll)?;
-            }
-            drop(batch);
-            // at-least-once: asynchronous commits can fail (e.g. during a rebalance) and no
-            // later poll may bring the partition's records to commit again: once idle, the
-            // processed offsets are committed and confirmed (the group's offsets are what
-            // `--stop-at-end`, and a restart, go by).
-            if idle {
-                self.committer.confirm_commits(consumer, &self.shards.processed);
-            }
-            if let Some(revoked) = rebalances.revoked {
-                self.give_up(consumer, &revoked, rebalances.lost)?;
-            }
-            self.delete_old_shards();
-            if last_board.elapsed() >= self.args.flush_interval {
-                last_board = Instant::now();
-                self.publish_boards(consumer)?;
-            }
-            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(self.shutdown.take_reload())) {
-                tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
-                self.guest.swap(Box::new(next))?;
-            }
-            self.committer.producer().poll();
-            if self.args.stop_at_end
-                && idle
-                && !self.committer.in_transaction()
-                && self.opening.is_empty()
-                && last_done_check.elapsed() >= DONE_CHECK_EVERY
-            {
-                last_done_check = Instant::now();
-                // A failed look (a broker busy or away) only means: not known to be done yet.
-                let done = self.job_done(consumer).unwrap_or_else(|e| {
-                    tracing::debug!(error = %format!("{e:#}"), "cannot tell whether the job is done yet");
-                    false
-                });
-                if done {
-                    tracing::info!(
-                        "the whole job is counted to its end: the group committed every input and repartition partition (--stop-at-end)"
-                    );
-                    break;
-                }
+impl<'c> Topology<'c> for Repartitioned {
+    type Context = ScaleOutContext;
+    type Tasks = Shards;
+    type Submitted = Submitted<'c>;
+
+    fn tasks(&mut self) -> &mut Shards {
+        &mut self.shards
+    }
+
+    fn input_records(&self, batch: &[BorrowedMessage<'c>]) -> usize {
+        batch.iter().filter(|m| m.topic() == self.args.topics.input).count()
+    }
+
+    fn waiting(&self, consumer: &ScaleOutConsumer) -> i64 {
+        self.records_waiting(consumer)
+    }
+
+    /// A partition's records are counted only on its caught-up shard: an assigned
+    /// repartition partition is paused while its shard opens.
+    fn rebalance(&mut self, engine: &mut Engine, consumer: &'c ScaleOutConsumer) -> Result<Rebalance> {
+        let rebalances = consumer.context().take();
+        for (topic, partition) in &rebalances.assigned {
+            if *topic == self.repartition {
+                self.start_opening(consumer, *partition, &engine.shutdown)?;
             }
         }
-        self.shutdown.working("finishing the poll under way");
-        // Shards still opening stop at once when asked to; waited for, so that none is left
-        // half-created on disk by the process ending under it.
-        for (_, opening) in std::mem::take(&mut self.opening) {
-            let _ = opening.join();
+        self.finish_opening(consumer, false, &engine.shutdown)?;
+        Ok(Rebalance { revoked: rebalances.revoked, lost: rebalances.lost })
+    }
+
+    fn ready(&self, consumer: &ScaleOutConsumer) -> bool {
+        self.opening.is_empty() && consumer.assignment().is_ok_and(|a| a.count() > 0)
+    }
+
+    fn done(&mut self, consumer: &ScaleOutConsumer, _at_end: &BTreeSet<i32>) -> bool {
+        if !self.opening.is_empty() || self.last_done_check.elapsed() < DONE_CHECK_EVERY {
+            return false;
         }
-        if let Some(poll) = in_flight.take() {
-            self.committer.finish(consumer, &mut self.shards, poll)?;
+        self.last_done_check = Instant::now();
+        // A failed look (a broker busy or away) only means: not known to be done yet.
+        let done = self.job_done(consumer).unwrap_or_else(|e| {
+            tracing::debug!(error = %format!("{e:#}"), "cannot tell whether the job is done yet");
+            false
+        });
+        if done {
+            tracing::info!(
+                "the whole job is counted to its end: the group committed every input and repartition partition (--stop-at-end)"
+            );
         }
-        self.committer.commit_txn(consumer, &mut self.shards)?;
-        if !self.committer.exactly_once() {
-            // Closing the consumer waits for it; a synchronous commit could wait forever on a
-            // coordinator that is away.
-            self.committer.commit_offsets(consumer, &self.shards.processed, CommitMode::Async);
+        done
+    }
+
+    fn submit(&mut self, engine: &mut Engine, batch: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
+        self.submit_poll(engine, batch)
+    }
+
+    fn send(&mut self, engine: &mut Engine, submitted: Submitted<'c>) -> Result<Option<InFlight>> {
+        self.send_poll(engine, submitted)
+    }
+
+    fn discard(&mut self, engine: &mut Engine, submitted: Submitted<'c>) -> Result<()> {
+        if submitted.with_guest {
+            let _ = engine.guest.receive()?;
         }
-        tracing::info!("shutting down: committed, publishing last boards");
-        self.shutdown.working("publishing the last boards");
-        self.publish_boards(consumer)?;
-        self.committer.commit_txn(consumer, &mut self.shards)?;
-        self.committer.producer().wait_acks()?;
-        self.committer.stats.log();
-        tracing::info!(shards = ?self.shards.open.keys().collect::<Vec<_>>(), "stopped cleanly");
         Ok(())
     }
 
-    /// The stall watchdog, after a poll. Records waiting are counted on the partitions this
-    /// host counts (not those paused while their shard opens): each one's end minus the next
-    /// offset processed in this run, or else the group's committed offset.
-    fn watch_for_stall(&mut self, consumer: &ScaleOutConsumer, delivered: bool) -> Result<()> {
-        if !self.watchdog.due(delivered) {
-            return Ok(());
+    fn give_up(
+        &mut self,
+        engine: &mut Engine,
+        consumer: &ScaleOutConsumer,
+        revoked: &TopicPartitionList,
+        lost: bool,
+    ) -> Result<()> {
+        self.give_up_partitions(engine, consumer, revoked, lost)
+    }
+
+    /// at-least-once: asynchronous commits can fail (e.g. during a rebalance) and no later
+    /// poll may bring the partition's records to commit again: once idle, the processed
+    /// offsets are committed and confirmed (the group's offsets are what `--stop-at-end`, and
+    /// a restart, go by).
+    fn idle(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) {
+        engine.committer.confirm_commits(consumer, &self.shards.processed);
+    }
+
+    fn between_batches(&mut self) {
+        self.delete_old_shards();
+    }
+
+    fn publish_board(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) -> Result<()> {
+        self.publish_boards(engine, consumer)
+    }
+
+    fn processed(&self) -> Offsets {
+        self.shards.processed.clone()
+    }
+
+    /// Shards still opening stop at once when asked to; waited for, so that none is left
+    /// half-created on disk by the process ending under it.
+    fn stopping(&mut self) {
+        for (_, opening) in std::mem::take(&mut self.opening) {
+            let _ = opening.join();
         }
-        let Ok(assignment) = consumer.assignment() else { return Ok(()) };
+    }
+
+    fn stopped(&self) {
+        tracing::info!(shards = ?self.shards.open.keys().collect::<Vec<_>>(), "stopped cleanly");
+    }
+}
+
+impl Repartitioned {
+    /// For the stall watchdog: records waiting on the partitions this host counts (not those
+    /// paused while their shard opens): each one's end minus the next offset processed in this
+    /// run, or else the group's committed offset.
+    fn records_waiting(&self, consumer: &ScaleOutConsumer) -> i64 {
+        let Ok(assignment) = consumer.assignment() else { return 0 };
         let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(1)).ok();
         let committed_next =
             |topic: &str, partition: i32| match committed.as_ref()?.find_partition(topic, partition)?.offset() {
@@ -397,27 +356,25 @@ impl ScaleOut {
                 .or_else(|| committed_next(topic, partition));
             waiting += (high - next.unwrap_or(low).max(low)).max(0);
         }
-        self.watchdog.looked(waiting)
+        waiting
     }
 
     /// A poll's records not yet processed (records below what was processed come again after a
     /// rewind or a rebalance; those of a shard still opening, fetched before its partition was
     /// paused, are read again after the seek when it opens); its input records go to the guest
     /// thread. Writes nothing.
-    fn submit<'b>(&mut self, batch: &'b [BorrowedMessage<'b>]) -> Result<Submitted<'b>> {
-        let fresh: Vec<&BorrowedMessage<'_>> = batch
-            .iter()
+    fn submit_poll<'c>(&mut self, engine: &mut Engine, batch: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
+        let (input, repartitioned): (Vec<BorrowedMessage<'c>>, Vec<BorrowedMessage<'c>>) = batch
+            .into_iter()
             .filter(|m| {
                 self.shards.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
             })
             .filter(|m| m.topic() == self.args.topics.input || self.shards.open.contains_key(&m.partition()))
-            .collect();
-        let (input, repartitioned): (Vec<&BorrowedMessage<'_>>, Vec<&BorrowedMessage<'_>>) =
-            fresh.into_iter().partition(|m| m.topic() == self.args.topics.input);
+            .partition(|m| m.topic() == self.args.topics.input);
         // Records of the input (the repartition topic's are the job's own traffic).
-        self.committer.stats.batch_polled(input.len());
-        self.metrics.records_consumed.inc_by(input.len() as u64);
-        self.metrics.batch_records.observe(input.len() as f64);
+        engine.committer.stats.batch_polled(input.len());
+        engine.metrics.records_consumed.inc_by(input.len() as u64);
+        engine.metrics.batch_records.observe(input.len() as f64);
         let mut records = Records::default();
         let mut positions = Vec::with_capacity(input.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
@@ -432,17 +389,9 @@ impl ScaleOut {
         }
         let with_guest = !input.is_empty();
         if with_guest {
-            self.guest.submit(vec![records])?;
+            engine.guest.submit(vec![records])?;
         }
         Ok(Submitted { input, positions, rejected, repartitioned, with_guest })
-    }
-
-    /// Drops a submitted poll whose records will be read again (after an abort's rewind).
-    fn discard(&mut self, submitted: Submitted<'_>) -> Result<()> {
-        if submitted.with_guest {
-            let _ = self.guest.receive()?;
-        }
-        Ok(())
     }
 
     /// A submitted poll's writes, sent: stage A (the guest's deltas to the repartition topic)
@@ -450,12 +399,12 @@ impl ScaleOut {
     /// into the open transaction; under at-least-once the rest (acknowledgements -> shards ->
     /// offsets) is the committer's, after the next poll is submitted. Needs the shards to hold
     /// every earlier poll.
-    fn send(&mut self, submitted: Submitted<'_>) -> Result<Option<InFlight>> {
+    fn send_poll(&mut self, engine: &mut Engine, submitted: Submitted<'_>) -> Result<Option<InFlight>> {
         let started = Instant::now();
-        self.committer.open_transaction()?;
+        engine.committer.open_transaction()?;
         let Submitted { input, positions, rejected, repartitioned, with_guest } = submitted;
         // Stage A.
-        let guest_ms = if with_guest { self.repartition_deltas(&input, &positions, rejected)? } else { 0.0 };
+        let guest_ms = if with_guest { self.repartition_deltas(engine, &input, &positions, rejected)? } else { 0.0 };
         // Stage B, per shard.
         let mut by_partition: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
         for message in &repartitioned {
@@ -465,7 +414,7 @@ impl ScaleOut {
         let mut changelog_records = 0;
         for (partition, messages) in by_partition {
             let pending = self.shards.txn.remove(&partition);
-            let (shard_batch, sent) = self.count_in_shard(partition, pending, &messages)?;
+            let (shard_batch, sent) = self.count_in_shard(engine, partition, pending, &messages)?;
             changelog_records += sent;
             counted.insert(partition, shard_batch);
         }
@@ -473,9 +422,9 @@ impl ScaleOut {
         let offsets: Offsets = all.clone().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
         let timestamps: Vec<i64> = all.filter_map(|m| m.timestamp().to_millis()).collect();
         self.shards.processed.extend(offsets.clone());
-        if self.committer.in_transaction() {
+        if engine.committer.in_transaction() {
             self.shards.txn.extend(counted);
-            self.committer.joined(offsets, timestamps, changelog_records);
+            engine.committer.joined(offsets, timestamps, changelog_records);
             return Ok(None);
         }
         let timings = Timings {
@@ -492,14 +441,15 @@ impl ScaleOut {
     /// the records counted and skipped go to the repartition topic keyed by counter key.
     fn repartition_deltas(
         &mut self,
-        messages: &[&BorrowedMessage<'_>],
+        engine: &mut Engine,
+        messages: &[BorrowedMessage<'_>],
         positions: &[usize],
         mut rejected: Vec<(usize, String)>,
     ) -> Result<f64> {
-        let waiting = self.shutdown.waiting_for("waiting for the guest's answer");
-        let (results, guest_ms) = self.guest.receive()?;
+        let waiting = engine.shutdown.waiting_for("waiting for the guest's answer");
+        let (results, guest_ms) = engine.guest.receive()?;
         drop(waiting);
-        self.metrics.step("guest", guest_ms / 1000.0);
+        engine.metrics.step("guest", guest_ms / 1000.0);
         let mut sums: HashMap<String, u64> = HashMap::new();
         for result in results? {
             for r in result.rejected {
@@ -514,12 +464,12 @@ impl ScaleOut {
         rejected.sort_by_key(|(index, _)| *index);
         let dead_letter = self.args.topics.dead_letter.as_deref();
         for (index, reason) in &rejected {
-            let producer = self.committer.producer();
-            skip_record(producer, dead_letter, &self.metrics, &mut self.rejected_log, messages[*index], reason)?;
+            let (producer, log) = (engine.committer.producer(), &mut engine.rejected_log);
+            skip_record(producer, dead_letter, &engine.metrics, log, &messages[*index], reason)?;
         }
         let counted = (messages.len() - rejected.len()) as u64;
-        self.metrics.records_counted.inc_by(counted);
-        let producer = self.committer.producer();
+        engine.metrics.records_counted.inc_by(counted);
+        let producer = engine.committer.producer();
         for (key, amount) in &sums {
             producer.send(&self.repartition, key.as_bytes(), &amount.to_be_bytes(), None)?;
         }
@@ -537,6 +487,7 @@ impl ScaleOut {
     /// changelog records sent.
     fn count_in_shard(
         &mut self,
+        engine: &mut Engine,
         partition: i32,
         pending: Option<ShardBatch>,
         messages: &[&BorrowedMessage<'_>],
@@ -556,7 +507,7 @@ impl ScaleOut {
             }
             batch.next = message.offset() + 1;
             let (Some(key), Some(value)) = (message.key(), message.payload().filter(|v| v.len() == 8)) else {
-                if let Some(suppressed) = self.consumer_log.allow() {
+                if let Some(suppressed) = engine.consumer_log.allow() {
                     tracing::warn!(
                         partition,
                         offset = message.offset(),
@@ -580,7 +531,7 @@ impl ScaleOut {
                 changed.insert(key.to_vec());
             }
         }
-        let (producer, topic) = (self.committer.producer(), &self.shards.changelog);
+        let (producer, topic) = (engine.committer.producer(), &self.shards.changelog);
         for key in &changed {
             producer.send_to(topic, partition, key, Some(&batch.counts[key].to_be_bytes()), None)?;
         }
@@ -599,7 +550,7 @@ impl ScaleOut {
 
     /// Starts opening shard `partition` on a thread of its own while its repartition
     /// partition is paused, so the partitions this host already counts keep flowing.
-    fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32) -> Result<()> {
+    fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32, shutdown: &Shutdown) -> Result<()> {
         if self.shards.open.contains_key(&partition) || self.opening.contains_key(&partition) {
             return Ok(());
         }
@@ -608,7 +559,7 @@ impl ScaleOut {
         let kafka = self.args.topics.kafka.clone();
         let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
         let dir = crate::state::shard_dir(&self.args.state.state_dir, partition);
-        let (shutdown, guarantee) = (self.shutdown.clone(), self.args.guarantee);
+        let (shutdown, guarantee) = (shutdown.clone(), self.args.guarantee);
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
             .spawn(move || open_shard(&kafka, &changelog, &repartition, &dir, partition, guarantee, &shutdown))
@@ -619,7 +570,7 @@ impl ScaleOut {
 
     /// Shards whose catching up is over start counting: their partition is sought to the
     /// offset the shard holds (records fetched before the pause were dropped) and resumed.
-    fn finish_opening(&mut self, consumer: &ScaleOutConsumer, wait: bool) -> Result<()> {
+    fn finish_opening(&mut self, consumer: &ScaleOutConsumer, wait: bool, shutdown: &Shutdown) -> Result<()> {
         let done: Vec<i32> =
             self.opening.iter().filter(|(_, thread)| wait || thread.is_finished()).map(|(p, _)| *p).collect();
         for partition in done {
@@ -627,7 +578,7 @@ impl ScaleOut {
             let shard = match thread.join().map_err(|_| anyhow!("the restore of shard {partition} panicked"))? {
                 Ok(shard) => shard,
                 // Interrupted by a shutdown: the shard is caught up again when next opened.
-                Err(e) if self.shutdown.requested() => {
+                Err(e) if shutdown.requested() => {
                     tracing::info!(shard = partition, reason = %format!("{e:#}"), "shard not opened: shutting down");
                     continue;
                 }
@@ -678,13 +629,20 @@ impl ScaleOut {
 
     /// Revoked partitions: what is under way of them is committed (unless they are lost
     /// already), their shards are closed, and only then are they given up.
-    fn give_up(&mut self, consumer: &ScaleOutConsumer, revoked: &TopicPartitionList, lost: bool) -> Result<()> {
+    fn give_up_partitions(
+        &mut self,
+        engine: &mut Engine,
+        consumer: &ScaleOutConsumer,
+        revoked: &TopicPartitionList,
+        lost: bool,
+    ) -> Result<()> {
+        let committer = &mut engine.committer;
         if lost {
             // The group has given them to another host: nothing of ours may count.
-            self.committer.abort_open(consumer, &mut self.shards, "partitions lost (session timed out)")?;
+            committer.abort_open(consumer, &mut self.shards, "partitions lost (session timed out)")?;
         } else {
-            self.committer.commit_txn(consumer, &mut self.shards)?;
-            if !self.committer.exactly_once() {
+            committer.commit_txn(consumer, &mut self.shards)?;
+            if !committer.exactly_once() {
                 let revoked: Offsets = revoked
                     .elements()
                     .iter()
@@ -693,11 +651,11 @@ impl ScaleOut {
                         self.shards.processed.get(&key).map(|next| (key, *next))
                     })
                     .collect();
-                self.committer.commit_offsets(consumer, &revoked, CommitMode::Sync);
+                committer.commit_offsets(consumer, &revoked, CommitMode::Sync);
             }
         }
         // A shard still opening is waited for (its restore is bounded), then closed.
-        self.finish_opening(consumer, true)?;
+        self.finish_opening(consumer, true, &engine.shutdown)?;
         for element in revoked.elements() {
             self.shards.processed.remove(&(element.topic().to_owned(), element.partition()));
             if element.topic() == self.repartition && self.shards.open.remove(&element.partition()).is_some() {
@@ -712,25 +670,25 @@ impl ScaleOut {
 
     /// Every shard's local board (from its committed state) to the output topic under
     /// `shard/<p>`; under exactly-once, inside a transaction.
-    fn publish_boards(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
+    fn publish_boards(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) -> Result<()> {
         if self.shards.open.is_empty() {
             return Ok(());
         }
-        self.committer.open_transaction()?;
+        engine.committer.open_transaction()?;
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let started = Instant::now();
         let mut summary = Vec::new();
         for (partition, shard) in &self.shards.open {
-            let guest = &mut self.guest;
+            let guest = &mut engine.guest;
             let snapshot = crate::board::local_snapshot(shard.task.store(), &mut |c, n| guest.top_n(c, n), n)?;
             let key = crate::board::shard_key(*partition);
-            crate::board::produce_as(self.committer.producer(), &topic, &key, &snapshot)?;
+            crate::board::produce_as(engine.committer.producer(), &topic, &key, &snapshot)?;
             summary.push(format!("{partition}: {}", snapshot.top.first().map_or("-".into(), |e| e.key.clone())));
         }
-        self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
+        engine.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(shards = %summary.join(", "), "local boards published (`host board` shows the global one)");
-        if self.committer.in_transaction() && !self.committer.transaction_carries_batches() {
-            self.committer.commit_txn(consumer, &mut self.shards)?;
+        if engine.committer.in_transaction() && !engine.committer.transaction_carries_batches() {
+            engine.committer.commit_txn(consumer, &mut self.shards)?;
         }
         fault::point(Step::AfterBoard);
         Ok(())

@@ -1,9 +1,11 @@
-//! The data path of `host run`, top to bottom: consume a batch -> guest -> changelog ->
-//! state -> commit, then (every flush interval) the board.
+//! The direct topology of `host run` (one host): input -> guest -> one state task, no
+//! repartitioning. A batch, top to bottom: `submit_batch` (to the guest thread), then
+//! `send_batch` (deltas -> the state's values -> changelog records), then the committer
+//! (`engine::committer`) makes it durable; the loop is `engine::cycle`'s.
 //!
 //! # The guarantee, and why each step is where it is
 //!
-//! Per batch the host makes three durable writes, in this order:
+//! Per batch the committer makes three durable writes, in this order:
 //!
 //! 1. **Changelog**: the newest value of every key the batch changed, plus the metadata the
 //!    batch changes (records counted/skipped, and the next input offset of each partition),
@@ -54,42 +56,27 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset};
 
 use crate::changelog;
 use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
-use crate::engine::committer::{Committer, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
+use crate::engine::committer::{Offsets, Positions, Sent, StepTimer, Tasks, Timings};
+use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
-use crate::engine::log_limit::LogLimit;
-use crate::engine::records::{LATE, NO_VALUE, POLL_WAIT, poll_batch, skip_record};
-use crate::engine::stall::Watchdog;
+use crate::engine::records::{LATE, NO_VALUE, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
-use crate::guest::thread::GuestThread;
 use crate::guest::{Counter, Records};
 use crate::kafka::clients::{HostConsumer, HostContext};
 use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
-use crate::serve::metrics::Metrics;
 use crate::state::{Change, Store, Totals, meta};
 use crate::window::{self, Millis, WindowSpec};
-
-/// True when partitions are assigned and every one of them reported its end.
-fn all_at_end(consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
-    match consumer.assignment() {
-        Ok(assignment) => {
-            let partitions: Vec<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
-            !partitions.is_empty() && partitions.iter().all(|p| at_end.contains(p))
-        }
-        Err(_) => false,
-    }
-}
 
 /// `host run` on one host: the whole state in one store, no repartitioning (the guarantee
 /// in the module doc). `windows` are the checked `--window` flags.
@@ -175,8 +162,6 @@ pub fn run(
         None => BTreeSet::new(),
     };
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
-    let pace = crate::engine::pace::Pace::new(args.max_rate);
-    let watchdog = Watchdog::new(args.stall_timeout);
     let emit = args.windows.emit;
     let mut state = Local {
         submitted: applied.clone(),
@@ -199,36 +184,21 @@ pub fn run(
     if emit == Emit::Changes {
         state.kept_from = state.keep_from(&state.stream_times);
     }
-    let committer =
-        Committer::new(producer, args.guarantee, args.commit_interval, http.metrics.clone(), shutdown.clone());
-    let mut pipeline = Pipeline {
-        committer,
-        state,
-        guest: GuestThread::spawn(guest)?,
-        rejected_log: LogLimit::new(Duration::from_secs(1)),
-        consumer_log: LogLimit::new(Duration::from_secs(5)),
-        reload,
-        metrics: http.metrics.clone(),
-        ready: http.ready.clone(),
-        board_view: http.board.clone(),
-        shutdown: shutdown.clone(),
-        watchdog,
-        pace,
-        args,
-    };
+    let mut engine = Engine::new(&args, producer, guest, reload, shutdown, http)?;
     tracing::info!(
-        guest = %pipeline.guest.describe(),
-        guarantee = pipeline.args.guarantee.name(),
+        guest = %engine.guest.describe(),
+        guarantee = args.guarantee.name(),
         transactional_id = transactional_id.as_deref().unwrap_or("(none)"),
-        input = %pipeline.args.topics.input,
-        group = %pipeline.args.group,
+        input = %args.topics.input,
+        group = %args.group,
         instance_id = instance_id.as_deref().unwrap_or("(dynamic)"),
-        state_dir = %pipeline.state.task.store().dir().display(),
-        records_processed = pipeline.state.totals.records_processed,
+        state_dir = %state.task.store().dir().display(),
+        records_processed = state.totals.records_processed,
         "host running"
     );
+    let mut direct = Direct { args, state, board_view: http.board.clone() };
     shutdown.working("counting");
-    pipeline.run_until(&consumer)?;
+    cycle::run(&mut engine, &mut direct, &consumer)?;
     shutdown.working("closing the Kafka consumer");
     crate::kafka::clients::close(std::mem::ManuallyDrop::into_inner(consumer), shutdown);
     Ok(())
@@ -236,7 +206,7 @@ pub fn run(
 
 /// Refuses to join a group that another host is consuming with: each host keeps the whole
 /// state, so two would each count part of the input and publish boards of part of it
-/// (several hosts share a job with `--scale-out`, in `scaleout.rs`). A member left by this host's
+/// (several hosts share a job with `--scale-out`, in `repartitioned.rs`). A member left by this host's
 /// own previous run (static membership: its member id starts with our instance id) is not
 /// another host.
 fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option<&str>) -> Result<()> {
@@ -319,26 +289,11 @@ fn state_beyond_input(applied: &BTreeMap<i32, i64>, ends: &BTreeMap<i32, i64>) -
     })
 }
 
-/// Everything the loop owns except the consumer, whose polled messages borrow it while
-/// the pipeline is mutated.
-struct Pipeline {
+/// The direct topology: input -> guest -> one state task, no repartitioning.
+struct Direct {
     args: RunArgs,
-    /// The write order and the exactly-once transaction (`engine::committer`).
-    committer: Committer,
     /// The state task: the whole state in one store.
     state: Local,
-    guest: GuestThread,
-    rejected_log: LogLimit,
-    consumer_log: LogLimit,
-    /// Hot swap of the guest (not for the benchmark's native baseline).
-    reload: Option<GuestReload>,
-    metrics: Arc<Metrics>,
-    /// For /readyz: set once the consumer has partitions.
-    ready: Arc<AtomicBool>,
-    /// SIGINT/SIGTERM end the loop; SIGHUP reloads the guest; a stop's log says what it met.
-    shutdown: Shutdown,
-    watchdog: Watchdog,
-    pace: crate::engine::pace::Pace,
     /// For the board page: the boards published, with the lag.
     board_view: Arc<std::sync::Mutex<crate::serve::http::BoardView>>,
 }
@@ -418,125 +373,93 @@ struct Group {
     positions: Vec<usize>,
 }
 
-impl Pipeline {
-    /// The loop keeps three batches moving, each at a different step:
-    /// - the newest is polled and handed to the guest thread (step 1, which writes nothing);
-    /// - the one before has its changelog records on the way to the broker (step 2);
-    /// - between them, the pipeline thread finishes one batch (the rest of 2, then 3 and 4)
-    ///   before it turns the guest's result of the next into changelog records.
-    ///
-    /// So every durable write happens in the order of the module doc, one batch after
-    /// another: a batch's changelog values are computed on state that holds every earlier
-    /// batch, and sent only then.
-    fn run_until<'c>(&mut self, consumer: &'c HostConsumer) -> Result<()> {
-        let mut last_board = Instant::now();
-        let mut at_end = BTreeSet::new();
-        let mut with_guest: Option<Submitted<'c>> = None;
-        let mut in_flight: Option<Sent<LocalBatch>> = None;
-        while !self.shutdown.requested() {
-            // With a batch under way, don't wait for input: moving it on is the better use of time.
-            let idle = with_guest.is_none() && in_flight.is_none() && !self.committer.in_transaction();
-            let wait = if idle { POLL_WAIT } else { Duration::ZERO };
-            let batch = if self.watchdog.input_stopped_by_fault() {
-                std::thread::sleep(wait);
-                Vec::new()
-            } else {
-                poll_batch(consumer, self.args.max_batch, wait, &mut self.consumer_log, &mut at_end)
-            };
-            self.pace.consumed(batch.len());
-            self.watch_for_stall(consumer, !batch.is_empty())?;
-            if !self.ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() > 0) {
-                self.ready.store(true, Ordering::Relaxed);
-                tracing::info!("ready: partitions assigned");
-            }
-            if batch.is_empty() && idle && self.args.stop_at_end && all_at_end(consumer, &at_end) {
-                tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
-                break;
-            }
-            // 1. The newest batch goes to the guest thread.
-            let newest = if batch.is_empty() { None } else { Some(self.submit(batch)?) };
-            // 2-4 of the oldest batch: its acknowledgements, state write and offset commit.
-            if let Some(oldest) = in_flight.take() {
-                self.committer.finish(consumer, &mut self.state, oldest)?;
-            }
-            // 2. The guest's result of the batch before the newest, as changelog records (into
-            // the open transaction under exactly-once).
-            if let Some(submitted) = with_guest.take() {
-                in_flight = self.send_batch(submitted)?;
-            }
-            with_guest = newest;
-            // exactly-once: commit when the interval is up, or at once when nothing else came.
-            if self.committer.transaction_due(with_guest.is_none())
-                && !self.committer.commit_txn(consumer, &mut self.state)?
-                && let Some(dropped) = with_guest.take()
-            {
-                // Aborted and rewound: the batch polled since is read again; drop its result.
-                let (_result, _) = self.guest.receive()?;
-                drop(dropped);
-            }
-            if last_board.elapsed() >= self.args.flush_interval {
-                // State holds whole batches only (the ones under way are not in it yet).
-                last_board = Instant::now();
-                self.flush_board(consumer);
-            }
-            // A new guest takes over from the next batch submitted: each batch is counted by one.
-            if let Some(next) = self.reload.as_mut().and_then(|r| r.poll(self.shutdown.take_reload())) {
-                if self.needs_event_time() && !next.has_event_time() {
-                    tracing::warn!(guest = %next.describe(), "new guest refused: it does not export event-time, which \
-                        --event-time guest needs; the running guest stays");
-                } else {
-                    tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
-                    self.guest.swap(Box::new(next))?;
-                }
-            }
-            self.committer.producer().poll();
+impl<'c> Topology<'c> for Direct {
+    type Context = HostContext;
+    type Tasks = Local;
+    type Submitted = Submitted<'c>;
+
+    fn tasks(&mut self) -> &mut Local {
+        &mut self.state
+    }
+
+    fn input_records(&self, batch: &[BorrowedMessage<'c>]) -> usize {
+        batch.len()
+    }
+
+    fn waiting(&self, consumer: &HostConsumer) -> i64 {
+        self.state.lag(consumer).values().sum()
+    }
+
+    /// One host per group (`check_group_is_ours`): its partitions never move.
+    fn rebalance(&mut self, _engine: &mut Engine, _consumer: &'c HostConsumer) -> Result<Rebalance> {
+        Ok(Rebalance::default())
+    }
+
+    fn ready(&self, consumer: &HostConsumer) -> bool {
+        consumer.assignment().is_ok_and(|a| a.count() > 0)
+    }
+
+    fn done(&mut self, consumer: &HostConsumer, at_end: &BTreeSet<i32>) -> bool {
+        let done = all_at_end(consumer, at_end);
+        if done {
+            tracing::info!("every assigned partition is consumed to its end (--stop-at-end)");
         }
-        // Finish what is under way, in order.
-        self.shutdown.working("finishing the batches under way");
-        if let Some(oldest) = in_flight.take() {
-            self.committer.finish(consumer, &mut self.state, oldest)?;
+        done
+    }
+
+    fn submit(&mut self, engine: &mut Engine, batch: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
+        self.submit_batch(engine, batch)
+    }
+
+    fn send(&mut self, engine: &mut Engine, submitted: Submitted<'c>) -> Result<Option<Sent<LocalBatch>>> {
+        self.send_batch(engine, submitted)
+    }
+
+    fn discard(&mut self, engine: &mut Engine, _submitted: Submitted<'c>) -> Result<()> {
+        let (_result, _) = engine.guest.receive()?;
+        Ok(())
+    }
+
+    fn give_up(&mut self, _: &mut Engine, _: &HostConsumer, _: &rdkafka::TopicPartitionList, _: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// State holds the offsets it reflects: an offset commit that did not land costs a
+    /// restart only some re-reading, so none is confirmed.
+    fn idle(&mut self, _engine: &mut Engine, _consumer: &HostConsumer) {}
+
+    fn publish_board(&mut self, engine: &mut Engine, consumer: &HostConsumer) -> Result<()> {
+        self.flush_board(engine, consumer)
+    }
+
+    fn accepts(&self, guest: &crate::guest::Guest) -> bool {
+        if self.needs_event_time() && !guest.has_event_time() {
+            tracing::warn!(guest = %guest.describe(), "new guest refused: it does not export event-time, which \
+                --event-time guest needs; the running guest stays");
+            return false;
         }
-        if let Some(submitted) = with_guest.take()
-            && let Some(last) = self.send_batch(submitted)?
-        {
-            self.committer.finish(consumer, &mut self.state, last)?;
-        }
-        if self.committer.exactly_once() {
-            self.committer.commit_txn(consumer, &mut self.state)?;
-        } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-            // Every polled record is processed: the consumer's positions are safe to commit.
-            // Closing the consumer waits for the commit, so the group ends exactly where state
-            // is; a synchronous commit here could wait forever on a coordinator that is away.
-            tracing::debug!(error = %e, "final offset commit (nothing consumed?)");
-        }
-        tracing::info!("shutting down: batch committed, publishing a last board");
-        self.shutdown.working("publishing a last board");
-        self.flush_board(consumer);
-        self.committer.commit_txn(consumer, &mut self.state)?;
-        self.committer.producer().wait_acks()?;
-        self.committer.stats.log();
+        true
+    }
+
+    fn processed(&self) -> Offsets {
+        self.state.applied.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect()
+    }
+
+    fn stopped(&self) {
         tracing::info!(
             records_processed = self.state.totals.records_processed,
             records_skipped = self.state.totals.records_skipped,
             "stopped cleanly"
         );
-        Ok(())
     }
+}
 
-    /// The stall watchdog, after a poll: records waiting are what the partitions' lag says.
-    fn watch_for_stall(&mut self, consumer: &HostConsumer, delivered: bool) -> Result<()> {
-        if self.watchdog.due(delivered) {
-            let waiting = self.state.lag(consumer).values().sum();
-            self.watchdog.looked(waiting)?;
-        }
-        Ok(())
-    }
-
+impl Direct {
     /// Step 1: hands every record not yet counted to the guest thread. Writes nothing.
-    fn submit<'c>(&mut self, messages: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
-        self.committer.stats.batch_polled(messages.len());
-        self.metrics.records_consumed.inc_by(messages.len() as u64);
-        self.metrics.batch_records.observe(messages.len() as f64);
+    fn submit_batch<'c>(&mut self, engine: &mut Engine, messages: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
+        engine.committer.stats.batch_polled(messages.len());
+        engine.metrics.records_consumed.inc_by(messages.len() as u64);
+        engine.metrics.batch_records.observe(messages.len() as f64);
         let mut next_offsets = BTreeMap::new();
         let mut fresh = Vec::with_capacity(messages.len());
         let mut rejected = Vec::new();
@@ -545,7 +468,7 @@ impl Pipeline {
         if self.state.windows.is_none() {
             groups.push((Group { windows: None, positions: Vec::with_capacity(messages.len()) }, Records::default()));
         }
-        let guest_times = self.guest_event_times(&messages)?;
+        let guest_times = self.guest_event_times(engine, &messages)?;
         for (index, message) in messages.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
             if self.state.already_counted(message) {
@@ -582,14 +505,18 @@ impl Pipeline {
             *submitted = (*submitted).max(*next);
         }
         let (groups, records): (Vec<Group>, Vec<Records>) = groups.into_iter().unzip();
-        self.guest.submit(records)?;
+        engine.guest.submit(records)?;
         let stream_times = self.state.stream_times.clone();
         Ok(Submitted { messages, fresh, groups, rejected, next_offsets, stream_times })
     }
 
     /// With `--event-time guest`: the event time the guest gives each record of the batch
     /// not yet counted (by index into `messages`); empty otherwise.
-    fn guest_event_times(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<Vec<Option<Millis>>> {
+    fn guest_event_times(
+        &mut self,
+        engine: &mut Engine,
+        messages: &[BorrowedMessage<'_>],
+    ) -> Result<Vec<Option<Millis>>> {
         if !self.needs_event_time() {
             return Ok(Vec::new());
         }
@@ -603,7 +530,7 @@ impl Pipeline {
         }
         let mut times = vec![None; messages.len()];
         // A guest swapped in without `event-time` was refused, so there are times here.
-        for (index, time) in at.into_iter().zip(self.guest.event_times(records)?.unwrap_or_default()) {
+        for (index, time) in at.into_iter().zip(engine.guest.event_times(records)?.unwrap_or_default()) {
             times[index] = time;
         }
         Ok(times)
@@ -612,15 +539,15 @@ impl Pipeline {
     /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
     /// the deltas to state's values (the overlay), and sends the changelog records. Needs
     /// state to hold every earlier batch.
-    fn send_batch(&mut self, batch: Submitted<'_>) -> Result<Option<Sent<LocalBatch>>> {
+    fn send_batch(&mut self, engine: &mut Engine, batch: Submitted<'_>) -> Result<Option<Sent<LocalBatch>>> {
         let mut timer = StepTimer::start();
-        let waiting = self.shutdown.waiting_for("waiting for the guest's answer");
-        let (results, guest_ms) = self.guest.receive()?;
+        let waiting = engine.shutdown.waiting_for("waiting for the guest's answer");
+        let (results, guest_ms) = engine.guest.receive()?;
         drop(waiting);
         let results = results?;
         let guest_wait_ms = timer.lap();
         // Everything this batch produces (dead letters included) goes into the transaction.
-        self.committer.open_transaction()?;
+        engine.committer.open_transaction()?;
         let mut rejected = batch.rejected;
         let mut deltas: Vec<(Vec<u8>, u64)> = Vec::new();
         for (group, result) in batch.groups.iter().zip(results) {
@@ -642,10 +569,10 @@ impl Pipeline {
         // In input order, so dead letters keep the order of their records.
         rejected.sort_by_key(|(index, _)| *index);
         self.state.totals.records_processed += (batch.fresh.len() - rejected.len()) as u64;
-        self.metrics.records_counted.inc_by((batch.fresh.len() - rejected.len()) as u64);
-        self.metrics.step("guest", guest_ms / 1000.0);
+        engine.metrics.records_counted.inc_by((batch.fresh.len() - rejected.len()) as u64);
+        engine.metrics.step("guest", guest_ms / 1000.0);
         for (index, reason) in &rejected {
-            self.reject(&batch.messages[*index], reason)?;
+            self.reject(engine, &batch.messages[*index], reason)?;
         }
         let mut overlay: HashMap<Vec<u8>, u64> = HashMap::new();
         for (key, amount) in deltas {
@@ -669,12 +596,12 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        self.send_changelog(&changes)?;
+        self.send_changelog(engine.committer.producer(), &changes)?;
         let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
         let offsets: Offsets =
             batch.next_offsets.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
         let changelog_records = changes.len() as u64;
-        if self.committer.in_transaction() {
+        if engine.committer.in_transaction() {
             // exactly-once: the batch joins the open transaction; state waits for its commit.
             let txn = self.state.txn.get_or_insert_default();
             txn.overlay.extend(overlay.into_iter().map(|(key, value)| (key, Some(value))));
@@ -685,7 +612,7 @@ impl Pipeline {
             }
             txn.stream_times.extend(batch.stream_times);
             tracing::debug!(records = batch.messages.len(), guest_ms, guest_wait_ms, send_ms = timer.lap(), "batch");
-            self.committer.joined(offsets, timestamps, changelog_records);
+            engine.committer.joined(offsets, timestamps, changelog_records);
             return Ok(None);
         }
         Ok(Some(Sent {
@@ -699,18 +626,19 @@ impl Pipeline {
     }
 
     /// A malformed record: counted, logged at a bounded rate, dead-lettered when configured.
-    fn reject(&mut self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
+    fn reject(&mut self, engine: &mut Engine, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
         self.state.totals.records_skipped += 1;
         let dead_letter = self.args.topics.dead_letter.as_deref();
-        skip_record(self.committer.producer(), dead_letter, &self.metrics, &mut self.rejected_log, message, reason)
+        let (producer, log) = (engine.committer.producer(), &mut engine.rejected_log);
+        skip_record(producer, dead_letter, &engine.metrics, log, message, reason)
     }
 
     fn needs_event_time(&self) -> bool {
         self.state.windows.is_some() && self.args.windows.event_time == EventTime::Guest
     }
 
-    fn send_changelog(&self, changes: &[Change]) -> Result<()> {
-        let (producer, topic) = (self.committer.producer(), &self.state.changelog);
+    fn send_changelog(&self, producer: &AckedProducer, changes: &[Change]) -> Result<()> {
+        let topic = &self.state.changelog;
         for change in changes {
             match change {
                 Change::Count { key, value: Some(v) } => producer.send(topic, key, &v.to_be_bytes(), None)?,
@@ -727,17 +655,17 @@ impl Pipeline {
 
     /// Ranks and prints the board and produces it (with --emit final: the final boards of
     /// the windows completed since the last flush instead).
-    fn publish_board(&mut self) -> Result<crate::board::Snapshot> {
+    fn publish_board(&mut self, engine: &mut Engine) -> Result<crate::board::Snapshot> {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let state = &self.state;
         // The board reads state, so the stream times state holds.
         let stream_times = state.task.store().stream_times(&state.input)?;
         let closing_blocked = state.closing_blocked(&stream_times);
         let windows = state.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
-        let guest = &mut self.guest;
+        let guest = &mut engine.guest;
         let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
         let snapshot = crate::board::snapshot(state.task.store(), top_n, n, windows.as_ref())?;
-        let producer = self.committer.producer();
+        let producer = engine.committer.producer();
         let Some(windows) = windows.filter(|_| state.emit == Emit::Final) else {
             crate::board::produce(producer, &topic, &snapshot)?;
             return Ok(snapshot);
@@ -750,50 +678,38 @@ impl Pipeline {
         // Recorded like any state: in the changelog, then in state (under exactly-once, in
         // the open transaction and in state when it commits).
         let change = Change::u64(meta::EMITTED_THROUGH, newest as u64);
-        self.send_changelog(std::slice::from_ref(&change))?;
-        if self.committer.in_transaction() {
+        self.send_changelog(producer, std::slice::from_ref(&change))?;
+        if engine.committer.in_transaction() {
             self.state.txn.get_or_insert_default().meta.push(change);
         } else {
-            self.committer.producer().wait_acks()?;
+            producer.wait_acks()?;
             self.state.task.write([change])?;
         }
         self.state.emitted_through = Some(newest);
         Ok(snapshot)
     }
 
-    fn flush_board(&mut self, consumer: &HostConsumer) {
+    fn flush_board(&mut self, engine: &mut Engine, consumer: &HostConsumer) -> Result<()> {
         // Under exactly-once the board goes into the transaction.
-        if let Err(e) = self.committer.open_transaction() {
-            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
-            return;
-        }
+        engine.committer.open_transaction()?;
         let started = Instant::now();
-        let flushed = self
-            .publish_board()
-            // Under exactly-once the board is in the open transaction: "produced" means it
-            // reached the broker there (its fate is the transaction's).
-            .and_then(|snapshot| match self.committer.exactly_once() {
-                true => self.committer.producer().wait_acks().map(|()| snapshot),
-                false => Ok(snapshot),
-            });
-        match flushed {
-            Ok(snapshot) => {
-                self.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
-                if self.args.http.is_some() {
-                    // For the board page and /metrics only: a round trip per partition.
-                    let lag = self.state.lag(consumer);
-                    for (partition, behind) in &lag {
-                        self.metrics
-                            .consumer_lag
-                            .get_or_create(&vec![("partition", partition.to_string())])
-                            .set(*behind);
-                    }
-                    self.board_view.lock().unwrap_or_else(|p| p.into_inner()).publish(snapshot, lag);
-                }
-                fault::point(Step::AfterBoard)
-            }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "board not published this interval"),
+        let snapshot = self.publish_board(engine)?;
+        if engine.committer.exactly_once() {
+            // The board is in the open transaction: "produced" means it reached the broker
+            // there (its fate is the transaction's).
+            engine.committer.producer().wait_acks()?;
         }
+        engine.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
+        if self.args.http.is_some() {
+            // For the board page and /metrics only: a round trip per partition.
+            let lag = self.state.lag(consumer);
+            for (partition, behind) in &lag {
+                engine.metrics.consumer_lag.get_or_create(&vec![("partition", partition.to_string())]).set(*behind);
+            }
+            self.board_view.lock().unwrap_or_else(|p| p.into_inner()).publish(snapshot, lag);
+        }
+        fault::point(Step::AfterBoard);
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::cli::KafkaArgs;
+use crate::kafka::Connection;
 use crate::kafka::clients::HostConsumer;
 use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Store, decode_u64, meta};
@@ -78,14 +78,14 @@ pub struct RestoreReport {
 /// Reads `topic` from the beginning to the end offsets it has now, into `store`, which is
 /// cleared first. Until the restore completes, the store carries a marker that makes the
 /// next start restore again (an interrupted restore must not pass for complete state).
-pub fn restore(kafka: &KafkaArgs, topic: &str, store: &mut Store, shutdown: &Shutdown) -> Result<RestoreReport> {
+pub fn restore(kafka: &Connection, topic: &str, store: &mut Store, shutdown: &Shutdown) -> Result<RestoreReport> {
     restore_partitions(kafka, topic, None, store, shutdown)
 }
 
 /// Reads `topic` (or only its partition `only`) from the beginning into `store`, cleared
 /// first, marked incomplete until it is done (see `restore`).
 pub fn restore_partitions(
-    kafka: &KafkaArgs,
+    kafka: &Connection,
     topic: &str,
     only: Option<i32>,
     store: &mut Store,
@@ -117,7 +117,7 @@ pub fn restore_partitions(
 /// Brings `store` up to the end of `topic` (or only of its partition `only`) by reading
 /// only what lies past the positions it already holds (all of it where it holds none).
 pub fn replay_partitions(
-    kafka: &KafkaArgs,
+    kafka: &Connection,
     topic: &str,
     only: Option<i32>,
     store: &Store,
@@ -151,7 +151,7 @@ pub fn position_changes<'a>(topic: &'a str, positions: &'a BTreeMap<i32, i64>) -
 /// to the end offsets it has now, handing decoded changes to `write` in chunks. Returns what
 /// it read and, per partition, the offset it read up to.
 fn read_into(
-    kafka: &KafkaArgs,
+    kafka: &Connection,
     topic: &str,
     only: Option<i32>,
     from: &BTreeMap<i32, i64>,
@@ -262,7 +262,7 @@ fn read_loop(
 /// ranges (partition -> (from, to)): only transaction markers, or records of aborted
 /// transactions. False as soon as one is seen, or when a range is not yet stable (an open
 /// transaction: it may still commit).
-pub fn only_markers_after(kafka: &KafkaArgs, topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> Result<bool> {
+pub fn only_markers_after(kafka: &Connection, topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> Result<bool> {
     let consumer = topic_reader(kafka)?;
     let stable = end_offsets(&consumer, topic)?;
     if ranges.iter().any(|(p, (_, to))| stable.get(p).is_none_or(|(_, lso)| lso < to)) {
@@ -292,20 +292,20 @@ pub fn only_markers_after(kafka: &KafkaArgs, topic: &str, ranges: &BTreeMap<i32,
 }
 
 /// A consumer that reads topics by assignment, outside any consumer group's offsets.
-pub(crate) fn topic_reader(kafka: &KafkaArgs) -> Result<HostConsumer> {
+pub(crate) fn topic_reader(kafka: &Connection) -> Result<HostConsumer> {
     crate::kafka::clients::reader(kafka, &format!("streamhost-restore-{}", std::process::id()))
         .create_with_context(crate::kafka::clients::HostContext::default())
         .context("creating a topic reader")
 }
 
 /// The end offset of every partition of `topic`, as changelog positions.
-pub fn end_positions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>> {
+pub fn end_positions(kafka: &Connection, topic: &str) -> Result<BTreeMap<i32, i64>> {
     let consumer = topic_reader(kafka)?;
     Ok(end_offsets(&consumer, topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
 }
 
 /// The partitions of `topic` that hold records now.
-pub fn non_empty_partitions(kafka: &KafkaArgs, topic: &str) -> Result<BTreeSet<i32>> {
+pub fn non_empty_partitions(kafka: &Connection, topic: &str) -> Result<BTreeSet<i32>> {
     let consumer = topic_reader(kafka)?;
     Ok(end_offsets(&consumer, topic)?.into_iter().filter(|(_, (low, high))| high > low).map(|(p, _)| p).collect())
 }

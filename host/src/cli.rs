@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::bail;
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (guest WIT streamhost:counter@0.2.1)");
@@ -26,23 +28,51 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-/// What a crash may cost in counts.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Guarantee {
-    /// Exact after any crash with the state dir intact; with the state dir lost as well, a
-    /// counter may exceed the truth by one batch's deltas (README, "What survives what").
-    AtLeastOnce,
-    /// Exact after any crash, state dir lost or not: Kafka transactions carry each batch's
-    /// changelog, board and input offsets together; a restart replays only the changelog's tail.
-    ExactlyOnce,
+pub use crate::engine::config::{Emit, EventTime, Guarantee};
+
+// The engine's plain enums, as clap parses them (with the help each value shows).
+impl ValueEnum for Guarantee {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Guarantee::AtLeastOnce, Guarantee::ExactlyOnce]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Guarantee::AtLeastOnce => PossibleValue::new(self.name()).help(
+                "Exact after any crash with the state dir intact; with the state dir lost as well, a counter \
+                 may exceed the truth by one batch's deltas (README, \"What survives what\")",
+            ),
+            Guarantee::ExactlyOnce => PossibleValue::new(self.name()).help(
+                "Exact after any crash, state dir lost or not: Kafka transactions carry each batch's changelog, \
+                 board and input offsets together; a restart replays only the changelog's tail",
+            ),
+        })
+    }
 }
 
-impl Guarantee {
-    pub fn name(self) -> &'static str {
-        match self {
-            Guarantee::AtLeastOnce => "at-least-once",
-            Guarantee::ExactlyOnce => "exactly-once",
-        }
+impl ValueEnum for EventTime {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[EventTime::Kafka, EventTime::Guest]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            EventTime::Kafka => PossibleValue::new("kafka"),
+            EventTime::Guest => PossibleValue::new("guest"),
+        })
+    }
+}
+
+impl ValueEnum for Emit {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Emit::Changes, Emit::Final]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Emit::Changes => PossibleValue::new("changes").help("Every flush interval"),
+            Emit::Final => PossibleValue::new("final").help("Once per window, when it is complete (needs --window)"),
+        })
     }
 }
 
@@ -161,10 +191,26 @@ pub struct TopicArgs {
     pub repartition: Option<String>,
 }
 
+impl KafkaArgs {
+    pub fn connection(&self) -> crate::kafka::Connection {
+        crate::kafka::Connection { brokers: self.brokers.clone(), properties: self.kafka_config.clone() }
+    }
+}
+
 impl TopicArgs {
     /// The repartition topic of a --scale-out job.
     pub fn repartition_topic(&self) -> String {
         self.repartition.clone().unwrap_or_else(|| format!("{}.repartition", self.changelog))
+    }
+
+    pub fn topics(&self) -> crate::kafka::topics::Topics {
+        crate::kafka::topics::Topics {
+            input: self.input.clone(),
+            changelog: self.changelog.clone(),
+            output: self.output.clone(),
+            dead_letter: self.dead_letter.clone(),
+            repartition: self.scale_out.then(|| self.repartition_topic()),
+        }
     }
 }
 
@@ -176,6 +222,52 @@ pub struct CreateTopicsArgs {
     /// Partitions of the input and changelog topics when creating them.
     #[arg(long, env = "STREAMHOST_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
+}
+
+impl RunArgs {
+    /// The run these flags ask for, refusing flags that do not go together (`requires` in
+    /// the flags' attributes refuses the rest).
+    pub fn config(&self) -> anyhow::Result<crate::engine::config::RunConfig> {
+        use crate::engine::config::{RunConfig, ScaleOut, Windows};
+        let windows = self.windows.spec()?.map(|spec| Windows {
+            spec,
+            event_time: self.windows.event_time,
+            emit: self.windows.emit,
+        });
+        if windows.is_none() && self.windows.emit == Emit::Final {
+            bail!("--emit final needs --window: without windows there is no window to complete");
+        }
+        let scale_out = self.topics.scale_out.then(|| ScaleOut {
+            repartition: self.topics.repartition_topic(),
+            shard_cleanup_delay: self.shard_cleanup_delay,
+        });
+        if scale_out.is_some() && windows.is_some() {
+            bail!("--window is not supported with --scale-out yet: run a windowed job on one host");
+        }
+        Ok(RunConfig {
+            kafka: self.topics.kafka.connection(),
+            topics: self.topics.topics(),
+            state_dir: self.state.state_dir.clone(),
+            group: self.group.clone(),
+            instance_id: self.instance_id.clone(),
+            transactional_id: self.transactional_id.clone(),
+            guarantee: self.guarantee,
+            commit_interval: self.commit_interval,
+            flush_interval: self.flush_interval,
+            top_n: self.top_n,
+            create_topics: self.create_topics,
+            partitions: self.partitions,
+            ack_timeout: self.ack_timeout,
+            stall_timeout: self.stall_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            stop_at_end: self.stop_at_end,
+            max_rate: self.max_rate,
+            max_batch: self.max_batch,
+            http: self.http.clone(),
+            windows,
+            scale_out,
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -340,24 +432,10 @@ impl WindowArgs {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EventTime {
-    Kafka,
-    Guest,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GuestLang {
     Rust,
     Python,
     Js,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Emit {
-    /// Every flush interval.
-    Changes,
-    /// Once per window, when it is complete (needs --window).
-    Final,
 }
 
 /// The guest and its limits (run, check, test).

@@ -13,7 +13,7 @@ use crate::state::Totals;
 /// board merged from every shard's newest local board.
 pub fn board_command(args: crate::cli::BoardArgs) -> Result<()> {
     use anyhow::Context;
-    let latest = latest_boards(&args.kafka, &args.output)?;
+    let latest = latest_boards(&args.kafka.connection(), &args.output)?;
     let shards: Vec<Snapshot> = latest
         .iter()
         .filter(|(key, _)| key.starts_with("shard/"))
@@ -52,7 +52,7 @@ const OPEN_TRANSACTION_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// produced after its own until the transaction times out (10 s for scale-out hosts): waits
 /// for that (the read_committed end reaching the end as it is now), for a while.
 fn wait_for_open_transactions(
-    kafka: &crate::cli::KafkaArgs,
+    kafka: &crate::kafka::Connection,
     consumer: &crate::kafka::clients::HostConsumer,
     topic: &str,
 ) -> Result<()> {
@@ -81,7 +81,7 @@ fn wait_for_open_transactions(
 }
 
 /// The newest value of every key on `topic` (read_committed), read to its current end.
-fn latest_boards(kafka: &crate::cli::KafkaArgs, topic: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+fn latest_boards(kafka: &crate::kafka::Connection, topic: &str) -> Result<BTreeMap<String, Vec<u8>>> {
     use anyhow::Context;
     use rdkafka::consumer::Consumer;
     use rdkafka::{Message, Offset, TopicPartitionList};

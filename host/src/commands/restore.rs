@@ -21,7 +21,7 @@ pub fn restore_command(args: RestoreArgs) -> Result<()> {
     }
     let dir = &args.state.state_dir;
     let mut store = open_for_restore(dir, args.force)?;
-    let report = restore(&args.kafka, &args.changelog, &mut store, &shutdown)?;
+    let report = restore(&args.kafka.connection(), &args.changelog, &mut store, &shutdown)?;
     print_report(&report, dir);
     Ok(())
 }
@@ -30,13 +30,14 @@ pub fn restore_command(args: RestoreArgs) -> Result<()> {
 fn restore_shards(args: &RestoreArgs, shutdown: &Shutdown) -> Result<()> {
     let partitions: Vec<i32> = match args.partition {
         Some(partition) => vec![partition],
-        None => end_positions(&args.kafka, &args.changelog)?.into_keys().collect(),
+        None => end_positions(&args.kafka.connection(), &args.changelog)?.into_keys().collect(),
     };
     let started = Instant::now();
     for partition in partitions {
         let dir = crate::state::shard_dir(&args.state.state_dir, partition);
         let mut store = open_for_restore(&dir, args.force)?;
-        let report = restore_partitions(&args.kafka, &args.changelog, Some(partition), &mut store, shutdown)?;
+        let report =
+            restore_partitions(&args.kafka.connection(), &args.changelog, Some(partition), &mut store, shutdown)?;
         print_report(&report, &dir);
     }
     println!("done in {:.2}s", started.elapsed().as_secs_f64());

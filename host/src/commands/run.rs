@@ -1,43 +1,47 @@
-//! `host run`: loads the guest, checks the flags whose meaning is the same in both modes,
+//! `host run`: turns the flags into a run configuration (refusing those that do not go together),
+//! loads the guest,
 //! serves `--http`, and starts the topology the flags ask for: one host
 //! ([`crate::engine::direct`]) or a share of a job spread over several (`--scale-out`,
 //! [`crate::engine::repartitioned`]).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use crate::cli::{Emit, RunArgs};
+use crate::cli::RunArgs;
+use crate::engine::config::RunConfig;
 use crate::guest::Counter;
 use crate::guest::reload::GuestReload;
 use crate::process::shutdown::Shutdown;
 
 /// `host run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    // First, so a signal during start-up (a long guest compile or restore) is handled too.
-    let shutdown = handle_stops(&args)?;
+    // Flags that do not go together are refused before anything else.
+    let config = args.config()?;
+    // Then, so a signal during start-up (a long guest compile or restore) is handled too.
+    let shutdown = handle_stops(&config)?;
     shutdown.starting("loading the guest");
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let source = args.guest.source();
     let guest = source.load()?;
-    args.windows.spec()?;
     let reload = GuestReload::new(source);
-    start(args, Box::new(guest), Some(reload), &shutdown)
+    start(config, Box::new(guest), Some(reload), &shutdown)
 }
 
 /// `host run` with any [`Counter`] (the benchmark's native baseline uses this); no hot swap.
 pub fn run_with(args: RunArgs, guest: Box<dyn Counter + Send>) -> Result<()> {
-    let shutdown = handle_stops(&args)?;
-    start(args, guest, None, &shutdown)
+    let config = args.config()?;
+    let shutdown = handle_stops(&config)?;
+    start(config, guest, None, &shutdown)
 }
 
 /// The signal handlers, with this run's `--shutdown-timeout`.
-fn handle_stops(args: &RunArgs) -> Result<Shutdown> {
+fn handle_stops(config: &RunConfig) -> Result<Shutdown> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
-    shutdown.set_bound(args.shutdown_timeout);
+    shutdown.set_bound(config.shutdown_timeout);
     Ok(shutdown)
 }
 
 fn start(
-    args: RunArgs,
+    config: RunConfig,
     guest: Box<dyn Counter + Send>,
     reload: Option<GuestReload>,
     shutdown: &Shutdown,
@@ -45,15 +49,11 @@ fn start(
     shutdown.starting("starting");
     // Up first, so /healthz answers (and /readyz says no) during a long restore.
     let http = crate::serve::http::Shared::default();
-    if let Some(addr) = &args.http {
+    if let Some(addr) = &config.http {
         crate::serve::http::serve(addr, http.clone())?;
     }
-    let windows = args.windows.spec()?;
-    if windows.is_none() && args.windows.emit == Emit::Final {
-        bail!("--emit final needs --window: without windows there is no window to complete");
+    if config.scale_out.is_some() {
+        return crate::engine::repartitioned::run(config, guest, reload, shutdown, &http);
     }
-    if args.topics.scale_out {
-        return crate::engine::repartitioned::run(args, guest, reload, shutdown, &http);
-    }
-    crate::engine::direct::run(args, guest, reload, windows, shutdown, &http)
+    crate::engine::direct::run(config, guest, reload, shutdown, &http)
 }

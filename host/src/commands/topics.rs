@@ -9,17 +9,17 @@ use crate::kafka::topics::{Role, admin, create_topics, options, partitions_for, 
 
 /// `host create-topics`.
 pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
-    let admin = admin(&args.topics.kafka)?;
-    let roles = roles(&args.topics);
+    let admin = admin(&args.topics.kafka.connection())?;
+    let roles = roles(&args.topics.topics());
     let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
-    let partitions = partitions_for(&admin, &args.topics, args.partitions)?;
+    let partitions = partitions_for(&admin, &args.topics.kafka.brokers, &args.topics.topics(), args.partitions)?;
     create_topics(&admin, &topics, partitions)
 }
 
 /// `host delete-topics`.
 pub fn delete_command(args: TopicArgs) -> Result<()> {
-    let admin = admin(&args.kafka)?;
-    let roles = roles(&args);
+    let admin = admin(&args.kafka.connection())?;
+    let roles = roles(&args.topics());
     let names: Vec<&str> = roles.iter().map(|(_, t)| t.as_str()).collect();
     for result in block_on(admin.delete_topics(&names, &options())).context("deleting topics")? {
         match result {

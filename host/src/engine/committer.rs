@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::cli::Guarantee;
+use crate::engine::config::Guarantee;
 use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
 use crate::engine::stats::RunStats;

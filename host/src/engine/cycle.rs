@@ -22,8 +22,8 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::BorrowedMessage;
 
-use crate::cli::RunArgs;
 use crate::engine::committer::{Committer, Offsets, Sent, Tasks};
+use crate::engine::config::RunConfig;
 use crate::engine::log_limit::LogLimit;
 use crate::engine::pace::Pace;
 use crate::engine::records::{POLL_WAIT, poll_batch};
@@ -59,7 +59,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        args: &RunArgs,
+        args: &RunConfig,
         producer: AckedProducer,
         guest: Box<dyn Counter + Send>,
         reload: Option<GuestReload>,

@@ -64,8 +64,8 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset};
 
 use crate::changelog;
-use crate::cli::{Emit, EventTime, Guarantee, RunArgs};
 use crate::engine::committer::{Offsets, Positions, Sent, StepTimer, Tasks, Timings};
+use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{LATE, NO_VALUE, skip_record};
@@ -79,23 +79,23 @@ use crate::state::{Change, Store, Totals, meta};
 use crate::window::{self, Millis, WindowSpec};
 
 /// `host run` on one host: the whole state in one store, no repartitioning (the guarantee
-/// in the module doc). `windows` are the checked `--window` flags.
+/// in the module doc).
 pub fn run(
-    args: RunArgs,
+    args: RunConfig,
     guest: Box<dyn Counter + Send>,
     reload: Option<GuestReload>,
-    windows: Option<WindowSpec>,
     shutdown: &Shutdown,
     http: &crate::serve::http::Shared,
 ) -> Result<()> {
-    if !crate::state::shard_dirs(&args.state.state_dir)?.is_empty() {
+    let windows = args.windows.as_ref().map(|w| w.spec);
+    if !crate::state::shard_dirs(&args.state_dir)?.is_empty() {
         anyhow::bail!(
             "state dir {} holds the shards of a --scale-out host: run with --scale-out, or give this host \
              another --state-dir (and a new changelog topic and group)",
-            args.state.state_dir.display()
+            args.state_dir.display()
         );
     }
-    if windows.is_some() && args.windows.event_time == EventTime::Guest && !guest.has_event_time() {
+    if args.needs_guest_event_time() && !guest.has_event_time() {
         anyhow::bail!(
             "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
              guest SDK and an event-time function (counting_guest!(Name, count, event_time = when)), or use \
@@ -104,19 +104,26 @@ pub fn run(
             crate::WIT_PACKAGE
         );
     }
-    let mut task = Task::open(&args.state.state_dir, Durability::Fsynced, &args.topics.changelog, None)?;
+    let mut task = Task::open(&args.state_dir, Durability::Fsynced, &args.topics.changelog, None)?;
     check_windows_match_state(task.store(), windows.as_ref())?;
     shutdown.starting("checking the topics");
-    let checked = crate::kafka::topics::check(&args.topics, args.create_topics, args.partitions)?;
+    let checked = crate::kafka::topics::check(&args.kafka, &args.topics, args.create_topics, args.partitions)?;
     tracing::debug!("topics checked");
     // Before reading the changelog (see `AckedProducer::for_run`).
-    let (producer, transactional_id) =
-        AckedProducer::for_run(&args, &args.topics.kafka, checked.max_message_bytes, shutdown)?;
+    let transactional_id = args.transactional_id();
+    let producer = AckedProducer::for_run(
+        &args.kafka,
+        &args.topics.changelog,
+        transactional_id.as_deref(),
+        checked.max_message_bytes,
+        args.ack_timeout,
+        shutdown,
+    )?;
 
     // A new or lost state dir (or an interrupted restore): rebuilt from the changelog before
     // counting on top of it.
     shutdown.starting("restoring state from the changelog");
-    let restored = task.restore_if_needed(&args.topics.kafka, shutdown)?;
+    let restored = task.restore_if_needed(&args.kafka, shutdown)?;
     if let Some(report) = restored.as_ref().filter(|r| r.records_read > 0) {
         tracing::info!(
             keys = report.keys,
@@ -129,12 +136,8 @@ pub fn run(
     // Subscribed before the (short) changelog catch-up, so that joining the group overlaps it;
     // nothing is consumed before the loop starts.
     shutdown.starting("describing the consumer group");
-    let consumer = crate::kafka::clients::input_consumer(
-        &args.topics.kafka,
-        &args.group,
-        instance_id.as_deref(),
-        args.stop_at_end,
-    )?;
+    let consumer =
+        crate::kafka::clients::input_consumer(&args.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)?;
     // Closed only after a clean run (`config::close`). On an error the process exits right
     // away, like a crash: state is intact, and nothing is owed to the group.
     let consumer = std::mem::ManuallyDrop::new(consumer);
@@ -142,7 +145,7 @@ pub fn run(
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     if restored.is_none() {
         shutdown.starting("catching up with the changelog");
-        let report = task.catch_up(&args.topics.kafka, args.guarantee, shutdown)?;
+        let report = task.catch_up(&args.kafka, args.guarantee, shutdown)?;
         if report.records_read > 0 {
             tracing::info!(
                 records = report.records_read,
@@ -158,11 +161,11 @@ pub fn run(
     check_input_not_behind_state(&args, store, &applied)?;
     let stream_times = store.stream_times(&args.topics.input)?;
     let non_empty_partitions = match windows {
-        Some(_) => changelog::non_empty_partitions(&args.topics.kafka, &args.topics.input)?,
+        Some(_) => changelog::non_empty_partitions(&args.kafka, &args.topics.input)?,
         None => BTreeSet::new(),
     };
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
-    let emit = args.windows.emit;
+    let emit = args.emit();
     let mut state = Local {
         submitted: applied.clone(),
         applied,
@@ -262,11 +265,11 @@ fn check_windows_match_state(store: &Store, windows: Option<&WindowSpec>) -> Res
 /// and created again (or truncated) since, and counting on would skip its new records as
 /// already counted. (Right after a re-creation the broker may still report the old topic's
 /// end for a moment; this catches the case where the state outlived its topic for longer.)
-fn check_input_not_behind_state(args: &RunArgs, store: &Store, applied: &BTreeMap<i32, i64>) -> Result<()> {
+fn check_input_not_behind_state(args: &RunConfig, store: &Store, applied: &BTreeMap<i32, i64>) -> Result<()> {
     if applied.is_empty() {
         return Ok(());
     }
-    let ends = changelog::end_positions(&args.topics.kafka, &args.topics.input)?;
+    let ends = changelog::end_positions(&args.kafka, &args.topics.input)?;
     match state_beyond_input(applied, &ends) {
         None => Ok(()),
         Some((partition, next, end)) => anyhow::bail!(
@@ -291,7 +294,7 @@ fn state_beyond_input(applied: &BTreeMap<i32, i64>, ends: &BTreeMap<i32, i64>) -
 
 /// The direct topology: input -> guest -> one state task, no repartitioning.
 struct Direct {
-    args: RunArgs,
+    args: RunConfig,
     /// The state task: the whole state in one store.
     state: Local,
     /// For the board page: the boards published, with the lag.
@@ -634,7 +637,7 @@ impl Direct {
     }
 
     fn needs_event_time(&self) -> bool {
-        self.state.windows.is_some() && self.args.windows.event_time == EventTime::Guest
+        self.args.needs_guest_event_time()
     }
 
     fn send_changelog(&self, producer: &AckedProducer, changes: &[Change]) -> Result<()> {

@@ -4,6 +4,7 @@
 //! watchdog, pacing, run statistics.
 
 pub mod committer;
+pub mod config;
 pub mod cycle;
 pub mod direct;
 pub mod fault;

@@ -57,8 +57,8 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
-use crate::cli::{Guarantee, RunArgs};
 use crate::engine::committer::{Offsets, Positions, Sent, Tasks, Timings};
+use crate::engine::config::{Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{NO_VALUE, skip_record};
@@ -78,16 +78,13 @@ const DONE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// `host run --scale-out`.
 pub fn run(
-    args: RunArgs,
+    args: RunConfig,
     guest: Box<dyn Counter + Send>,
     reload: Option<GuestReload>,
     shutdown: &Shutdown,
     http: &crate::serve::http::Shared,
 ) -> Result<()> {
-    if args.windows.size.is_some() {
-        bail!("--window is not supported with --scale-out yet: run a windowed job on one host");
-    }
-    let state_dir = args.state.state_dir.clone();
+    let state_dir = args.state_dir.clone();
     if state_dir.join("CURRENT").exists() {
         bail!(
             "state dir {} holds a single host's state; a --scale-out host keeps one shard per partition \
@@ -96,28 +93,35 @@ pub fn run(
         );
     }
     shutdown.starting("checking the topics");
-    let checked = crate::kafka::topics::check(&args.topics, args.create_topics, args.partitions)?;
-    let exactly_once = args.guarantee == Guarantee::ExactlyOnce;
+    let checked = crate::kafka::topics::check(&args.kafka, &args.topics, args.create_topics, args.partitions)?;
+    let exactly_once = args.exactly_once();
     let instance_id = crate::kafka::clients::instance_id(args.instance_id.as_deref(), &args.group, &state_dir);
     // Keys go to repartition partitions the way Java clients place them. A host that dies
     // with a transaction open holds back every read_committed reader of the partitions it
     // wrote to until the transaction times out (nobody else can fence its id): 10 s, as Kafka
     // Streams does, rather than librdkafka's 60 s. (Both can be overridden by --kafka-config.)
-    let mut kafka = args.topics.kafka.clone();
-    kafka.kafka_config.insert(0, ("partitioner".into(), "murmur2_random".into()));
+    let mut kafka = args.kafka.clone();
+    kafka.properties.insert(0, ("partitioner".into(), "murmur2_random".into()));
     if exactly_once {
-        kafka.kafka_config.insert(0, ("transaction.timeout.ms".into(), TRANSACTION_TIMEOUT_MS.into()));
+        kafka.properties.insert(0, ("transaction.timeout.ms".into(), TRANSACTION_TIMEOUT_MS.into()));
     }
-    let (producer, _) = AckedProducer::for_run(&args, &kafka, checked.max_message_bytes, shutdown)?;
+    let producer = AckedProducer::for_run(
+        &kafka,
+        &args.topics.changelog,
+        args.transactional_id().as_deref(),
+        checked.max_message_bytes,
+        args.ack_timeout,
+        shutdown,
+    )?;
     lock(&http.shards).count = checked.shards;
     let consumer: ScaleOutConsumer =
-        crate::kafka::clients::scale_out_consumer(&args.topics.kafka, &args.group, instance_id.as_deref(), false)
+        crate::kafka::clients::scale_out_consumer(&args.kafka, &args.group, instance_id.as_deref(), false)
             .create_with_context(ScaleOutContext::default())
             .context("creating the Kafka consumer")?;
     // Closed only after a clean run, once the loop has committed everything (`config::close`);
     // on an error the process exits at once, like a crash.
     let consumer = std::mem::ManuallyDrop::new(consumer);
-    let repartition = args.topics.repartition_topic();
+    let repartition = args.scale_out.as_ref().context("a repartitioned run without --scale-out")?.repartition.clone();
     consumer
         .subscribe(&[&args.topics.input, &repartition])
         .context("subscribing to the input and repartition topics")?;
@@ -160,7 +164,7 @@ pub fn run(
 /// The repartitioned topology: input -> guest -> repartition topic -> a state task (shard)
 /// per repartition partition this host is assigned.
 struct Repartitioned {
-    args: RunArgs,
+    args: RunConfig,
     repartition: String,
     /// The state tasks: the shards this host owns and counts.
     shards: Shards,
@@ -556,9 +560,9 @@ impl Repartitioned {
         }
         consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
         self.not_owned.remove(&partition);
-        let kafka = self.args.topics.kafka.clone();
+        let kafka = self.args.kafka.clone();
         let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
-        let dir = crate::state::shard_dir(&self.args.state.state_dir, partition);
+        let dir = crate::state::shard_dir(&self.args.state_dir, partition);
         let (shutdown, guarantee) = (shutdown.clone(), self.args.guarantee);
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
@@ -597,7 +601,7 @@ impl Repartitioned {
     /// Deletes the shards not owned for `--shard-cleanup-delay` (a failure is only logged:
     /// the next look tries again).
     fn delete_old_shards(&mut self) {
-        let delay = self.args.shard_cleanup_delay;
+        let delay = self.args.scale_out.as_ref().map_or(Duration::ZERO, |s| s.shard_cleanup_delay);
         let due: Vec<i32> =
             self.not_owned.iter().filter(|(_, since)| since.elapsed() >= delay).map(|(p, _)| *p).collect();
         for partition in due {
@@ -605,7 +609,7 @@ impl Repartitioned {
                 self.not_owned.remove(&partition);
                 continue;
             }
-            let dir = crate::state::shard_dir(&self.args.state.state_dir, partition);
+            let dir = crate::state::shard_dir(&self.args.state_dir, partition);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
                     tracing::info!(shard = partition, dir = %dir.display(), "shard deleted (not owned for --shard-cleanup-delay)")
@@ -702,7 +706,7 @@ impl Repartitioned {
     fn job_done(&mut self, consumer: &ScaleOutConsumer) -> Result<bool> {
         let watermarks = match &self.watermarks {
             Some(client) => client,
-            None => self.watermarks.insert(crate::kafka::clients::watermark_reader(&self.args.topics.kafka)?),
+            None => self.watermarks.insert(crate::kafka::clients::watermark_reader(&self.args.kafka)?),
         };
         let input = &self.args.topics.input;
         if !committed_to_end(consumer, watermarks, input)?.is_empty() {
@@ -714,7 +718,7 @@ impl Repartitioned {
         }
         // Under exactly-once a partition ends with transaction markers, which no offset
         // commit passes: behind only by markers is at the end.
-        changelog::only_markers_after(&self.args.topics.kafka, &self.repartition, &behind)
+        changelog::only_markers_after(&self.args.kafka, &self.repartition, &behind)
     }
 }
 
@@ -751,7 +755,7 @@ fn committed_to_end(
 /// Opens shard `partition` and brings it up to its changelog partition's end: restored in
 /// full if new (or lost), else only the tail another owner wrote since.
 fn open_shard(
-    kafka: &crate::cli::KafkaArgs,
+    kafka: &crate::kafka::Connection,
     changelog: &str,
     repartition: &str,
     dir: &Path,

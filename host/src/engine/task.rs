@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::changelog::{self, RestoreReport};
-use crate::cli::{Guarantee, KafkaArgs};
+use crate::engine::config::Guarantee;
+use crate::kafka::Connection;
 use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Store};
 
@@ -54,7 +55,7 @@ impl Task {
 
     /// A new, lost or half-restored store is rebuilt from its changelog partitions: then the
     /// report, else `None` (and [`Task::catch_up`] is what brings it up to date).
-    pub fn restore_if_needed(&mut self, kafka: &KafkaArgs, shutdown: &Shutdown) -> Result<Option<RestoreReport>> {
+    pub fn restore_if_needed(&mut self, kafka: &Connection, shutdown: &Shutdown) -> Result<Option<RestoreReport>> {
         if !self.store.needs_restore()? {
             return Ok(None);
         }
@@ -63,7 +64,7 @@ impl Task {
 
     /// Brings a store that needed no restore up to what its changelog holds, as its
     /// durability policy says (see [`Durability`]). `guarantee` is this run's.
-    pub fn catch_up(&self, kafka: &KafkaArgs, guarantee: Guarantee, shutdown: &Shutdown) -> Result<RestoreReport> {
+    pub fn catch_up(&self, kafka: &Connection, guarantee: Guarantee, shutdown: &Shutdown) -> Result<RestoreReport> {
         if self.durability == Durability::Fsynced {
             if guarantee == Guarantee::AtLeastOnce {
                 return Ok(RestoreReport::default());

@@ -7,17 +7,17 @@ use rdkafka::{ClientConfig, TopicPartitionList};
 
 use std::time::Duration;
 
-use crate::cli::KafkaArgs;
+use crate::kafka::Connection;
 use crate::process::shutdown::Shutdown;
 
 /// The admin client (topic checks, creation, deletion).
-pub fn admin(kafka: &KafkaArgs) -> ClientConfig {
+pub fn admin(kafka: &Connection) -> ClientConfig {
     let mut config = base(kafka);
     apply_overrides(&mut config, kafka);
     config
 }
 
-fn base(kafka: &KafkaArgs) -> ClientConfig {
+fn base(kafka: &Connection) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
     config
@@ -35,7 +35,7 @@ const READER_QUEUE_MESSAGES: &str = "50000";
 const FETCH_QUEUE_BACKOFF_MS: &str = "5";
 
 /// The input consumer of `host run`.
-pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>, stop_at_end: bool) -> ClientConfig {
+pub fn consumer(kafka: &Connection, group: &str, instance_id: Option<&str>, stop_at_end: bool) -> ClientConfig {
     let mut config = base(kafka);
     if stop_at_end {
         // Tells the pipeline when a partition has been consumed to its end.
@@ -62,7 +62,7 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>, stop_
 }
 
 /// The producer of changelog, board and dead-letter records; transactional when given an id.
-pub fn producer(kafka: &KafkaArgs, transactional_id: Option<&str>) -> ClientConfig {
+pub fn producer(kafka: &Connection, transactional_id: Option<&str>) -> ClientConfig {
     let mut config = base(kafka);
     if let Some(id) = transactional_id {
         // Kafka's default transaction.timeout.ms (60 s) bounds how long a crashed host's open
@@ -84,7 +84,7 @@ pub fn producer(kafka: &KafkaArgs, transactional_id: Option<&str>) -> ClientConf
 
 /// A consumer that reads a topic by assignment, without a group's committed offsets
 /// (restore, and the tests' readers). librdkafka still wants a group id to exist.
-pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
+pub fn reader(kafka: &Connection, group: &str) -> ClientConfig {
     let mut config = base(kafka);
     config
         .set("group.id", group)
@@ -110,7 +110,7 @@ pub fn reader(kafka: &KafkaArgs, group: &str) -> ClientConfig {
 
 /// A client for high watermarks (the ends of partitions, open transactions included): a
 /// read_committed consumer is given the last stable offset instead.
-pub fn watermark_reader(kafka: &KafkaArgs) -> anyhow::Result<HostConsumer> {
+pub fn watermark_reader(kafka: &Connection) -> anyhow::Result<HostConsumer> {
     use anyhow::Context;
     let mut config = reader(kafka, &format!("streamhost-watermarks-{}", std::process::id()));
     config.set("isolation.level", "read_uncommitted");
@@ -143,8 +143,8 @@ pub fn instance_id(given: Option<&str>, group: &str, state_dir: &std::path::Path
 
 /// The user's pass-through properties (SASL/SSL and the like) are applied last, so they win
 /// over our defaults.
-fn apply_overrides(config: &mut ClientConfig, kafka: &KafkaArgs) {
-    for (key, value) in &kafka.kafka_config {
+fn apply_overrides(config: &mut ClientConfig, kafka: &Connection) {
+    for (key, value) in &kafka.properties {
         config.set(key, value);
     }
 }
@@ -234,7 +234,7 @@ pub type HostConsumer = rdkafka::consumer::BaseConsumer<HostContext>;
 
 /// The input consumer of `host run`, subscribed by the caller.
 pub fn input_consumer(
-    kafka: &KafkaArgs,
+    kafka: &Connection,
     group: &str,
     instance_id: Option<&str>,
     stop_at_end: bool,
@@ -279,7 +279,7 @@ pub fn close<C: ConsumerContext + 'static>(consumer: rdkafka::consumer::BaseCons
 /// The consumer of a `--scale-out` host: cooperative-sticky assignment always (a revocation
 /// must take only the partitions that move), with static membership as for `host run`.
 pub fn scale_out_consumer(
-    kafka: &KafkaArgs,
+    kafka: &Connection,
     group: &str,
     instance_id: Option<&str>,
     stop_at_end: bool,

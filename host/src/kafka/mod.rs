@@ -5,3 +5,13 @@
 pub mod clients;
 pub mod producer;
 pub mod topics;
+
+/// How to reach the cluster.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The user's librdkafka properties (SASL/SSL and the like), applied last to every client
+    /// so they win over the host's defaults.
+    pub properties: Vec<(String, String)>,
+}

@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use crate::cli::KafkaArgs;
+use crate::kafka::Connection;
 use crate::process::shutdown::{Shutdown, Unfinished};
 
 /// What is needed to re-send a record without its value.
@@ -191,7 +191,7 @@ impl AckedProducer {
     /// Batches stay within `max_message_bytes` (the smallest limit of the topics written), so
     /// a record too large for its topic is refused locally at once (see `send_trimmable`).
     pub fn new(
-        kafka: &KafkaArgs,
+        kafka: &Connection,
         changelog: &str,
         transactional_id: Option<&str>,
         max_message_bytes: usize,
@@ -200,7 +200,7 @@ impl AckedProducer {
     ) -> Result<Self> {
         let context = AckContext { changelog: changelog.to_owned(), ..AckContext::default() };
         let mut config = crate::kafka::clients::producer(kafka, transactional_id);
-        if !kafka.kafka_config.iter().any(|(k, _)| k == "message.max.bytes") {
+        if !kafka.properties.iter().any(|(k, _)| k == "message.max.bytes") {
             // librdkafka's floor is 1000 bytes.
             config.set("message.max.bytes", max_message_bytes.clamp(1000, 1 << 30).to_string());
         }
@@ -209,35 +209,23 @@ impl AckedProducer {
     }
 
     /// The producer of `host run` (on `kafka`, which may add to the run's own settings):
-    /// under exactly-once transactional, with the id `--transactional-id` or one derived from
-    /// the host's instance, and its transactions initialised, which fences an older host with
-    /// the same id and aborts the transaction a crashed one left open (so read_committed
-    /// readers see its end). Returns the id too.
+    /// given a transactional id (exactly-once), transactional, with its transactions
+    /// initialised, which fences an older host with the same id and aborts the transaction a
+    /// crashed one left open (so read_committed readers see its end).
     pub fn for_run(
-        args: &crate::cli::RunArgs,
-        kafka: &KafkaArgs,
+        kafka: &Connection,
+        changelog: &str,
+        transactional_id: Option<&str>,
         max_message_bytes: usize,
+        ack_timeout: Duration,
         stop: &Shutdown,
-    ) -> Result<(Self, Option<String>)> {
-        let exactly_once = args.guarantee == crate::cli::Guarantee::ExactlyOnce;
-        let transactional_id = exactly_once.then(|| {
-            args.transactional_id.clone().unwrap_or_else(|| {
-                format!("streamhost-{}", crate::kafka::clients::default_instance_id(&args.group, &args.state.state_dir))
-            })
-        });
-        let producer = Self::new(
-            kafka,
-            &args.topics.changelog,
-            transactional_id.as_deref(),
-            max_message_bytes,
-            args.ack_timeout,
-            stop.clone(),
-        )?;
-        if exactly_once {
+    ) -> Result<Self> {
+        let producer = Self::new(kafka, changelog, transactional_id, max_message_bytes, ack_timeout, stop.clone())?;
+        if transactional_id.is_some() {
             producer.init_transactions().map_err(|e| anyhow!("{e}"))?;
             tracing::debug!("transactions initialised");
         }
-        Ok((producer, transactional_id))
+        Ok(producer)
     }
 
     /// Per changelog partition, the offset after the last record Kafka acknowledged.

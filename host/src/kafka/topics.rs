@@ -9,7 +9,20 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::cli::{KafkaArgs, TopicArgs};
+use crate::kafka::Connection;
+
+/// The topics of a job, by role.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub input: String,
+    /// Compacted: the durable copy of every counter.
+    pub changelog: String,
+    /// The boards.
+    pub output: String,
+    pub dead_letter: Option<String>,
+    /// With --scale-out: the repartition topic.
+    pub repartition: Option<String>,
+}
 
 /// The changelog's settings: compaction keeps the newest value of every key forever; short
 /// segments and a low dirty ratio let compaction run on small volumes too.
@@ -37,7 +50,7 @@ impl Role {
     }
 }
 
-pub(crate) fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
+pub(crate) fn roles(args: &Topics) -> Vec<(Role, String)> {
     let mut topics = vec![
         (Role::Input, args.input.clone()),
         (Role::Changelog, args.changelog.clone()),
@@ -46,13 +59,13 @@ pub(crate) fn roles(args: &TopicArgs) -> Vec<(Role, String)> {
     if let Some(dlq) = &args.dead_letter {
         topics.push((Role::DeadLetter, dlq.clone()));
     }
-    if args.scale_out {
-        topics.push((Role::Repartition, args.repartition_topic()));
+    if let Some(repartition) = &args.repartition {
+        topics.push((Role::Repartition, repartition.clone()));
     }
     topics
 }
 
-pub(crate) fn admin(kafka: &KafkaArgs) -> Result<AdminClient<DefaultClientContext>> {
+pub(crate) fn admin(kafka: &Connection) -> Result<AdminClient<DefaultClientContext>> {
     crate::kafka::clients::admin(kafka).create().context("creating the Kafka admin client")
 }
 
@@ -72,12 +85,13 @@ pub struct Checked {
 }
 
 /// Refuses to start on a missing topic (unless `create`) or a changelog that is not compacted.
-pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked> {
-    let admin = admin(&args.kafka)?;
+pub fn check(kafka: &Connection, args: &Topics, create: bool, partitions: i32) -> Result<Checked> {
+    let admin = admin(kafka)?;
+    let brokers = &kafka.brokers;
     let mut missing = Vec::new();
     let roles = roles(args);
     for (role, topic) in &roles {
-        if !exists(&admin, topic, &args.kafka.brokers)? {
+        if !exists(&admin, topic, brokers)? {
             missing.push((*role, topic.as_str()));
         }
     }
@@ -88,18 +102,21 @@ pub fn check(args: &TopicArgs, create: bool, partitions: i32) -> Result<Checked>
                 "{} not exist on {}. Create them with `host create-topics` (or `make topic-create-all`), \
                  or start with --create-topics",
                 if list.len() == 1 { format!("{} does", list[0]) } else { format!("{} do", list.join(", ")) },
-                args.kafka.brokers
+                brokers
             );
         }
-        let partitions = partitions_for(&admin, args, partitions)?;
+        let partitions = partitions_for(&admin, brokers, args, partitions)?;
         create_topics(&admin, &missing, partitions)?;
     }
-    check_compacted(&admin, &args.changelog, &args.kafka.brokers)?;
-    let shards = if args.scale_out { Some(check_partitioned_like_input(&admin, args)?) } else { None };
+    check_compacted(&admin, &args.changelog, brokers)?;
+    let shards = match &args.repartition {
+        Some(repartition) => Some(check_partitioned_like_input(&admin, args, repartition)?),
+        None => None,
+    };
     let mut max_message_bytes = usize::MAX;
     for (role, topic) in &roles {
         if *role != Role::Input {
-            let limit = config_value(&admin, topic, "max.message.bytes", &args.kafka.brokers)?;
+            let limit = config_value(&admin, topic, "max.message.bytes", brokers)?;
             // Unknown: Kafka's default (1 MiB + 12 bytes of overhead).
             max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(1_048_588));
         }
@@ -148,9 +165,14 @@ fn config_value(admin: &AdminClient<DefaultClientContext>, topic: &str, name: &s
 /// With --scale-out, shard p is fed by repartition partition p and written to changelog
 /// partition p, one shard per input partition: the three topics must agree.
 /// Refuses a changelog or repartition topic partitioned unlike the input; returns the count.
-fn check_partitioned_like_input(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs) -> Result<i32> {
+fn check_partitioned_like_input(
+    admin: &AdminClient<DefaultClientContext>,
+    args: &Topics,
+    repartition: &str,
+) -> Result<i32> {
     let input = partition_count(admin, &args.input)?;
-    for (role, topic) in [(Role::Changelog, args.changelog.clone()), (Role::Repartition, args.repartition_topic())] {
+    for (role, topic) in [(Role::Changelog, args.changelog.as_str()), (Role::Repartition, repartition)] {
+        let topic = topic.to_owned();
         let count = partition_count(admin, &topic)?;
         if count != input {
             bail!(
@@ -223,8 +245,13 @@ pub(crate) fn create_topics(
 
 /// How many partitions new topics get: with --scale-out, as many as an existing input has
 /// (a shard per input partition), else `asked`.
-pub(crate) fn partitions_for(admin: &AdminClient<DefaultClientContext>, args: &TopicArgs, asked: i32) -> Result<i32> {
-    if !args.scale_out || !exists(admin, &args.input, &args.kafka.brokers)? {
+pub(crate) fn partitions_for(
+    admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
+    args: &Topics,
+    asked: i32,
+) -> Result<i32> {
+    if args.repartition.is_none() || !exists(admin, &args.input, brokers)? {
         return Ok(asked);
     }
     let count = partition_count(admin, &args.input)?;

@@ -1,0 +1,119 @@
+//! What `host run` is asked to do, in plain types. Built once from the command line
+//! (`cli::RunArgs::config`), which refuses every combination of flags that does not make
+//! sense, so the engine below neither sees clap nor has flag rules of its own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::kafka::Connection;
+use crate::kafka::topics::Topics;
+use crate::window::WindowSpec;
+
+/// What a crash may cost in counts (README, "What survives what").
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Exact after any crash with the state dir intact; with it lost as well, a counter may
+    /// exceed the truth by one batch's deltas.
+    AtLeastOnce,
+    /// Exact after any crash, state dir lost or not: Kafka transactions carry each batch's
+    /// changelog, board and input offsets together.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    pub fn name(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
+/// Where a record's event time comes from (with windows).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventTime {
+    /// The Kafka record timestamp.
+    Kafka,
+    /// The guest's `event-time` export (records it knows no time for fall back to Kafka's).
+    Guest,
+}
+
+/// When a window's board is produced.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// Every flush interval.
+    Changes,
+    /// Once per window, when it is complete.
+    Final,
+}
+
+/// `--window` and its companions.
+#[derive(Clone, Debug)]
+pub struct Windows {
+    pub spec: WindowSpec,
+    pub event_time: EventTime,
+    pub emit: Emit,
+}
+
+/// `--scale-out` and its companions.
+#[derive(Clone, Debug)]
+pub struct ScaleOut {
+    pub repartition: String,
+    /// How long a shard no longer owned is kept on disk.
+    pub shard_cleanup_delay: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub kafka: Connection,
+    pub topics: Topics,
+    pub state_dir: PathBuf,
+    pub group: String,
+    /// Static membership: as given (`None`: derived from the group and state dir; `none`: off).
+    pub instance_id: Option<String>,
+    /// exactly-once: as given (`None`: derived from the instance).
+    pub transactional_id: Option<String>,
+    pub guarantee: Guarantee,
+    pub commit_interval: Duration,
+    pub flush_interval: Duration,
+    pub top_n: u32,
+    /// Create missing topics, with `partitions` partitions, instead of refusing to start.
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub ack_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub stop_at_end: bool,
+    pub max_rate: u64,
+    pub max_batch: usize,
+    /// `--http`'s address (the loop then also looks up the lag for the board page).
+    pub http: Option<String>,
+    pub windows: Option<Windows>,
+    pub scale_out: Option<ScaleOut>,
+}
+
+impl RunConfig {
+    pub fn exactly_once(&self) -> bool {
+        self.guarantee == Guarantee::ExactlyOnce
+    }
+
+    /// exactly-once: the producer's transactional id (`--transactional-id`, else derived
+    /// from the host's instance: one state dir is one host); `None` under at-least-once.
+    pub fn transactional_id(&self) -> Option<String> {
+        self.exactly_once().then(|| {
+            self.transactional_id.clone().unwrap_or_else(|| {
+                format!("streamhost-{}", crate::kafka::clients::default_instance_id(&self.group, &self.state_dir))
+            })
+        })
+    }
+
+    /// `--emit` (only meaningful with windows).
+    pub fn emit(&self) -> Emit {
+        self.windows.as_ref().map_or(Emit::Changes, |w| w.emit)
+    }
+
+    /// `--event-time guest` with windows: the guest must export `event-time`.
+    pub fn needs_guest_event_time(&self) -> bool {
+        self.windows.as_ref().is_some_and(|w| w.event_time == EventTime::Guest)
+    }
+}

@@ -14,6 +14,7 @@ mod restart;
 mod restore;
 mod scale_out;
 mod scale_out_crash;
+mod scale_out_windows;
 mod soak;
 mod startup;
 mod stopping;

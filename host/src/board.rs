@@ -75,8 +75,22 @@ impl Windows<'_> {
 /// newest complete window and the one in progress).
 pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Windows<'_>>) -> Result<Snapshot> {
     let started = std::time::Instant::now();
-    let totals = store.totals()?;
     let now = SystemTime::now();
+    let (snapshot, keys, totals) = build(store, top_n, n, windows, now)?;
+    print(&snapshot, &totals, now, keys);
+    tracing::debug!(keys, ms = started.elapsed().as_millis() as u64, "board ranked");
+    Ok(snapshot)
+}
+
+/// The board of `store` (with the number of keys ranked, and the totals), not printed.
+fn build(
+    store: &Store,
+    top_n: &mut TopN<'_>,
+    n: u32,
+    windows: Option<&Windows<'_>>,
+    now: SystemTime,
+) -> Result<(Snapshot, usize, Totals)> {
+    let totals = store.totals()?;
     let (top, keys, windows) = match windows {
         None => {
             let (top, keys) = rank(as_strings(store.counts()), top_n, n)?;
@@ -109,9 +123,7 @@ pub fn snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Wi
         top,
         windows,
     };
-    print(&snapshot, &totals, now, keys);
-    tracing::debug!(keys, ms = started.elapsed().as_millis() as u64, "board ranked");
-    Ok(snapshot)
+    Ok((snapshot, keys, totals))
 }
 
 /// Produces a board to `topic`, under the key `board`.
@@ -134,31 +146,52 @@ pub fn produce_as(producer: &AckedProducer, topic: &str, key: &str, snapshot: &S
     Ok(())
 }
 
-/// A scale-out shard's local board (not printed): its top-N and the totals it holds.
-pub fn local_snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32) -> Result<Snapshot> {
-    let totals = store.totals()?;
-    let (top, _) = rank(as_strings(store.counts()), top_n, n)?;
-    Ok(Snapshot {
-        generated_at_ms: now_ms(SystemTime::now()),
-        records_processed: totals.records_processed,
-        records_skipped: totals.records_skipped,
-        top: board_entries(top),
-        windows: Vec::new(),
-    })
+/// A scale-out shard's local board (not printed): its top-N (with --window, of the windows
+/// its stream times say) and the totals it holds.
+pub fn local_snapshot(store: &Store, top_n: &mut TopN<'_>, n: u32, windows: Option<&Windows<'_>>) -> Result<Snapshot> {
+    Ok(build(store, top_n, n, windows, SystemTime::now())?.0)
 }
 
 /// The global board of a scale-out job from the shards' latest local boards: totals summed,
-/// and the guest's top-N over the union of the local top-Ns. Exact because each key is
-/// counted in one shard only, so a key of the global top-N is in its own shard's top-N.
+/// and the guest's top-N over the union of the local top-Ns (per window, with --window: a
+/// window is complete once every shard that has it says so). Exact because each counter is
+/// in one shard only, so a key of the global top-N is in its own shard's top-N.
 pub fn merge(locals: &[Snapshot], top_n: &mut TopN<'_>, n: u32) -> Result<Snapshot> {
     let entries = locals.iter().flat_map(|s| &s.top).map(|e| Ok((e.key.clone(), e.count)));
     let (top, _) = rank(entries, top_n, n)?;
+    let mut by_start: BTreeMap<Millis, Vec<&WindowBoard>> = BTreeMap::new();
+    for board in locals.iter().flat_map(|s| &s.windows) {
+        by_start.entry(board.start_ms).or_default().push(board);
+    }
+    let mut windows = Vec::new();
+    for boards in by_start.into_values() {
+        let entries = boards.iter().flat_map(|b| &b.top).map(|e| Ok((e.key.clone(), e.count)));
+        let (top, _) = rank(entries, top_n, n)?;
+        windows.push(WindowBoard {
+            complete: boards.iter().all(|b| b.complete),
+            top: board_entries(top),
+            ..boards[0].clone()
+        });
+    }
+    // As on a single host's board: the newest complete window and the newest one.
+    let newest_complete = windows.iter().rposition(|w| w.complete);
+    let newest = windows.len().checked_sub(1);
+    let windows: Vec<WindowBoard> = windows
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) == newest_complete || Some(*i) == newest)
+        .map(|(_, w)| w)
+        .collect();
     Ok(Snapshot {
         generated_at_ms: locals.iter().map(|s| s.generated_at_ms).min().unwrap_or(0),
         records_processed: locals.iter().map(|s| s.records_processed).sum(),
         records_skipped: locals.iter().map(|s| s.records_skipped).sum(),
-        top: board_entries(top),
-        windows: Vec::new(),
+        // The newest window's top, as a single host's board has it.
+        top: match windows.last() {
+            Some(newest) => newest.top.clone(),
+            None => board_entries(top),
+        },
+        windows,
     })
 }
 

@@ -30,7 +30,7 @@ use crate::state::{Change, Store, decode_u64, meta};
 
 /// The header that marks a changelog record as metadata rather than a counter.
 pub const META_HEADER: &str = "meta";
-const META_KEY_PREFIX: u8 = 0xFF;
+pub const META_KEY_PREFIX: u8 = 0xFF;
 
 pub fn meta_key(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());

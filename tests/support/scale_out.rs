@@ -68,7 +68,11 @@ pub fn union_of_dumps(env: &TestEnv, hosts: &[usize]) -> Dump {
     let mut dump = Dump::default();
     for (_, lines) in newest.into_values() {
         for v in lines {
-            if let Some(key) = v.get("key") {
+            if let (Some(start), Some(key)) = (v.get("window_start_ms"), v.get("key")) {
+                let counter = (start.as_i64().unwrap(), key.as_str().unwrap().to_owned());
+                let previous = dump.windows.insert(counter.clone(), v["count"].as_u64().unwrap());
+                assert!(previous.is_none(), "window counter {counter:?} is counted in two shards");
+            } else if let Some(key) = v.get("key") {
                 let previous = dump.counts.insert(key.as_str().unwrap().to_owned(), v["count"].as_u64().unwrap());
                 assert!(previous.is_none(), "key {key} is counted in two shards");
             } else {

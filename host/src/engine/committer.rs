@@ -39,6 +39,11 @@ use crate::serve::metrics::Metrics;
 /// Next offset per (topic, partition): what a batch consumed, what a commit sends.
 pub type Offsets = BTreeMap<(String, i32), i64>;
 
+/// Metadata committed with an input partition's offset (with windows: the partition's stream
+/// time as of that offset, so that the next owner of the partition judges lateness as this
+/// one did; Kafka Streams keeps its partition time the same way).
+pub type Metadata = BTreeMap<(String, i32), String>;
+
 /// Per changelog partition, the offset after the last record Kafka acknowledged.
 pub type Positions = BTreeMap<i32, i64>;
 
@@ -68,6 +73,7 @@ pub struct Sent<B> {
     /// wait for, only offsets to commit.
     pub produced: bool,
     pub offsets: Offsets,
+    pub metadata: Metadata,
     /// Record timestamps (ms), for the latency histogram once acknowledged.
     pub timestamps: Vec<i64>,
     pub changelog_records: u64,
@@ -88,6 +94,7 @@ pub struct Timings {
 struct OpenTxn {
     opened: Instant,
     offsets: Offsets,
+    metadata: Metadata,
     timestamps: Vec<i64>,
     changelog_records: u64,
 }
@@ -143,6 +150,7 @@ impl Committer {
             self.txn = Some(OpenTxn {
                 opened: Instant::now(),
                 offsets: Offsets::new(),
+                metadata: Metadata::new(),
                 timestamps: Vec::new(),
                 changelog_records: 0,
             });
@@ -167,12 +175,14 @@ impl Committer {
 
     /// exactly-once: a batch's records were sent into the open transaction (its state changes
     /// are with the tasks until the commit).
-    pub fn joined(&mut self, offsets: Offsets, timestamps: Vec<i64>, changelog_records: u64) {
+    pub fn joined(&mut self, offsets: Offsets, metadata: Metadata, timestamps: Vec<i64>, changelog_records: u64) {
         let txn = self.txn.as_mut().expect("a batch joins an open transaction");
         for (partition, next) in offsets {
             let at = txn.offsets.entry(partition).or_insert(next);
             *at = (*at).max(next);
         }
+        // Batches join in order: the newest metadata goes with the newest offsets.
+        txn.metadata.extend(metadata);
         txn.timestamps.extend(timestamps);
         txn.changelog_records += changelog_records;
         fault::point(Step::MidTransaction);
@@ -206,7 +216,7 @@ impl Committer {
         }
         // 3. Offsets: only now is the batch committed to the group.
         // Sent or not, it is to be confirmed (`confirm_commits`).
-        self.commit_offsets(consumer, &sent.offsets, CommitMode::Async);
+        self.commit_offsets(consumer, &sent.offsets, &sent.metadata, CommitMode::Async);
         self.unconfirmed = true;
         let commit_ms = timer.lap();
         self.metrics.step("commit", commit_ms / 1000.0);
@@ -236,7 +246,7 @@ impl Committer {
     ) -> Result<bool> {
         let Some(txn) = self.txn.take() else { return Ok(true) };
         let mut timer = StepTimer::start();
-        let offsets = partition_list(&txn.offsets)?;
+        let offsets = partition_list(&txn.offsets, &txn.metadata)?;
         let group = consumer.group_metadata().context("the consumer has no group metadata")?;
         // Fault points count transactions that carry batches, not board-only ones.
         let carries_batches = !txn.offsets.is_empty();
@@ -303,12 +313,13 @@ impl Committer {
         &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &Offsets,
+        metadata: &Metadata,
         mode: CommitMode,
     ) -> bool {
         if offsets.is_empty() {
             return true;
         }
-        let committed = partition_list(offsets).and_then(|list| Ok(consumer.commit(&list, mode)?));
+        let committed = partition_list(offsets, metadata).and_then(|list| Ok(consumer.commit(&list, mode)?));
         match committed {
             Ok(()) => true,
             Err(e) => {
@@ -323,8 +334,13 @@ impl Committer {
     /// at-least-once: once idle, commits `processed` synchronously if asynchronous commits went
     /// out since the last confirmed one (one can fail, e.g. during a rebalance, and no later
     /// batch may come to commit that partition again).
-    pub fn confirm_commits<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, processed: &Offsets) {
-        if self.unconfirmed && self.commit_offsets(consumer, processed, CommitMode::Sync) {
+    pub fn confirm_commits<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        processed: &Offsets,
+        metadata: &Metadata,
+    ) {
+        if self.unconfirmed && self.commit_offsets(consumer, processed, metadata, CommitMode::Sync) {
             self.unconfirmed = false;
         }
     }
@@ -337,10 +353,15 @@ impl Committer {
     }
 }
 
-fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList> {
+fn partition_list(offsets: &Offsets, metadata: &Metadata) -> Result<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), next) in offsets {
         list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        if let Some(metadata) = metadata.get(&(topic.clone(), *partition))
+            && let Some(mut element) = list.find_partition(topic, *partition)
+        {
+            element.set_metadata(metadata);
+        }
     }
     Ok(list)
 }

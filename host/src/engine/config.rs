@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::guest::Counter;
 use crate::kafka::Connection;
 use crate::kafka::topics::Topics;
 use crate::window::WindowSpec;
@@ -115,5 +116,30 @@ impl RunConfig {
     /// `--event-time guest` with windows: the guest must export `event-time`.
     pub fn needs_guest_event_time(&self) -> bool {
         self.windows.as_ref().is_some_and(|w| w.event_time == EventTime::Guest)
+    }
+
+    /// Refuses a guest this run cannot count with: `--event-time guest` needs its `event-time`.
+    pub fn check_guest(&self, guest: &dyn Counter) -> anyhow::Result<()> {
+        if self.needs_guest_event_time() && !guest.has_event_time() {
+            anyhow::bail!(
+                "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
+                 guest SDK and an event-time function (counting_guest!(Name, count, event_time = when)), or use \
+                 --event-time kafka",
+                guest.describe(),
+                crate::WIT_PACKAGE
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a guest swapped in (SIGHUP, a new file) may take over; if not, says why.
+    pub fn accepts_swap(&self, guest: &dyn Counter) -> bool {
+        match self.check_guest(guest) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(guest = %guest.describe(), reason = %e, "new guest refused; the running guest stays");
+                false
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::BorrowedMessage;
 
-use crate::engine::committer::{Committer, Offsets, Sent, Tasks};
+use crate::engine::committer::{Committer, Metadata, Offsets, Sent, Tasks};
 use crate::engine::config::RunConfig;
 use crate::engine::log_limit::LogLimit;
 use crate::engine::pace::Pace;
@@ -158,12 +158,11 @@ pub trait Topology<'c> {
     fn publish_board(&mut self, engine: &mut Engine, consumer: &BaseConsumer<Self::Context>) -> Result<()>;
 
     /// Whether a new guest may take over (it must export what the run needs).
-    fn accepts(&self, _guest: &Guest) -> bool {
-        true
-    }
+    fn accepts(&self, guest: &Guest) -> bool;
 
-    /// Next offset per partition of every record processed (the last commit at a stop).
-    fn processed(&self) -> Offsets;
+    /// Next offset per partition of every record processed, with the metadata committed with
+    /// it (the last commit at a stop).
+    fn processed(&self) -> (Offsets, Metadata);
 
     /// A stop: before the batches under way are finished.
     fn stopping(&mut self) {}
@@ -259,8 +258,8 @@ pub fn run<'c, T: Topology<'c>>(
     if !engine.committer.exactly_once() {
         // Asynchronous: closing the consumer waits for it, so the group ends exactly where
         // state is; a synchronous commit could wait forever on a coordinator that is away.
-        let processed = topology.processed();
-        engine.committer.commit_offsets(consumer, &processed, rdkafka::consumer::CommitMode::Async);
+        let (processed, metadata) = topology.processed();
+        engine.committer.commit_offsets(consumer, &processed, &metadata, rdkafka::consumer::CommitMode::Async);
     }
     tracing::info!("shutting down: committed, publishing a last board");
     engine.shutdown.working("publishing a last board");

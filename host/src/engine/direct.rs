@@ -64,11 +64,11 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset};
 
 use crate::changelog;
-use crate::engine::committer::{Offsets, Positions, Sent, StepTimer, Tasks, Timings};
+use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{LATE, NO_VALUE, skip_record};
+use crate::engine::records::{Group, NO_VALUE, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -95,15 +95,7 @@ pub fn run(
             args.state_dir.display()
         );
     }
-    if args.needs_guest_event_time() && !guest.has_event_time() {
-        anyhow::bail!(
-            "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \
-             guest SDK and an event-time function (counting_guest!(Name, count, event_time = when)), or use \
-             --event-time kafka",
-            guest.describe(),
-            crate::WIT_PACKAGE
-        );
-    }
+    args.check_guest(guest.as_ref())?;
     let mut task = Task::open(&args.state_dir, Durability::Fsynced, &args.topics.changelog, None)?;
     check_windows_match_state(task.store(), windows.as_ref())?;
     shutdown.starting("checking the topics");
@@ -368,14 +360,6 @@ struct Submitted<'c> {
     stream_times: BTreeMap<i32, Millis>,
 }
 
-/// Records counted by one `process-batch` call, and where their deltas go: plain counters,
-/// or (with --window) the counters of these windows.
-struct Group {
-    windows: Option<Vec<Millis>>,
-    /// Index in the batch's messages of each record, in the order given to the guest.
-    positions: Vec<usize>,
-}
-
 impl<'c> Topology<'c> for Direct {
     type Context = HostContext;
     type Tasks = Local;
@@ -436,16 +420,12 @@ impl<'c> Topology<'c> for Direct {
     }
 
     fn accepts(&self, guest: &crate::guest::Guest) -> bool {
-        if self.needs_event_time() && !guest.has_event_time() {
-            tracing::warn!(guest = %guest.describe(), "new guest refused: it does not export event-time, which \
-                --event-time guest needs; the running guest stays");
-            return false;
-        }
-        true
+        self.args.accepts_swap(guest)
     }
 
-    fn processed(&self) -> Offsets {
-        self.state.applied.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect()
+    fn processed(&self) -> (Offsets, Metadata) {
+        let offsets = self.state.applied.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
+        (offsets, Metadata::new())
     }
 
     fn stopped(&self) {
@@ -615,10 +595,12 @@ impl Direct {
             }
             txn.stream_times.extend(batch.stream_times);
             tracing::debug!(records = batch.messages.len(), guest_ms, guest_wait_ms, send_ms = timer.lap(), "batch");
-            engine.committer.joined(offsets, timestamps, changelog_records);
+            engine.committer.joined(offsets, Metadata::new(), timestamps, changelog_records);
             return Ok(None);
         }
         Ok(Some(Sent {
+            // State holds the stream times (and every offset it reflects): nothing to commit with them.
+            metadata: Metadata::new(),
             produced: !changes.is_empty(),
             changes: LocalBatch { changes, next_offsets: batch.next_offsets },
             offsets,
@@ -790,33 +772,18 @@ impl Local {
         }
     }
 
-    /// With --window: the windows still open for `message` (by its event time: the guest's
-    /// if it gave one, else the record's timestamp; on its partition), advancing the
-    /// partition's stream time; why it is skipped if none is.
+    /// With --window: the windows still open for `message` (see `records::open_windows`),
+    /// advancing its partition's stream time.
     fn open_windows(
         &mut self,
         spec: &WindowSpec,
         message: &BorrowedMessage<'_>,
         guest_time: Option<Millis>,
     ) -> Result<Vec<Millis>, String> {
-        let Some(t) = guest_time.or_else(|| message.timestamp().to_millis()) else {
-            return Err("record has no timestamp (windows count by event time)".into());
-        };
         let partition = message.partition();
+        let t = guest_time.or_else(|| message.timestamp().to_millis());
         let stream_time = self.stream_times.get(&partition).copied();
-        let mut open = spec.open_starts(t, stream_time);
-        // Windows already dropped take nothing either (a partition's first records may be
-        // older than what the others have moved past).
-        open.retain(|start| self.kept_from.is_none_or(|kept| *start >= kept));
-        if open.is_empty() {
-            let stream_time = stream_time.unwrap_or(t);
-            return Err(format!(
-                "{LATE}: event time {} is past the end of its windows plus the grace period (partition {partition} \
-                 is at {})",
-                window::rfc3339(t),
-                window::rfc3339(stream_time)
-            ));
-        }
+        let (t, open) = open_windows(spec, t, partition, stream_time, self.kept_from)?;
         let at = self.stream_times.entry(partition).or_insert(t);
         *at = (*at).max(t);
         Ok(open)

@@ -13,6 +13,7 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use crate::engine::log_limit::LogLimit;
 use crate::kafka::producer::AckedProducer;
 use crate::serve::metrics::Metrics;
+use crate::window::{self, Millis, WindowSpec};
 
 /// Why a record without a value is skipped.
 pub const NO_VALUE: &str = "record has no value";
@@ -104,4 +105,49 @@ pub fn skip_record(
         metrics.records_dead_lettered.inc();
     }
     Ok(())
+}
+
+/// Records counted by one `process-batch` call, and where their deltas go: plain counters,
+/// or (with --window) the counters of these windows.
+pub struct Group {
+    pub windows: Option<Vec<Millis>>,
+    /// Index in the batch's messages of each record, in the order given to the guest.
+    pub positions: Vec<usize>,
+}
+
+/// With --window: the windows still open for a record of `partition` at event time `t` (the
+/// guest's if it gave one, else the record's timestamp) while the partition is at
+/// `stream_time`, except those starting before `kept_from` (dropped already: a partition's
+/// first records may be older than what the others have moved past); why it is skipped if
+/// none is. The caller advances the partition's stream time to `t`.
+pub fn open_windows(
+    spec: &WindowSpec,
+    t: Option<Millis>,
+    partition: i32,
+    stream_time: Option<Millis>,
+    kept_from: Option<Millis>,
+) -> Result<(Millis, Vec<Millis>), String> {
+    let Some(t) = t else {
+        return Err("record has no timestamp (windows count by event time)".into());
+    };
+    let mut open = spec.open_starts(t, stream_time);
+    open.retain(|start| kept_from.is_none_or(|kept| *start >= kept));
+    if open.is_empty() {
+        let stream_time = stream_time.unwrap_or(t);
+        return Err(format!(
+            "{LATE}: event time {} is past the end of its windows plus the grace period (partition {partition} is \
+             at {})",
+            window::rfc3339(t),
+            window::rfc3339(stream_time)
+        ));
+    }
+    Ok((t, open))
+}
+
+/// The key a delta goes to: the guest's key, or (with --window) its counter in window `start`.
+pub fn counter_key(start: Option<Millis>, key: &str) -> Vec<u8> {
+    match start {
+        None => key.as_bytes().to_vec(),
+        Some(start) => window::state_key(start, key.as_bytes()),
+    }
 }

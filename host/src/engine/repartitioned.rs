@@ -37,6 +37,21 @@
 //! after it commits; a crash in between is repaired by the tail replay when the shard is
 //! opened again, here or on another host. Exact.
 //!
+//! # Windows (`--window`)
+//!
+//! Stage A does what a single host does with a record: it assigns it to the windows still
+//! open by its input partition's stream time and skips (and dead-letters) a late one; its
+//! deltas go to the repartition topic under windowed counter keys, so each (window, key)
+//! counter lives in one shard. A partition's stream time is committed with its offset (offset
+//! metadata, as Kafka Streams keeps its partition time), so whoever owns the partition next,
+//! after a rebalance, a crash or an abort, judges its records as the first owner did. With
+//! every poll, stage A also reports the stream times of its input partitions to every shard;
+//! a shard keeps them (state and changelog, like a single host's) and drops the windows the
+//! slowest input partition has left behind by more than the retention, in the same batch,
+//! tombstoning their counters in its changelog partition. A delta for a window a shard has
+//! dropped already is ignored (a partition's new owner with a stream time older than its
+//! offset's, which the metadata rules out, would be the only source).
+//!
 //! # Rebalances (cooperative-sticky)
 //!
 //! Revoked partitions are finished before they are given up: the poll under way is written
@@ -47,7 +62,6 @@
 //! any of its records is counted; partitions that stay keep their shards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,11 +71,11 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
-use crate::engine::committer::{Offsets, Positions, Sent, Tasks, Timings};
+use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timings};
 use crate::engine::config::{Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{NO_VALUE, skip_record};
+use crate::engine::records::{Group, NO_VALUE, counter_key, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -69,6 +83,7 @@ use crate::kafka::clients::{ScaleOutConsumer, ScaleOutContext};
 use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Totals, decode_u64, meta};
+use crate::window::{self, Millis, WindowSpec};
 
 /// exactly-once: Kafka's transaction.timeout.ms for scale-out hosts (see `run`).
 const TRANSACTION_TIMEOUT_MS: &str = "10000";
@@ -84,6 +99,7 @@ pub fn run(
     shutdown: &Shutdown,
     http: &crate::serve::http::Shared,
 ) -> Result<()> {
+    args.check_guest(guest.as_ref())?;
     let state_dir = args.state_dir.clone();
     if state_dir.join("CURRENT").exists() {
         bail!(
@@ -141,9 +157,14 @@ pub fn run(
             open: BTreeMap::new(),
             txn: BTreeMap::new(),
             processed: Offsets::new(),
+            metadata: Metadata::new(),
+            input_stream_times: BTreeMap::new(),
+            input: args.topics.input.clone(),
             repartition: repartition.clone(),
             changelog: args.topics.changelog.clone(),
+            windows: args.windows.as_ref().map(|w| w.spec),
         },
+        partitions: checked.shards.context("the topic check counts the shards of a --scale-out job")?,
         repartition,
         opening: BTreeMap::new(),
         not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
@@ -180,6 +201,9 @@ struct Repartitioned {
     /// last looked.
     watermarks: Option<crate::kafka::clients::HostConsumer>,
     last_done_check: Instant,
+    /// The job's shard count (the partitions of the repartition topic): stage A reports
+    /// stream times to every shard.
+    partitions: i32,
 }
 
 /// The state tasks of a scale-out host: one shard per repartition partition it owns
@@ -188,10 +212,18 @@ struct Shards {
     open: BTreeMap<i32, Shard>,
     /// exactly-once: what the open transaction changes in each shard, once it commits.
     txn: BTreeMap<i32, ShardBatch>,
-    /// Next offset per (topic, partition) whose records are processed (what a commit sends).
+    /// Next offset per (topic, partition) whose records are processed (what a commit sends),
+    /// and the metadata committed with them.
     processed: Offsets,
+    metadata: Metadata,
+    /// --window, stage A: per input partition this host reads, its stream time after the polls
+    /// submitted (restored from the group's offset metadata when the partition is assigned,
+    /// and after an abort).
+    input_stream_times: BTreeMap<i32, Millis>,
+    input: String,
     repartition: String,
     changelog: String,
+    windows: Option<WindowSpec>,
 }
 
 /// The state of one repartition partition.
@@ -199,25 +231,39 @@ struct Shard {
     task: Task,
     /// The next repartition offset the shard reflects: records below it are counted.
     applied: i64,
+    /// --window: the stream time of every input partition as stage A reported it (what the
+    /// shard holds), the first window start kept, and the input partitions that held
+    /// records when the shard opened (until each has reported, no window is dropped).
+    stream_times: BTreeMap<i32, Millis>,
+    kept_from: Option<Millis>,
+    non_empty: BTreeSet<i32>,
 }
 
 /// What a poll (or, under exactly-once, the open transaction) changes in one shard: new
 /// counter values, totals and the next repartition offset, not yet in the shard.
 struct ShardBatch {
-    counts: HashMap<Vec<u8>, u64>,
+    /// New counter values (`None`: deleted, a window past its retention).
+    counts: HashMap<Vec<u8>, Option<u64>>,
     totals: Totals,
     next: i64,
+    /// --window: input partitions' stream times reported, and the first window start kept.
+    stream_times: BTreeMap<i32, Millis>,
+    kept_from: Option<Millis>,
 }
 
 /// A poll's records to process, its input records with the guest (see `submit`).
 struct Submitted<'c> {
     input: Vec<BorrowedMessage<'c>>,
-    /// Index in `input` of each record given to the guest, in order.
-    positions: Vec<usize>,
-    /// Input records refused without asking the guest (no value).
+    /// The input records given to the guest, in groups of one `process-batch` call each.
+    groups: Vec<Group>,
+    /// Input records refused without asking the guest (no value; late, with --window).
     rejected: Vec<(usize, String)>,
     repartitioned: Vec<BorrowedMessage<'c>>,
     with_guest: bool,
+    /// --window: the stream times of this poll's input partitions after it, and the offset
+    /// metadata that carries them.
+    stream_times: BTreeMap<i32, Millis>,
+    metadata: Metadata,
 }
 
 /// at-least-once: a poll whose records are sent, not yet known to be acknowledged.
@@ -247,6 +293,22 @@ impl<'c> Topology<'c> for Repartitioned {
         for (topic, partition) in &rebalances.assigned {
             if *topic == self.repartition {
                 self.start_opening(consumer, *partition, &engine.shutdown)?;
+            }
+        }
+        // --window: an input partition's stream time comes with it, on its committed offset.
+        let input = &self.shards.input;
+        let assigned_input: Vec<i32> =
+            rebalances.assigned.iter().filter(|(topic, _)| topic == input).map(|(_, q)| *q).collect();
+        if self.shards.windows.is_some() && !assigned_input.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for q in &assigned_input {
+                list.add_partition(input, *q);
+            }
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .context("reading the stream times of the input partitions assigned")?;
+            for element in committed.elements() {
+                self.shards.restore_stream_time(element.partition(), element.metadata());
             }
         }
         self.finish_opening(consumer, false, &engine.shutdown)?;
@@ -305,7 +367,7 @@ impl<'c> Topology<'c> for Repartitioned {
     /// offsets are committed and confirmed (the group's offsets are what `--stop-at-end`, and
     /// a restart, go by).
     fn idle(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) {
-        engine.committer.confirm_commits(consumer, &self.shards.processed);
+        engine.committer.confirm_commits(consumer, &self.shards.processed, &self.shards.metadata);
     }
 
     fn between_batches(&mut self) {
@@ -316,8 +378,12 @@ impl<'c> Topology<'c> for Repartitioned {
         self.publish_boards(engine, consumer)
     }
 
-    fn processed(&self) -> Offsets {
-        self.shards.processed.clone()
+    fn accepts(&self, guest: &crate::guest::Guest) -> bool {
+        self.args.accepts_swap(guest)
+    }
+
+    fn processed(&self) -> (Offsets, Metadata) {
+        (self.shards.processed.clone(), self.shards.metadata.clone())
     }
 
     /// Shards still opening stop at once when asked to; waited for, so that none is left
@@ -379,23 +445,89 @@ impl Repartitioned {
         engine.committer.stats.batch_polled(input.len());
         engine.metrics.records_consumed.inc_by(input.len() as u64);
         engine.metrics.batch_records.observe(input.len() as f64);
-        let mut records = Records::default();
-        let mut positions = Vec::with_capacity(input.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
+        // Cumulative: one group. Windowed: one per set of open windows (a poll spans few).
+        let mut groups: Vec<(Group, Records)> = Vec::new();
+        let windows = self.shards.windows;
+        if windows.is_none() {
+            groups.push((Group { windows: None, positions: Vec::with_capacity(input.len()) }, Records::default()));
+        }
+        let guest_times = self.guest_event_times(engine, &input)?;
         for (index, message) in input.iter().enumerate() {
-            match message.payload() {
-                Some(value) => {
-                    records.push(value);
-                    positions.push(index);
+            let Some(value) = message.payload() else {
+                rejected.push((index, NO_VALUE.to_owned()));
+                continue;
+            };
+            let group = match &windows {
+                None => 0,
+                Some(spec) => {
+                    // Stage A judges lateness, as a single host does: by the partition's stream time.
+                    let q = message.partition();
+                    let t = guest_times.get(index).copied().flatten().or_else(|| message.timestamp().to_millis());
+                    let stream_time = self.shards.input_stream_times.get(&q).copied();
+                    match open_windows(spec, t, q, stream_time, None) {
+                        Ok((t, open)) => {
+                            let at = self.shards.input_stream_times.entry(q).or_insert(t);
+                            *at = (*at).max(t);
+                            match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
+                                Some(group) => group,
+                                None => {
+                                    groups.push((
+                                        Group { windows: Some(open), positions: Vec::new() },
+                                        Records::default(),
+                                    ));
+                                    groups.len() - 1
+                                }
+                            }
+                        }
+                        Err(reason) => {
+                            rejected.push((index, reason));
+                            continue;
+                        }
+                    }
                 }
-                None => rejected.push((index, NO_VALUE.to_owned())),
+            };
+            groups[group].0.positions.push(index);
+            groups[group].1.push(value);
+        }
+        let (mut stream_times, mut metadata) = (BTreeMap::new(), Metadata::new());
+        if windows.is_some() {
+            for message in &input {
+                let q = message.partition();
+                if let Some(t) = self.shards.input_stream_times.get(&q) {
+                    stream_times.insert(q, *t);
+                    metadata.insert((self.shards.input.clone(), q), stream_time_metadata(*t));
+                }
             }
         }
         let with_guest = !input.is_empty();
+        let (groups, records): (Vec<Group>, Vec<Records>) = groups.into_iter().unzip();
         if with_guest {
-            engine.guest.submit(vec![records])?;
+            engine.guest.submit(records)?;
         }
-        Ok(Submitted { input, positions, rejected, repartitioned, with_guest })
+        Ok(Submitted { input, groups, rejected, repartitioned, with_guest, stream_times, metadata })
+    }
+
+    /// With `--event-time guest`: the event time the guest gives each input record (by index
+    /// into `input`); empty otherwise.
+    fn guest_event_times(&self, engine: &mut Engine, input: &[BorrowedMessage<'_>]) -> Result<Vec<Option<Millis>>> {
+        if !self.args.needs_guest_event_time() {
+            return Ok(Vec::new());
+        }
+        let mut records = Records::default();
+        let mut at = Vec::new();
+        for (index, message) in input.iter().enumerate() {
+            if let Some(value) = message.payload() {
+                records.push(value);
+                at.push(index);
+            }
+        }
+        let mut times = vec![None; input.len()];
+        // A guest swapped in without `event-time` was refused, so there are times here.
+        for (index, time) in at.into_iter().zip(engine.guest.event_times(records)?.unwrap_or_default()) {
+            times[index] = time;
+        }
+        Ok(times)
     }
 
     /// A submitted poll's writes, sent: stage A (the guest's deltas to the repartition topic)
@@ -406,9 +538,10 @@ impl Repartitioned {
     fn send_poll(&mut self, engine: &mut Engine, submitted: Submitted<'_>) -> Result<Option<InFlight>> {
         let started = Instant::now();
         engine.committer.open_transaction()?;
-        let Submitted { input, positions, rejected, repartitioned, with_guest } = submitted;
+        let Submitted { input, groups, rejected, repartitioned, with_guest, stream_times, metadata } = submitted;
         // Stage A.
-        let guest_ms = if with_guest { self.repartition_deltas(engine, &input, &positions, rejected)? } else { 0.0 };
+        let guest_ms =
+            if with_guest { self.repartition_deltas(engine, &input, &groups, rejected, &stream_times)? } else { 0.0 };
         // Stage B, per shard.
         let mut by_partition: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
         for message in &repartitioned {
@@ -426,9 +559,10 @@ impl Repartitioned {
         let offsets: Offsets = all.clone().map(|m| ((m.topic().to_owned(), m.partition()), m.offset() + 1)).collect();
         let timestamps: Vec<i64> = all.filter_map(|m| m.timestamp().to_millis()).collect();
         self.shards.processed.extend(offsets.clone());
+        self.shards.metadata.extend(metadata.clone());
         if engine.committer.in_transaction() {
             self.shards.txn.extend(counted);
-            engine.committer.joined(offsets, timestamps, changelog_records);
+            engine.committer.joined(offsets, metadata, timestamps, changelog_records);
             return Ok(None);
         }
         let timings = Timings {
@@ -438,31 +572,41 @@ impl Repartitioned {
             send_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
         let produced = with_guest || !counted.is_empty();
-        Ok(Some(Sent { changes: counted, produced, offsets, timestamps, changelog_records, timings }))
+        Ok(Some(Sent { changes: counted, produced, offsets, metadata, timestamps, changelog_records, timings }))
     }
 
-    /// Stage A: the guest's result for the input records; their deltas, summed per key, and
-    /// the records counted and skipped go to the repartition topic keyed by counter key.
+    /// Stage A: the guest's result for the input records; their deltas, summed per counter
+    /// key (with --window, per window and key), and the records counted and skipped go to the
+    /// repartition topic keyed by counter key; with --window, every shard is told the stream
+    /// times of this poll's input partitions.
     fn repartition_deltas(
         &mut self,
         engine: &mut Engine,
         messages: &[BorrowedMessage<'_>],
-        positions: &[usize],
+        groups: &[Group],
         mut rejected: Vec<(usize, String)>,
+        stream_times: &BTreeMap<i32, Millis>,
     ) -> Result<f64> {
         let waiting = engine.shutdown.waiting_for("waiting for the guest's answer");
         let (results, guest_ms) = engine.guest.receive()?;
         drop(waiting);
         engine.metrics.step("guest", guest_ms / 1000.0);
-        let mut sums: HashMap<String, u64> = HashMap::new();
-        for result in results? {
+        let mut sums: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (group, result) in groups.iter().zip(results?) {
             for r in result.rejected {
-                let index = *positions.get(r.index as usize).context("guest rejected a record index out of range")?;
+                let index =
+                    *group.positions.get(r.index as usize).context("guest rejected a record index out of range")?;
                 rejected.push((index, r.reason));
             }
             for delta in result.deltas {
-                let sum = sums.entry(delta.key).or_insert(0);
-                *sum = sum.saturating_add(delta.amount);
+                let starts: Vec<Option<Millis>> = match &group.windows {
+                    None => vec![None],
+                    Some(starts) => starts.iter().copied().map(Some).collect(),
+                };
+                for start in starts {
+                    let sum = sums.entry(counter_key(start, &delta.key)).or_insert(0);
+                    *sum = sum.saturating_add(delta.amount);
+                }
             }
         }
         rejected.sort_by_key(|(index, _)| *index);
@@ -475,7 +619,13 @@ impl Repartitioned {
         engine.metrics.records_counted.inc_by(counted);
         let producer = engine.committer.producer();
         for (key, amount) in &sums {
-            producer.send(&self.repartition, key.as_bytes(), &amount.to_be_bytes(), None)?;
+            producer.send(&self.repartition, key, &amount.to_be_bytes(), None)?;
+        }
+        for (q, t) in stream_times {
+            let key = changelog::meta_key(&meta::stream_time(&self.shards.input, *q));
+            for p in 0..self.partitions {
+                producer.send_to(&self.repartition, p, &key, Some(&(*t as u64).to_be_bytes()), None)?;
+            }
         }
         for (name, amount) in [(meta::RECORDS_PROCESSED, counted), (meta::RECORDS_SKIPPED, rejected.len() as u64)] {
             if amount > 0 {
@@ -487,8 +637,9 @@ impl Repartitioned {
 
     /// Stage B for one shard: adds the deltas of its repartition records not yet counted to
     /// `pending` (the open transaction's changes to it, else a fresh batch) and sends the new
-    /// values, totals and repartition offset to its changelog partition; with the number of
-    /// changelog records sent.
+    /// values, totals and repartition offset to its changelog partition (with --window, also
+    /// the input partitions' stream times and the deletion of windows past their retention);
+    /// with the number of changelog records sent.
     fn count_in_shard(
         &mut self,
         engine: &mut Engine,
@@ -497,14 +648,20 @@ impl Repartitioned {
         messages: &[&BorrowedMessage<'_>],
     ) -> Result<(ShardBatch, u64)> {
         let shard = self.shards.open.get(&partition).context("a repartition record for a shard not open")?;
+        let store = shard.task.store();
         let mut batch = match pending {
             Some(batch) => batch,
-            None => ShardBatch { counts: HashMap::new(), totals: shard.task.store().totals()?, next: shard.applied },
+            None => ShardBatch {
+                counts: HashMap::new(),
+                totals: store.totals()?,
+                next: shard.applied,
+                stream_times: BTreeMap::new(),
+                kept_from: shard.kept_from,
+            },
         };
         let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
         let totals_before = batch.totals;
-        let (processed_key, skipped_key) =
-            (changelog::meta_key(meta::RECORDS_PROCESSED), changelog::meta_key(meta::RECORDS_SKIPPED));
+        let stream_times_before = batch.stream_times.clone();
         for message in messages {
             if message.offset() < batch.next {
                 continue; // counted already (a re-delivery after a crash or a rebalance)
@@ -522,34 +679,87 @@ impl Repartitioned {
                 continue;
             };
             let amount = decode_u64(value);
-            if key == processed_key.as_slice() {
-                batch.totals.records_processed += amount;
-            } else if key == skipped_key.as_slice() {
-                batch.totals.records_skipped += amount;
-            } else {
-                let current = match batch.counts.get(key) {
-                    Some(value) => *value,
-                    None => shard.task.store().count(key)?,
-                };
-                batch.counts.insert(key.to_vec(), current.saturating_add(amount));
-                changed.insert(key.to_vec());
+            if let Some(name) = key.strip_prefix(&[changelog::META_KEY_PREFIX]) {
+                let name = String::from_utf8_lossy(name);
+                if name == meta::RECORDS_PROCESSED {
+                    batch.totals.records_processed += amount;
+                } else if name == meta::RECORDS_SKIPPED {
+                    batch.totals.records_skipped += amount;
+                } else if let Some((_, q)) = meta::parse_stream_time(&name) {
+                    let at = batch.stream_times.entry(q).or_insert(amount as Millis);
+                    *at = (*at).max(amount as Millis);
+                }
+                continue;
+            }
+            if let Some((start, _)) = window::parse_state_key(key)
+                && batch.kept_from.is_some_and(|kept| start < kept)
+            {
+                // Its window is gone from this shard already: a record a new owner of its input
+                // partition took for on time (see the module doc).
+                if let Some(suppressed) = engine.consumer_log.allow() {
+                    tracing::warn!(shard = partition, window = %window::rfc3339(start), suppressed,
+                        "a delta for a window already dropped: ignored");
+                }
+                continue;
+            }
+            let current = match batch.counts.get(key) {
+                Some(value) => value.unwrap_or(0),
+                None => store.count(key)?,
+            };
+            batch.counts.insert(key.to_vec(), Some(current.saturating_add(amount)));
+            changed.insert(key.to_vec());
+        }
+        // --window: the counters of windows past their retention go, in this same batch.
+        if let Some(spec) = &self.shards.windows {
+            let mut times = shard.stream_times.clone();
+            for (q, t) in &batch.stream_times {
+                let at = times.entry(*q).or_insert(*t);
+                *at = (*at).max(*t);
+            }
+            if let Some(keep_from) = keep_from(spec, &times, &shard.non_empty)
+                && batch.kept_from.is_none_or(|kept| kept < keep_from)
+            {
+                let mut expired: Vec<Vec<u8>> = store
+                    .windowed_keys_between(batch.kept_from, keep_from)
+                    .map(|k| k.map(Vec::from))
+                    .collect::<Result<_>>()?;
+                let before = |key: &[u8]| window::parse_state_key(key).is_some_and(|(start, _)| start < keep_from);
+                expired.extend(batch.counts.keys().filter(|k| before(k)).cloned());
+                for key in expired {
+                    batch.counts.insert(key.clone(), None);
+                    changed.insert(key);
+                }
+                batch.kept_from = Some(keep_from);
             }
         }
         let (producer, topic) = (engine.committer.producer(), &self.shards.changelog);
         for key in &changed {
-            producer.send_to(topic, partition, key, Some(&batch.counts[key].to_be_bytes()), None)?;
+            let value = batch.counts[key].map(u64::to_be_bytes);
+            producer.send_to(topic, partition, key, value.as_ref().map(|v| v.as_slice()), None)?;
         }
         let mut metas = vec![(meta::input_offset(&self.repartition, partition), batch.next as u64)];
         if batch.totals != totals_before {
             metas.push((meta::RECORDS_PROCESSED.to_owned(), batch.totals.records_processed));
             metas.push((meta::RECORDS_SKIPPED.to_owned(), batch.totals.records_skipped));
         }
-        let metas_sent = metas.len();
+        for (q, t) in &batch.stream_times {
+            if stream_times_before.get(q) != Some(t) {
+                metas.push((meta::stream_time(&self.shards.input, *q), *t as u64));
+            }
+        }
+        let mut sent = metas.len() as u64 + changed.len() as u64;
         for (name, value) in metas {
             let headers = Some(changelog::meta_headers(&name));
             producer.send_to(topic, partition, &changelog::meta_key(&name), Some(&value.to_be_bytes()), headers)?;
         }
-        Ok((batch, (changed.len() + metas_sent) as u64))
+        if let Some(windows) = self.shards.windows.filter(|_| !changed.is_empty()) {
+            // A restore of the shard must know what its counters are counted in.
+            let name = meta::WINDOWS;
+            let (key, headers) = (changelog::meta_key(name), Some(changelog::meta_headers(name)));
+            producer.send_to(topic, partition, &key, Some(windows.describe().as_bytes()), headers)?;
+            sent += 1;
+        }
+        Ok((batch, sent))
     }
 
     /// Starts opening shard `partition` on a thread of its own while its repartition
@@ -560,13 +770,20 @@ impl Repartitioned {
         }
         consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
         self.not_owned.remove(&partition);
-        let kafka = self.args.kafka.clone();
-        let (changelog, repartition) = (self.args.topics.changelog.clone(), self.repartition.clone());
-        let dir = crate::state::shard_dir(&self.args.state_dir, partition);
-        let (shutdown, guarantee) = (shutdown.clone(), self.args.guarantee);
+        let source = ShardSource {
+            kafka: self.args.kafka.clone(),
+            changelog: self.shards.changelog.clone(),
+            repartition: self.repartition.clone(),
+            input: self.shards.input.clone(),
+            windows: self.shards.windows,
+            guarantee: self.args.guarantee,
+            dir: crate::state::shard_dir(&self.args.state_dir, partition),
+            partition,
+        };
+        let shutdown = shutdown.clone();
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
-            .spawn(move || open_shard(&kafka, &changelog, &repartition, &dir, partition, guarantee, &shutdown))
+            .spawn(move || source.open(&shutdown))
             .context("starting a shard's restore")?;
         self.opening.insert(partition, opening);
         Ok(())
@@ -655,13 +872,17 @@ impl Repartitioned {
                         self.shards.processed.get(&key).map(|next| (key, *next))
                     })
                     .collect();
-                committer.commit_offsets(consumer, &revoked, CommitMode::Sync);
+                committer.commit_offsets(consumer, &revoked, &self.shards.metadata, CommitMode::Sync);
             }
         }
         // A shard still opening is waited for (its restore is bounded), then closed.
         self.finish_opening(consumer, true, &engine.shutdown)?;
         for element in revoked.elements() {
             self.shards.processed.remove(&(element.topic().to_owned(), element.partition()));
+            self.shards.metadata.remove(&(element.topic().to_owned(), element.partition()));
+            if element.topic() == self.shards.input {
+                self.shards.input_stream_times.remove(&element.partition());
+            }
             if element.topic() == self.repartition && self.shards.open.remove(&element.partition()).is_some() {
                 lock(&self.held).stores.remove(&element.partition());
                 tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
@@ -684,7 +905,13 @@ impl Repartitioned {
         let mut summary = Vec::new();
         for (partition, shard) in &self.shards.open {
             let guest = &mut engine.guest;
-            let snapshot = crate::board::local_snapshot(shard.task.store(), &mut |c, n| guest.top_n(c, n), n)?;
+            let windows = self.shards.windows.as_ref().map(|spec| crate::board::Windows {
+                spec,
+                stream_times: shard.stream_times.clone(),
+                closing_blocked: shard.non_empty.iter().any(|q| !shard.stream_times.contains_key(q)),
+            });
+            let top_n = &mut |c: &[crate::guest::Entry], n| guest.top_n(c, n);
+            let snapshot = crate::board::local_snapshot(shard.task.store(), top_n, n, windows.as_ref())?;
             let key = crate::board::shard_key(*partition);
             crate::board::produce_as(engine.committer.producer(), &topic, &key, &snapshot)?;
             summary.push(format!("{partition}: {}", snapshot.top.first().map_or("-".into(), |e| e.key.clone())));
@@ -752,32 +979,45 @@ fn committed_to_end(
     Ok(behind)
 }
 
-/// Opens shard `partition` and brings it up to its changelog partition's end: restored in
-/// full if new (or lost), else only the tail another owner wrote since.
-fn open_shard(
-    kafka: &crate::kafka::Connection,
-    changelog: &str,
-    repartition: &str,
-    dir: &Path,
-    partition: i32,
+/// What opening a shard needs, on the thread that opens it.
+struct ShardSource {
+    kafka: crate::kafka::Connection,
+    changelog: String,
+    repartition: String,
+    input: String,
+    windows: Option<WindowSpec>,
     guarantee: Guarantee,
-    shutdown: &Shutdown,
-) -> Result<Shard> {
-    let started = Instant::now();
-    let mut task = Task::open(dir, Durability::Replayed, changelog, Some(partition))?;
-    let report = match task.restore_if_needed(kafka, shutdown)? {
-        Some(report) => report,
-        None => task.catch_up(kafka, guarantee, shutdown)?,
-    };
-    let applied = task.store().input_offsets(repartition)?.get(&partition).copied().unwrap_or(0);
-    tracing::info!(
-        shard = partition,
-        changelog_records_read = report.records_read,
-        next_offset = applied,
-        ms = started.elapsed().as_millis() as u64,
-        "shard open"
-    );
-    Ok(Shard { task, applied })
+    dir: std::path::PathBuf,
+    partition: i32,
+}
+
+impl ShardSource {
+    /// Opens the shard and brings it up to its changelog partition's end: restored in full
+    /// if new (or lost), else only the tail another owner wrote since.
+    fn open(self, shutdown: &Shutdown) -> Result<Shard> {
+        let (kafka, partition) = (&self.kafka, self.partition);
+        let started = Instant::now();
+        let mut task = Task::open(&self.dir, Durability::Replayed, &self.changelog, Some(partition))?;
+        let report = match task.restore_if_needed(kafka, shutdown)? {
+            Some(report) => report,
+            None => task.catch_up(kafka, self.guarantee, shutdown)?,
+        };
+        let applied = task.store().input_offsets(&self.repartition)?.get(&partition).copied().unwrap_or(0);
+        let (mut stream_times, mut non_empty, mut kept_from) = (BTreeMap::new(), BTreeSet::new(), None);
+        if let Some(spec) = self.windows {
+            stream_times = task.store().stream_times(&self.input)?;
+            non_empty = changelog::non_empty_partitions(kafka, &self.input)?;
+            kept_from = keep_from(&spec, &stream_times, &non_empty);
+        }
+        tracing::info!(
+            shard = partition,
+            changelog_records_read = report.records_read,
+            next_offset = applied,
+            ms = started.elapsed().as_millis() as u64,
+            "shard open"
+        );
+        Ok(Shard { task, applied, stream_times, kept_from, non_empty })
+    }
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -817,6 +1057,10 @@ impl Tasks<ScaleOutContext> for Shards {
                 },
             };
             self.processed.remove(&(topic.to_owned(), partition));
+            self.metadata.remove(&(topic.to_owned(), partition));
+            if topic == self.input {
+                self.restore_stream_time(partition, element.metadata());
+            }
             consumer
                 .seek(topic, partition, offset, Duration::from_secs(10))
                 .with_context(|| format!("rewinding {topic} [{partition}]"))?;
@@ -826,13 +1070,35 @@ impl Tasks<ScaleOutContext> for Shards {
 }
 
 impl Shards {
+    /// --window, stage A: input partition `q`'s stream time as its committed offset carries
+    /// it (none: the partition's first record sets it).
+    fn restore_stream_time(&mut self, q: i32, metadata: &str) {
+        if self.windows.is_none() {
+            return;
+        }
+        match parse_stream_time_metadata(metadata) {
+            Some(t) => {
+                self.input_stream_times.insert(q, t);
+            }
+            None => {
+                self.input_stream_times.remove(&q);
+            }
+        }
+    }
+
     /// Writes a shard's batch in one atomic write, with the changelog position its records
     /// reached (they are acknowledged or committed by now): the position the shard's next
     /// opening replays from (`Durability::Replayed`).
     fn apply(&mut self, partition: i32, batch: ShardBatch, guarantee: Guarantee, positions: &Positions) -> Result<()> {
         let shard = self.open.get_mut(&partition).context("applying to a shard not open")?;
         let mut changes: Vec<Change> =
-            batch.counts.into_iter().map(|(key, value)| Change::Count { key, value: Some(value) }).collect();
+            batch.counts.into_iter().map(|(key, value)| Change::Count { key, value }).collect();
+        for (q, t) in &batch.stream_times {
+            changes.push(Change::u64(&meta::stream_time(&self.input, *q), *t as u64));
+        }
+        if let Some(windows) = &self.windows {
+            changes.push(Change::Meta { name: meta::WINDOWS.into(), value: Some(windows.describe().into_bytes()) });
+        }
         changes.push(Change::u64(meta::RECORDS_PROCESSED, batch.totals.records_processed));
         changes.push(Change::u64(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
         changes.push(Change::u64(&meta::input_offset(&self.repartition, partition), batch.next as u64));
@@ -842,6 +1108,32 @@ impl Shards {
         changes.push(Change::written_under(guarantee.name()));
         shard.task.write(changes).with_context(|| format!("writing shard {partition}"))?;
         shard.applied = batch.next;
+        for (q, t) in batch.stream_times {
+            let at = shard.stream_times.entry(q).or_insert(t);
+            *at = (*at).max(t);
+        }
+        shard.kept_from = batch.kept_from.max(shard.kept_from);
         Ok(())
     }
+}
+
+/// --window: the first window start a shard keeps once the input partitions are at
+/// `stream_times` (`None` while an input partition that held records when the shard opened
+/// has not reported a stream time yet: its records may belong to any window).
+fn keep_from(spec: &WindowSpec, stream_times: &BTreeMap<i32, Millis>, non_empty: &BTreeSet<i32>) -> Option<Millis> {
+    if non_empty.iter().any(|q| !stream_times.contains_key(q)) {
+        return None;
+    }
+    stream_times.values().min().map(|slowest| spec.keep_from(*slowest))
+}
+
+/// How an input partition's stream time rides on its committed offset (`committer::Metadata`).
+const STREAM_TIME_METADATA: &str = "streamhost.stream-time=";
+
+fn stream_time_metadata(t: Millis) -> String {
+    format!("{STREAM_TIME_METADATA}{t}")
+}
+
+fn parse_stream_time_metadata(metadata: &str) -> Option<Millis> {
+    metadata.strip_prefix(STREAM_TIME_METADATA)?.parse().ok()
 }

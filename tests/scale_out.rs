@@ -257,9 +257,7 @@ fn scale_out_misconfigurations_are_refused() {
     let err = run(&[]);
     assert!(err.contains("repartition topic") && err.contains("has 6 partitions but input"), "{err}");
     assert!(err.contains("has 3") && err.contains("host create-topics --scale-out --partitions 3"), "{err}");
-    // Windows are counted with --scale-out (tests/scale_out_windows.rs); final boards not yet.
-    let err = run(&["--window", "1m", "--emit", "final"]);
-    assert!(err.contains("--emit final is not supported with --scale-out yet"), "{err}");
+    // (Windows work with --scale-out: tests/scale_out_windows.rs.)
     let err = run(&["--emit", "final"]);
     assert!(err.contains("--emit final needs --window"), "{err}");
     // A scale-out flag on a single host.

@@ -174,3 +174,66 @@ fn windows_past_their_retention_leave_the_shards_and_their_changelog() {
     }
     assert_eq!(restored_windows, kept, "the changelog holds what the shards hold");
 }
+
+/// `--emit final` on two hosts under exactly-once: each shard produces its board of every
+/// window it has counts in once, when the window is complete for it (`window/<start>/shard/<p>`),
+/// and a marker of how far its final boards go (`final/shard/<p>`); merged per window (the
+/// union of the shards' boards), they are each complete window's exact top.
+#[test]
+fn emit_final_gives_each_complete_window_s_board_once_per_shard() {
+    let env = TestEnv::new("scale-win-final");
+    create_topics(&env);
+    let (expected, last) = produce_windowed(&env, 3_000, 20);
+    let flags = [
+        "--window",
+        "10s",
+        "--emit",
+        "final",
+        "--guarantee",
+        "exactly-once",
+        "--stop-at-end",
+        "--max-batch",
+        "300",
+        "--flush-interval",
+        "200ms",
+    ];
+    let mut hosts: Vec<HostProcess> = (0..2).map(|h| spawn(&env, h, &flags)).collect();
+    wait_all(&mut hosts);
+
+    let slowest = *last.values().min().unwrap();
+    // Complete: every input partition is past the window's end (grace 0).
+    let complete: Vec<i64> =
+        expected.keys().map(|(start, _)| *start).filter(|start| start + SIZE_MS <= slowest).collect();
+    assert!(complete.len() >= 4, "windows complete: {complete:?}");
+    let mut finals: BTreeMap<i64, Vec<(String, u64)>> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut markers: BTreeMap<String, i64> = BTreeMap::new();
+    for record in integration_tests::read_topic(&env.brokers, &env.output) {
+        let key = String::from_utf8_lossy(&record.key).into_owned();
+        let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        if let Some(rest) = key.strip_prefix("window/") {
+            assert!(seen.insert(key.clone()), "{key}: produced once");
+            assert_eq!(value["complete"], true, "{key}");
+            let start: i64 = rest.split('/').next().unwrap().parse().unwrap();
+            for e in value["top"].as_array().unwrap() {
+                finals
+                    .entry(start)
+                    .or_default()
+                    .push((e["key"].as_str().unwrap().to_owned(), e["count"].as_u64().unwrap()));
+            }
+        } else if key.starts_with("final/shard/") {
+            markers.insert(key, value["complete_through_ms"].as_i64().unwrap());
+        }
+    }
+    let newest_complete = *complete.iter().max().unwrap();
+    assert_eq!(markers.len(), PARTITIONS as usize, "a marker per shard: {markers:?}");
+    assert!(markers.values().all(|through| *through >= newest_complete), "{markers:?}");
+    for start in complete.iter().collect::<std::collections::BTreeSet<_>>() {
+        let mut want: Vec<(String, u64)> =
+            expected.iter().filter(|((s, _), _)| s == start).map(|((_, k), c)| (k.clone(), *c)).collect();
+        want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut got = finals.remove(start).unwrap_or_default();
+        got.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        assert_eq!(got, want, "window {start}");
+    }
+}

@@ -139,6 +139,13 @@ pub fn shard_key(partition: i32) -> String {
     format!("shard/{partition}")
 }
 
+/// --emit final with --scale-out: the output topic's key of shard `partition`'s marker,
+/// `{"complete_through_ms", "shards"}`: every window starting at or before it whose final
+/// board this shard would produce is out.
+pub fn final_marker_key(partition: i32) -> String {
+    format!("final/shard/{partition}")
+}
+
 /// Produces a board to `topic` under `key`.
 pub fn produce_as(producer: &AckedProducer, topic: &str, key: &str, snapshot: &Snapshot) -> Result<()> {
     producer.send(topic, key.as_bytes(), &serde_json::to_vec(snapshot)?, None)?;
@@ -211,6 +218,32 @@ pub fn emit_final(
     windows: &Windows<'_>,
     after: Option<Millis>,
 ) -> Result<Option<Millis>> {
+    let out = FinalBoards { producer, topic, key: &|start| format!("window/{start}") };
+    emit_final_as(store, top_n, &out, n, windows, after)
+}
+
+/// Where final boards go: the topic, and each window's key there.
+pub struct FinalBoards<'a> {
+    pub producer: &'a AckedProducer,
+    pub topic: &'a str,
+    pub key: &'a dyn Fn(Millis) -> String,
+}
+
+/// The newest window complete for `windows` (every input partition past its end + grace).
+pub fn complete_through(windows: &Windows<'_>) -> Option<Millis> {
+    windows.slowest().map(|slowest| windows.spec.newest_complete(slowest))
+}
+
+/// `emit_final`, each board under the key `key(start)` (a scale-out shard's:
+/// `window/<start ms>/shard/<p>`).
+pub fn emit_final_as(
+    store: &Store,
+    top_n: &mut TopN<'_>,
+    out: &FinalBoards<'_>,
+    n: u32,
+    windows: &Windows<'_>,
+    after: Option<Millis>,
+) -> Result<Option<Millis>> {
     let Some(slowest) = windows.slowest() else { return Ok(None) };
     let through = windows.spec.newest_complete(slowest);
     let mut emitted = None;
@@ -219,11 +252,11 @@ pub fn emit_final(
         let (board, keys) = window_board(store, top_n, n, windows.spec, start, Some(slowest))?;
         tracing::info!(window = %board.start, keys, "window complete: final board produced");
         let value = serde_json::to_vec(&board)?;
-        producer.send(topic, format!("window/{start}").as_bytes(), &value, None)?;
+        out.producer.send(out.topic, (out.key)(start).as_bytes(), &value, None)?;
         emitted = Some(start);
         next = store.first_window_from(start.saturating_add(1))?;
     }
-    producer.poll();
+    out.producer.poll();
     Ok(emitted)
 }
 

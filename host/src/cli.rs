@@ -241,12 +241,6 @@ impl RunArgs {
             repartition: self.topics.repartition_topic(),
             shard_cleanup_delay: self.shard_cleanup_delay,
         });
-        if scale_out.is_some() && windows.as_ref().is_some_and(|w| w.emit == Emit::Final) {
-            bail!(
-                "--emit final is not supported with --scale-out yet: use --emit changes (each shard publishes \
-                 the boards of its newest complete window and of the one in progress; `host board` merges them)"
-            );
-        }
         Ok(RunConfig {
             kafka: self.topics.kafka.connection(),
             topics: self.topics.topics(),

@@ -50,7 +50,11 @@
 //! slowest input partition has left behind by more than the retention, in the same batch,
 //! tombstoning their counters in its changelog partition. A delta for a window a shard has
 //! dropped already is ignored (a partition's new owner with a stream time older than its
-//! offset's, which the metadata rules out, would be the only source).
+//! offset's, which the metadata rules out, would be the only source). With `--emit final`, a
+//! shard produces its board of each window it has counts in once the window is complete by
+//! those stream times (`window/<start>/shard/<p>`: the window's final board is the union of
+//! the shards'), records how far it went as state, keeps a window until its board is out, and
+//! publishes a marker of how far its final boards go (`final/shard/<p>`).
 //!
 //! # Rebalances (cooperative-sticky)
 //!
@@ -72,7 +76,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timings};
-use crate::engine::config::{Guarantee, RunConfig};
+use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{Group, NO_VALUE, counter_key, open_windows, skip_record};
@@ -163,6 +167,7 @@ pub fn run(
             repartition: repartition.clone(),
             changelog: args.topics.changelog.clone(),
             windows: args.windows.as_ref().map(|w| w.spec),
+            emit: args.emit(),
         },
         partitions: checked.shards.context("the topic check counts the shards of a --scale-out job")?,
         repartition,
@@ -224,6 +229,7 @@ struct Shards {
     repartition: String,
     changelog: String,
     windows: Option<WindowSpec>,
+    emit: Emit,
 }
 
 /// The state of one repartition partition.
@@ -237,6 +243,8 @@ struct Shard {
     stream_times: BTreeMap<i32, Millis>,
     kept_from: Option<Millis>,
     non_empty: BTreeSet<i32>,
+    /// --emit final: the newest window whose final board this shard produced.
+    emitted_through: Option<Millis>,
 }
 
 /// What a poll (or, under exactly-once, the open transaction) changes in one shard: new
@@ -246,9 +254,11 @@ struct ShardBatch {
     counts: HashMap<Vec<u8>, Option<u64>>,
     totals: Totals,
     next: i64,
-    /// --window: input partitions' stream times reported, and the first window start kept.
+    /// --window: input partitions' stream times reported, and the first window start kept;
+    /// --emit final: the newest window whose final board was produced.
     stream_times: BTreeMap<i32, Millis>,
     kept_from: Option<Millis>,
+    emitted_through: Option<Millis>,
 }
 
 /// A poll's records to process, its input records with the guest (see `submit`).
@@ -657,6 +667,7 @@ impl Repartitioned {
                 next: shard.applied,
                 stream_times: BTreeMap::new(),
                 kept_from: shard.kept_from,
+                emitted_through: None,
             },
         };
         let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
@@ -716,7 +727,8 @@ impl Repartitioned {
                 let at = times.entry(*q).or_insert(*t);
                 *at = (*at).max(*t);
             }
-            if let Some(keep_from) = keep_from(spec, &times, &shard.non_empty)
+            let emitted = batch.emitted_through.max(shard.emitted_through);
+            if let Some(keep_from) = keep_from(spec, &times, &shard.non_empty, self.shards.emit, emitted)
                 && batch.kept_from.is_none_or(|kept| kept < keep_from)
             {
                 let mut expired: Vec<Vec<u8>> = store
@@ -776,6 +788,7 @@ impl Repartitioned {
             repartition: self.repartition.clone(),
             input: self.shards.input.clone(),
             windows: self.shards.windows,
+            emit: self.shards.emit,
             guarantee: self.args.guarantee,
             dir: crate::state::shard_dir(&self.args.state_dir, partition),
             partition,
@@ -903,6 +916,7 @@ impl Repartitioned {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let started = Instant::now();
         let mut summary = Vec::new();
+        let mut emitted: Vec<(i32, Millis)> = Vec::new();
         for (partition, shard) in &self.shards.open {
             let guest = &mut engine.guest;
             let windows = self.shards.windows.as_ref().map(|spec| crate::board::Windows {
@@ -913,8 +927,34 @@ impl Repartitioned {
             let top_n = &mut |c: &[crate::guest::Entry], n| guest.top_n(c, n);
             let snapshot = crate::board::local_snapshot(shard.task.store(), top_n, n, windows.as_ref())?;
             let key = crate::board::shard_key(*partition);
-            crate::board::produce_as(engine.committer.producer(), &topic, &key, &snapshot)?;
+            let producer = engine.committer.producer();
+            crate::board::produce_as(producer, &topic, &key, &snapshot)?;
             summary.push(format!("{partition}: {}", snapshot.top.first().map_or("-".into(), |e| e.key.clone())));
+            if let Some(windows) = windows.filter(|_| self.shards.emit == Emit::Final) {
+                // --emit final: this shard's board of each window complete since the last.
+                let key = |start: Millis| format!("window/{start}/shard/{partition}");
+                let out = crate::board::FinalBoards { producer, topic: &topic, key: &key };
+                let pending = self.shards.txn.get(partition).and_then(|b| b.emitted_through);
+                let after = pending.max(shard.emitted_through);
+                let store = shard.task.store();
+                if let Some(newest) = crate::board::emit_final_as(store, top_n, &out, n, &windows, after)? {
+                    emitted.push((*partition, newest));
+                }
+                // How far this shard's final boards go: a window is final on every shard
+                // once every shard's marker is past it (README, "Scale-out").
+                if let Some(through) = crate::board::complete_through(&windows) {
+                    let marker = serde_json::json!({ "complete_through_ms": through, "shards": self.partitions });
+                    producer.send(
+                        &topic,
+                        crate::board::final_marker_key(*partition).as_bytes(),
+                        marker.to_string().as_bytes(),
+                        None,
+                    )?;
+                }
+            }
+        }
+        for (partition, newest) in emitted {
+            self.record_emitted(engine, partition, newest)?;
         }
         engine.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(shards = %summary.join(", "), "local boards published (`host board` shows the global one)");
@@ -922,6 +962,37 @@ impl Repartitioned {
             engine.committer.commit_txn(consumer, &mut self.shards)?;
         }
         fault::point(Step::AfterBoard);
+        Ok(())
+    }
+
+    /// --emit final: shard `partition` produced final boards through window `newest`: recorded
+    /// like any of its state, in its changelog partition and then in the shard (under
+    /// exactly-once, with the open transaction).
+    fn record_emitted(&mut self, engine: &mut Engine, partition: i32, newest: Millis) -> Result<()> {
+        let name = meta::EMITTED_THROUGH;
+        let (key, headers) = (changelog::meta_key(name), Some(changelog::meta_headers(name)));
+        let producer = engine.committer.producer();
+        producer.send_to(&self.shards.changelog, partition, &key, Some(&(newest as u64).to_be_bytes()), headers)?;
+        if engine.committer.in_transaction() {
+            let shard = self.shards.open.get(&partition).context("a final board of a shard not open")?;
+            let batch = match self.shards.txn.remove(&partition) {
+                Some(batch) => batch,
+                None => ShardBatch {
+                    counts: HashMap::new(),
+                    totals: shard.task.store().totals()?,
+                    next: shard.applied,
+                    stream_times: BTreeMap::new(),
+                    kept_from: shard.kept_from,
+                    emitted_through: None,
+                },
+            };
+            self.shards.txn.insert(partition, ShardBatch { emitted_through: Some(newest), ..batch });
+        } else {
+            producer.wait_acks()?;
+            let shard = self.shards.open.get_mut(&partition).context("a final board of a shard not open")?;
+            shard.task.write([Change::u64(name, newest as u64)])?;
+            shard.emitted_through = Some(newest);
+        }
         Ok(())
     }
 
@@ -986,6 +1057,7 @@ struct ShardSource {
     repartition: String,
     input: String,
     windows: Option<WindowSpec>,
+    emit: Emit,
     guarantee: Guarantee,
     dir: std::path::PathBuf,
     partition: i32,
@@ -1004,10 +1076,11 @@ impl ShardSource {
         };
         let applied = task.store().input_offsets(&self.repartition)?.get(&partition).copied().unwrap_or(0);
         let (mut stream_times, mut non_empty, mut kept_from) = (BTreeMap::new(), BTreeSet::new(), None);
+        let emitted_through = task.store().meta_i64(meta::EMITTED_THROUGH)?;
         if let Some(spec) = self.windows {
             stream_times = task.store().stream_times(&self.input)?;
             non_empty = changelog::non_empty_partitions(kafka, &self.input)?;
-            kept_from = keep_from(&spec, &stream_times, &non_empty);
+            kept_from = keep_from(&spec, &stream_times, &non_empty, self.emit, emitted_through);
         }
         tracing::info!(
             shard = partition,
@@ -1016,7 +1089,7 @@ impl ShardSource {
             ms = started.elapsed().as_millis() as u64,
             "shard open"
         );
-        Ok(Shard { task, applied, stream_times, kept_from, non_empty })
+        Ok(Shard { task, applied, stream_times, kept_from, non_empty, emitted_through })
     }
 }
 
@@ -1099,6 +1172,9 @@ impl Shards {
         if let Some(windows) = &self.windows {
             changes.push(Change::Meta { name: meta::WINDOWS.into(), value: Some(windows.describe().into_bytes()) });
         }
+        if let Some(through) = batch.emitted_through {
+            changes.push(Change::u64(meta::EMITTED_THROUGH, through as u64));
+        }
         changes.push(Change::u64(meta::RECORDS_PROCESSED, batch.totals.records_processed));
         changes.push(Change::u64(meta::RECORDS_SKIPPED, batch.totals.records_skipped));
         changes.push(Change::u64(&meta::input_offset(&self.repartition, partition), batch.next as u64));
@@ -1113,18 +1189,30 @@ impl Shards {
             *at = (*at).max(t);
         }
         shard.kept_from = batch.kept_from.max(shard.kept_from);
+        shard.emitted_through = batch.emitted_through.max(shard.emitted_through);
         Ok(())
     }
 }
 
 /// --window: the first window start a shard keeps once the input partitions are at
 /// `stream_times` (`None` while an input partition that held records when the shard opened
-/// has not reported a stream time yet: its records may belong to any window).
-fn keep_from(spec: &WindowSpec, stream_times: &BTreeMap<i32, Millis>, non_empty: &BTreeSet<i32>) -> Option<Millis> {
+/// has not reported a stream time yet: its records may belong to any window). With --emit
+/// final, a window stays until its final board is out.
+fn keep_from(
+    spec: &WindowSpec,
+    stream_times: &BTreeMap<i32, Millis>,
+    non_empty: &BTreeSet<i32>,
+    emit: Emit,
+    emitted_through: Option<Millis>,
+) -> Option<Millis> {
     if non_empty.iter().any(|q| !stream_times.contains_key(q)) {
         return None;
     }
-    stream_times.values().min().map(|slowest| spec.keep_from(*slowest))
+    let keep_from = spec.keep_from(*stream_times.values().min()?);
+    Some(match emit {
+        Emit::Final => keep_from.min(emitted_through.map_or(Millis::MIN, |e| e.saturating_add(1))),
+        Emit::Changes => keep_from,
+    })
 }
 
 /// How an input partition's stream time rides on its committed offset (`committer::Metadata`).

@@ -146,7 +146,7 @@ impl Committer {
     /// it is produced. Nothing under at-least-once.
     pub fn open_transaction(&mut self) -> Result<()> {
         if self.exactly_once() && self.txn.is_none() {
-            self.producer.begin().map_err(TxnError::stopping)?;
+            self.producer.begin().map_err(TxnError::stopping).context(crate::engine::cycle::StopHost)?;
             self.txn = Some(OpenTxn {
                 opened: Instant::now(),
                 offsets: Offsets::new(),

@@ -236,7 +236,7 @@ pub fn run<'c, T: Topology<'c>>(
         if last_board.elapsed() >= engine.flush_interval {
             // State holds whole batches only (the ones under way are not in it yet).
             last_board = Instant::now();
-            publish_board(engine, topology, consumer);
+            publish_board(engine, topology, consumer)?;
         }
         // A new guest takes over from the next batch submitted: each batch is counted by one.
         if let Some(next) = engine.reload.as_mut().and_then(|r| r.poll(engine.shutdown.take_reload()))
@@ -263,7 +263,7 @@ pub fn run<'c, T: Topology<'c>>(
     }
     tracing::info!("shutting down: committed, publishing a last board");
     engine.shutdown.working("publishing a last board");
-    publish_board(engine, topology, consumer);
+    publish_board(engine, topology, consumer)?;
     engine.committer.commit_txn(consumer, topology.tasks())?;
     engine.committer.producer().wait_acks()?;
     engine.committer.stats.log();
@@ -290,10 +290,32 @@ fn finish_under_way<'c, T: Topology<'c>>(
     Ok(())
 }
 
-/// A board that cannot be published is skipped this interval (the next one tries again).
-fn publish_board<'c, T: Topology<'c>>(engine: &mut Engine, topology: &mut T, consumer: &BaseConsumer<T::Context>) {
-    if let Err(e) = topology.publish_board(engine, consumer) {
-        tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
+/// A board that cannot be published is skipped this interval (the next one tries again),
+/// unless what failed is something the batches depend on too ([`StopHost`]).
+fn publish_board<'c, T: Topology<'c>>(
+    engine: &mut Engine,
+    topology: &mut T,
+    consumer: &BaseConsumer<T::Context>,
+) -> Result<()> {
+    match topology.publish_board(engine, consumer) {
+        Err(e) if e.downcast_ref::<StopHost>().is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "board not published this interval");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// The context of an error met on the way to a board that the host must not go on past: a
+/// transaction that cannot begin, or an acknowledgement that failed (the wait covers the
+/// records of the batch in flight too, and a failure is reported once).
+#[derive(Debug)]
+pub struct StopHost;
+
+impl std::fmt::Display for StopHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the host cannot go on")
     }
 }
 

@@ -66,7 +66,7 @@ use rdkafka::{Message, Offset};
 use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
 use crate::engine::config::{Emit, Guarantee, RunConfig};
-use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
+use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{Group, NO_VALUE, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
@@ -667,7 +667,7 @@ impl Direct {
         if engine.committer.in_transaction() {
             self.state.txn.get_or_insert_default().meta.push(change);
         } else {
-            producer.wait_acks()?;
+            producer.wait_acks().context(StopHost)?;
             self.state.task.write([change])?;
         }
         self.state.emitted_through = Some(newest);
@@ -682,7 +682,7 @@ impl Direct {
         if engine.committer.exactly_once() {
             // The board is in the open transaction: "produced" means it reached the broker
             // there (its fate is the transaction's).
-            engine.committer.producer().wait_acks()?;
+            engine.committer.producer().wait_acks().context(StopHost)?;
         }
         engine.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
         if self.args.http.is_some() {

@@ -49,8 +49,10 @@
 //! a shard keeps them (state and changelog, like a single host's) and drops the windows the
 //! slowest input partition has left behind by more than the retention, in the same batch,
 //! tombstoning their counters in its changelog partition. A delta for a window a shard has
-//! dropped already is ignored (a partition's new owner with a stream time older than its
-//! offset's, which the metadata rules out, would be the only source). With `--emit final`, a
+//! dropped already is ignored, with a warning: it comes from an input partition that held no
+//! records when the shard opened and then received records older than the windows the others
+//! had moved past (a single host skips and dead-letters such a record at its input; here it
+//! is counted as processed, and its delta is lost to the dropped window). With `--emit final`, a
 //! shard produces its board of each window it has counts in once the window is complete by
 //! those stream times (`window/<start>/shard/<p>`: the window's final board is the union of
 //! the shards'), records how far it went as state, keeps a window until its board is out, and
@@ -77,7 +79,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timings};
 use crate::engine::config::{Emit, Guarantee, RunConfig};
-use crate::engine::cycle::{self, Engine, Rebalance, Topology};
+use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{Group, NO_VALUE, counter_key, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
@@ -384,8 +386,8 @@ impl<'c> Topology<'c> for Repartitioned {
         self.delete_old_shards();
     }
 
-    fn publish_board(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) -> Result<()> {
-        self.publish_boards(engine, consumer)
+    fn publish_board(&mut self, engine: &mut Engine, _consumer: &ScaleOutConsumer) -> Result<()> {
+        self.publish_boards(engine)
     }
 
     fn accepts(&self, guest: &crate::guest::Guest) -> bool {
@@ -697,8 +699,12 @@ impl Repartitioned {
                 } else if name == meta::RECORDS_SKIPPED {
                     batch.totals.records_skipped += amount;
                 } else if let Some((_, q)) = meta::parse_stream_time(&name) {
-                    let at = batch.stream_times.entry(q).or_insert(amount as Millis);
-                    *at = (*at).max(amount as Millis);
+                    // Never backwards (a new owner of the input partition may report an older
+                    // time, from the offset it resumes at, before it catches up).
+                    let held = shard.stream_times.get(&q).copied().unwrap_or(Millis::MIN);
+                    let t = (amount as Millis).max(held);
+                    let at = batch.stream_times.entry(q).or_insert(t);
+                    *at = (*at).max(t);
                 }
                 continue;
             }
@@ -908,7 +914,7 @@ impl Repartitioned {
 
     /// Every shard's local board (from its committed state) to the output topic under
     /// `shard/<p>`; under exactly-once, inside a transaction.
-    fn publish_boards(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) -> Result<()> {
+    fn publish_boards(&mut self, engine: &mut Engine) -> Result<()> {
         if self.shards.open.is_empty() {
             return Ok(());
         }
@@ -958,9 +964,8 @@ impl Repartitioned {
         }
         engine.metrics.board_flush_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(shards = %summary.join(", "), "local boards published (`host board` shows the global one)");
-        if engine.committer.in_transaction() && !engine.committer.transaction_carries_batches() {
-            engine.committer.commit_txn(consumer, &mut self.shards)?;
-        }
+        // A board-only transaction is committed by the loop (`Committer::transaction_due`),
+        // which also drops the poll with the guest if the commit has to be aborted.
         fault::point(Step::AfterBoard);
         Ok(())
     }
@@ -988,7 +993,7 @@ impl Repartitioned {
             };
             self.shards.txn.insert(partition, ShardBatch { emitted_through: Some(newest), ..batch });
         } else {
-            producer.wait_acks()?;
+            producer.wait_acks().context(StopHost)?;
             let shard = self.shards.open.get_mut(&partition).context("a final board of a shard not open")?;
             shard.task.write([Change::u64(name, newest as u64)])?;
             shard.emitted_through = Some(newest);

@@ -10,8 +10,12 @@
 //! - [`cli`]: the command line; every flag has an environment variable and `--help` text.
 //! - [`commands`]: the subcommands' entry points, one file each (`run` picks the topology;
 //!   `guest_tools` is `host check`, `test` and `new-guest`, a guest author's tools).
-//! - [`engine`]: the loops of one host (`pipeline`) and of `--scale-out` (`scaleout`), fault
-//!   injection, the stall watchdog, pacing and run statistics.
+//! - [`engine`]: one engine, two topologies: `config` (the typed run configuration),
+//!   `cycle` (the one loop), `committer` (the write order and the exactly-once transaction),
+//!   `task` (a unit of state and its durability policy), `direct` (one host: input -> guest ->
+//!   one task), `repartitioned` (`--scale-out`: repartition topic, shards, rebalances);
+//!   `records` (polling, skipping, window assignment), fault injection, the stall watchdog,
+//!   pacing and run statistics.
 //! - [`serve`]: `--http`: health, readiness, metrics, state queries, the board page.
 //! - [`board`]: the top-N snapshot, printed and produced every flush interval, and merged.
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.

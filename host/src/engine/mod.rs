@@ -1,7 +1,10 @@
-//! The engine: the loops that move batches through guest -> changelog -> state -> commit, one
-//! per topology ([`pipeline`]: one host; [`scaleout`]: a job spread over several hosts), and
-//! what they share: polling and skipping records ([`records`]), fault injection, the stall
-//! watchdog, pacing, run statistics.
+//! The engine: one loop ([`cycle`]) drives either topology ([`direct`]: input -> guest ->
+//! one state task; [`repartitioned`]: `--scale-out`, input -> guest -> repartition topic ->
+//! a task per partition); the [`committer`] makes every batch durable in one order (and runs
+//! the exactly-once transaction); a [`task`] is a unit of state with its durability policy;
+//! [`config`] is the run as the command line asked for it. Shared by both: polling, skipping
+//! and window assignment ([`records`]), fault injection, the stall watchdog, pacing, run
+//! statistics.
 
 pub mod committer;
 pub mod config;

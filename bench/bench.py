@@ -70,7 +70,8 @@ KEYS = int(os.environ.get("BENCH_KEYS", 1_000_000))
 LATENCY_RATE = int(os.environ.get("BENCH_LATENCY_RATE", 50_000))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", 60))
 PEERS = "--peers" in sys.argv
-# `--probe native,wasm`: only those modes (of raw, native, wasm), rates and step times printed,
+# `--probe native,wasm`: only those modes (any of the table's, and `restart`: the exactly-once
+# restart with 1M keys), rates and step times printed,
 # RESULTS.md left alone. For trying a change quickly; `make bench` is the measurement of record.
 PROBE = sys.argv[sys.argv.index("--probe") + 1].split(",") if "--probe" in sys.argv else None
 CACHE = os.environ.get("CACHE", os.path.join(os.path.expanduser("~"), ".cache", "streamhost"))
@@ -80,6 +81,10 @@ KSTREAMS_CP = os.path.join(ROOT, "bench", "peers", "kstreams", "target", "drink-
 RUN_ID = uuid.uuid4().hex[:8]
 WORK = tempfile.mkdtemp(prefix="streamhost-bench-")
 ORDER_FLAGS = ["--drinks", "50", "--zipf", "1.0", "--malformed-every", "100", "--compression", "lz4", "--seed", "7"]
+
+
+# The heading under which bench/RESULTS.md keeps before/after comparisons across rewrites.
+COMPARISONS = "## Before and after (comparisons kept across runs)"
 
 
 def log(msg):
@@ -133,7 +138,7 @@ def pipeline(binary, name, extra=(), guest=GUEST):
     subcommand = ["run"] if binary == HOST else []  # host-native takes run's options directly
     m = run([binary] + subcommand + ["--guest", guest, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state, "--stop-at-end",
              "--instance-id", "none", "--log-format", "json"] + flags + list(extra),
-            env={"RUST_LOG": "info,host::pipeline=debug"})
+            env={"RUST_LOG": "info,host::pipeline=debug,host::engine::committer=debug,host::engine::direct=debug"})
     # What state holds at the end: counters, and the windows they are in.
     dump = run([HOST, "dump", "--state-dir", state]).out.splitlines()
     windowed = [json.loads(l) for l in dump if '"window_start_ms"' in l]
@@ -163,17 +168,17 @@ def pipeline(binary, name, extra=(), guest=GUEST):
             "state_windows": state_windows, "totals": (totals["records_processed"], totals["records_skipped"])}
 
 
-def eos_restart(state, keys_topic):
+def eos_restart(state, keys_topic, name="restart"):
     """exactly-once restart after a crash, with the 1,000,000 restored keys in state: a host
     counts orders into the keys changelog and crashes (fault injection) right after a
     transaction commit, before its state write, so state is behind the changelog; then the
     restarted host's time from spawn to ready (tail replayed) and to its first commit."""
-    input_topic = f"bench-{RUN_ID}.restart.orders"
+    input_topic = f"bench-{RUN_ID}.{name}.orders"
     flags = ["--brokers", BROKERS, "--input", input_topic, "--changelog", keys_topic,
-             "--output", f"bench-{RUN_ID}.restart.board"]
+             "--output", f"bench-{RUN_ID}.{name}.board"]
     run([HOST, "create-topics", "--partitions", "6"] + flags)
     run([LOADGEN, "--brokers", BROKERS, "--topic", input_topic, "fill", "--count", "200000"] + ORDER_FLAGS)
-    args = [HOST, "run", "--guest", GUEST, "--group", f"bench-{RUN_ID}-restart", "--state-dir", state,
+    args = [HOST, "run", "--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir", state,
             "--guarantee", "exactly-once", "--max-batch", "1000", "--log-format", "json"] + flags
     # A transaction per batch, so the 20th commit comes early in the input.
     crash = subprocess.run(args + ["--commit-interval", "1ms"], env={**os.environ, "STREAMHOST_FAULT": "after-changelog:20"},
@@ -359,8 +364,8 @@ def main():
             for mode, r in run_peers(input_topic, i).items():
                 results[mode].append(r)
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
-        for mode in PROBE or ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript",
-                              "scale1", "scale2", "scale3"):
+        every = ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript", "scale1", "scale2", "scale3")
+        for mode in [m for m in PROBE if m != "restart"] if PROBE else every:
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
             elif mode.startswith("scale"):
@@ -385,8 +390,21 @@ def main():
                    + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s" for k, v in r["steps"].items())
                    if "steps" in r else ""))
     if PROBE:
-        for mode in PROBE:
+        for mode in (m for m in PROBE if m != "restart"):
             log(f"probe {mode}: median {med(results[mode], 'rate'):,.0f} records/s")
+        if "restart" in PROBE:
+            # The exactly-once restart with KEYS keys in state, as the full run measures it.
+            keys_topic = f"bench-{RUN_ID}.keys.changelog"
+            run([HOST, "create-topics", "--partitions", "6", "--brokers", BROKERS, "--input", input_topic,
+                 "--changelog", keys_topic, "--output", f"bench-{RUN_ID}.keys.board"])
+            run([LOADGEN, "--brokers", BROKERS, "--topic", keys_topic, "keys", "--count", str(KEYS)])
+            restarts = []
+            for i in range(RUNS):
+                state = os.path.join(WORK, f"state-restart{i}")
+                run([HOST, "restore", "--brokers", BROKERS, "--changelog", keys_topic, "--state-dir", state])
+                restarts.append(eos_restart(state, keys_topic, f"restart{i}"))
+                shutil.rmtree(state, ignore_errors=True)
+            log(f"probe restart: median ready {med(restarts, 'ready'):.2f} s, first commit {med(restarts, 'first_commit'):.2f} s")
         return
 
     log(f"restore: changelog of {KEYS} distinct keys")
@@ -565,8 +583,17 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
         "",
     ]
     path = os.path.join(ROOT, "bench", "RESULTS.md")
+    # Before/after comparisons of past changes (each with its own machine, date and command)
+    # stay below the marker; the rest is this run's.
+    kept = ""
+    if os.path.exists(path):
+        previous = open(path).read()
+        if COMPARISONS in previous:
+            kept = previous[previous.index(COMPARISONS):]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+        if kept:
+            f.write("\n" + kept)
     log(f"wrote {path}")
     print("\n".join(lines))
 

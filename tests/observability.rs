@@ -1,23 +1,9 @@
 //! `--http`: health, readiness, Prometheus metrics with exact counters, and state queries
 //! that agree with `host dump`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::{HostProcess, TestEnv, orders};
-
-/// (status, body) of a plain HTTP/1.0 GET.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
+use integration_tests::{HostProcess, TestEnv, http_get as get, orders};
 
 /// Starts the host with `--http` on a free local port; returns it and the address.
 fn spawn_with_http(env: &TestEnv, extra: &[&str]) -> (HostProcess, String) {

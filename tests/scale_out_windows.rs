@@ -237,3 +237,42 @@ fn emit_final_gives_each_complete_window_s_board_once_per_shard() {
         assert_eq!(got, want, "window {start}");
     }
 }
+
+/// `--http` on a `--scale-out` host with `--window`: `/state/{key}?window=START` finds each
+/// window counter in the shard its windowed key is placed in, exactly, and `/top?window=START`
+/// ranks that window.
+#[test]
+fn state_queries_of_a_scale_out_host_answer_per_window() {
+    let env = TestEnv::new("scale-win-http");
+    create_topics(&env);
+    let (expected, _) = produce_windowed(&env, 1_200, 50);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = spawn(&env, 0, &["--window", "10s", "--window-retention", "1h", "--http", &addr]);
+    host.wait_for_log("serving /healthz", Duration::from_secs(60));
+    let encode = |key: &str| -> String {
+        key.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(90), "the host never answered every window counter exactly");
+        let exact = expected.iter().all(|((start, key), want)| {
+            let (status, body) = integration_tests::http_get(&addr, &format!("/state/{}?window={start}", encode(key)));
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            status == 200 && body["count"].as_u64() == Some(*want) && body["shard"].is_i64()
+        });
+        if exact {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (start, _) = expected.keys().next().unwrap().clone();
+    let (status, body) = integration_tests::http_get(&addr, &format!("/top?window={start}&n=1"));
+    assert_eq!(status, 200, "{body}");
+    let top: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let best = expected.iter().filter(|((s, _), _)| *s == start).map(|(_, c)| *c).max().unwrap();
+    assert_eq!(top["top"][0]["count"].as_u64(), Some(best), "{top}");
+    assert!(host.terminate().success(), "a clean stop exits 0");
+}

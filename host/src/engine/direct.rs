@@ -68,7 +68,7 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Ta
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{Group, NO_VALUE, open_windows, skip_record};
+use crate::engine::records::{Group, NO_VALUE, group_for, guest_event_times, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -466,13 +466,7 @@ impl Direct {
                 None => 0,
                 Some(spec) => {
                     match self.state.open_windows(&spec, message, guest_times.get(index).copied().flatten()) {
-                        Ok(open) => match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
-                            Some(group) => group,
-                            None => {
-                                groups.push((Group { windows: Some(open), positions: Vec::new() }, Records::default()));
-                                groups.len() - 1
-                            }
-                        },
+                        Ok(open) => group_for(&mut groups, open),
                         Err(reason) => {
                             rejected.push((index, reason));
                             continue;
@@ -503,20 +497,8 @@ impl Direct {
         if !self.needs_event_time() {
             return Ok(Vec::new());
         }
-        let mut records = Records::default();
-        let mut at = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
-            if let Some(value) = message.payload().filter(|_| !self.state.already_counted(message)) {
-                records.push(value);
-                at.push(index);
-            }
-        }
-        let mut times = vec![None; messages.len()];
-        // A guest swapped in without `event-time` was refused, so there are times here.
-        for (index, time) in at.into_iter().zip(engine.guest.event_times(records)?.unwrap_or_default()) {
-            times[index] = time;
-        }
-        Ok(times)
+        let state = &self.state;
+        guest_event_times(&mut engine.guest, messages, |m| !state.already_counted(m))
     }
 
     /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds

@@ -11,6 +11,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
 use crate::engine::log_limit::LogLimit;
+use crate::guest::Records;
+use crate::guest::thread::GuestThread;
 use crate::kafka::producer::AckedProducer;
 use crate::serve::metrics::Metrics;
 use crate::window::{self, Millis, WindowSpec};
@@ -113,6 +115,40 @@ pub struct Group {
     pub windows: Option<Vec<Millis>>,
     /// Index in the batch's messages of each record, in the order given to the guest.
     pub positions: Vec<usize>,
+}
+
+/// The group of a batch counting into `windows`, added if the batch has none yet.
+pub fn group_for(groups: &mut Vec<(Group, Records)>, windows: Vec<Millis>) -> usize {
+    match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&windows)) {
+        Some(group) => group,
+        None => {
+            groups.push((Group { windows: Some(windows), positions: Vec::new() }, Records::default()));
+            groups.len() - 1
+        }
+    }
+}
+
+/// With `--event-time guest`: the event time the guest gives each record of `messages` that
+/// `wanted` keeps and that has a value (by index into `messages`; `None` for the others).
+pub fn guest_event_times(
+    guest: &mut GuestThread,
+    messages: &[BorrowedMessage<'_>],
+    wanted: impl Fn(&BorrowedMessage<'_>) -> bool,
+) -> Result<Vec<Option<Millis>>> {
+    let mut records = Records::default();
+    let mut at = Vec::new();
+    for (index, message) in messages.iter().enumerate() {
+        if let Some(value) = message.payload().filter(|_| wanted(message)) {
+            records.push(value);
+            at.push(index);
+        }
+    }
+    let mut times = vec![None; messages.len()];
+    // A guest swapped in without `event-time` was refused, so there are times here.
+    for (index, time) in at.into_iter().zip(guest.event_times(records)?.unwrap_or_default()) {
+        times[index] = time;
+    }
+    Ok(times)
 }
 
 /// With --window: the windows still open for a record of `partition` at event time `t` (the

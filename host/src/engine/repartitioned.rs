@@ -81,7 +81,7 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timing
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{Group, NO_VALUE, counter_key, open_windows, skip_record};
+use crate::engine::records::{Group, NO_VALUE, counter_key, group_for, guest_event_times, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -93,6 +93,11 @@ use crate::window::{self, Millis, WindowSpec};
 
 /// exactly-once: Kafka's transaction.timeout.ms for scale-out hosts (see `run`).
 const TRANSACTION_TIMEOUT_MS: &str = "10000";
+
+/// How long one seek of a newly opened shard's partition may block, and for how long a seek
+/// librdkafka refuses is tried again (see `finish_opening`).
+const SEEK_WAIT: Duration = Duration::from_secs(10);
+const SEEK_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// How often an idle host with `--stop-at-end` asks whether the whole job is done.
 const DONE_CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -174,6 +179,7 @@ pub fn run(
         partitions: checked.shards.context("the topic check counts the shards of a --scale-out job")?,
         repartition,
         opening: BTreeMap::new(),
+        seeking: BTreeMap::new(),
         not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
         held: http.shards.clone(),
         watermarks: None,
@@ -198,6 +204,9 @@ struct Repartitioned {
     shards: Shards,
     /// Shards being opened (caught up with the changelog) while their partition is paused.
     opening: BTreeMap<i32, std::thread::JoinHandle<Result<Shard>>>,
+    /// Shards open whose paused partition is not yet sought to the offset they hold (see
+    /// `finish_opening`), and since when.
+    seeking: BTreeMap<i32, (Shard, Instant)>,
     /// Shards on disk of partitions this host does not own, and since when: deleted after
     /// `--shard-cleanup-delay`, so a host keeps only its partitions' state (and, for a while,
     /// a partition's that may come back).
@@ -328,11 +337,11 @@ impl<'c> Topology<'c> for Repartitioned {
     }
 
     fn ready(&self, consumer: &ScaleOutConsumer) -> bool {
-        self.opening.is_empty() && consumer.assignment().is_ok_and(|a| a.count() > 0)
+        !self.any_opening() && consumer.assignment().is_ok_and(|a| a.count() > 0)
     }
 
     fn done(&mut self, consumer: &ScaleOutConsumer, _at_end: &BTreeSet<i32>) -> bool {
-        if !self.opening.is_empty() || self.last_done_check.elapsed() < DONE_CHECK_EVERY {
+        if self.any_opening() || self.last_done_check.elapsed() < DONE_CHECK_EVERY {
             return false;
         }
         self.last_done_check = Instant::now();
@@ -426,7 +435,7 @@ impl Repartitioned {
         let mut waiting = 0;
         for element in assignment.elements() {
             let (topic, partition) = (element.topic(), element.partition());
-            if topic == self.repartition && self.opening.contains_key(&partition) {
+            if topic == self.repartition && self.is_opening(partition) {
                 continue;
             }
             let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) else { continue };
@@ -481,16 +490,7 @@ impl Repartitioned {
                         Ok((t, open)) => {
                             let at = self.shards.input_stream_times.entry(q).or_insert(t);
                             *at = (*at).max(t);
-                            match groups.iter().position(|(g, _)| g.windows.as_ref() == Some(&open)) {
-                                Some(group) => group,
-                                None => {
-                                    groups.push((
-                                        Group { windows: Some(open), positions: Vec::new() },
-                                        Records::default(),
-                                    ));
-                                    groups.len() - 1
-                                }
-                            }
+                            group_for(&mut groups, open)
                         }
                         Err(reason) => {
                             rejected.push((index, reason));
@@ -526,20 +526,7 @@ impl Repartitioned {
         if !self.args.needs_guest_event_time() {
             return Ok(Vec::new());
         }
-        let mut records = Records::default();
-        let mut at = Vec::new();
-        for (index, message) in input.iter().enumerate() {
-            if let Some(value) = message.payload() {
-                records.push(value);
-                at.push(index);
-            }
-        }
-        let mut times = vec![None; input.len()];
-        // A guest swapped in without `event-time` was refused, so there are times here.
-        for (index, time) in at.into_iter().zip(engine.guest.event_times(records)?.unwrap_or_default()) {
-            times[index] = time;
-        }
-        Ok(times)
+        guest_event_times(&mut engine.guest, input, |_| true)
     }
 
     /// A submitted poll's writes, sent: stage A (the guest's deltas to the repartition topic)
@@ -783,7 +770,7 @@ impl Repartitioned {
     /// Starts opening shard `partition` on a thread of its own while its repartition
     /// partition is paused, so the partitions this host already counts keep flowing.
     fn start_opening(&mut self, consumer: &ScaleOutConsumer, partition: i32, shutdown: &Shutdown) -> Result<()> {
-        if self.shards.open.contains_key(&partition) || self.opening.contains_key(&partition) {
+        if self.shards.open.contains_key(&partition) || self.is_opening(partition) {
             return Ok(());
         }
         consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
@@ -824,14 +811,36 @@ impl Repartitioned {
                 }
                 Err(e) => return Err(e),
             };
-            consumer
-                .seek(&self.repartition, partition, Offset::Offset(shard.applied), Duration::from_secs(10))
-                .with_context(|| format!("seeking repartition partition {partition}"))?;
+            self.seeking.insert(partition, (shard, Instant::now()));
+        }
+        let sought: Vec<i32> = self.seeking.keys().copied().collect();
+        for partition in sought {
+            let (shard, since) = &self.seeking[&partition];
+            if let Err(e) = consumer.seek(&self.repartition, partition, Offset::Offset(shard.applied), SEEK_WAIT) {
+                // librdkafka refuses a seek ("erroneous state") while the partition's fetch has
+                // not started (its committed offset still being looked up): tried again at the
+                // next poll, the partition staying paused meanwhile.
+                if since.elapsed() < SEEK_RETRY_FOR {
+                    tracing::debug!(shard = partition, error = %e, "seek not possible yet; trying again");
+                    continue;
+                }
+                return Err(anyhow!(e)).with_context(|| format!("seeking repartition partition {partition}"));
+            }
+            let (shard, _) = self.seeking.remove(&partition).expect("listed above");
             consumer.resume(&self.repartition_partition(partition)?).context("resuming a repartition partition")?;
             lock(&self.held).stores.insert(partition, shard.task.store().shared());
             self.shards.open.insert(partition, shard);
         }
         Ok(())
+    }
+
+    /// A shard of `partition` is being opened (restored or caught up, or about to be sought).
+    fn is_opening(&self, partition: i32) -> bool {
+        self.opening.contains_key(&partition) || self.seeking.contains_key(&partition)
+    }
+
+    fn any_opening(&self) -> bool {
+        !self.opening.is_empty() || !self.seeking.is_empty()
     }
 
     /// Deletes the shards not owned for `--shard-cleanup-delay` (a failure is only logged:
@@ -841,7 +850,7 @@ impl Repartitioned {
         let due: Vec<i32> =
             self.not_owned.iter().filter(|(_, since)| since.elapsed() >= delay).map(|(p, _)| *p).collect();
         for partition in due {
-            if self.shards.open.contains_key(&partition) || self.opening.contains_key(&partition) {
+            if self.shards.open.contains_key(&partition) || self.is_opening(partition) {
                 self.not_owned.remove(&partition);
                 continue;
             }
@@ -901,6 +910,13 @@ impl Repartitioned {
             self.shards.metadata.remove(&(element.topic().to_owned(), element.partition()));
             if element.topic() == self.shards.input {
                 self.shards.input_stream_times.remove(&element.partition());
+            }
+            if element.topic() == self.repartition && self.seeking.remove(&element.partition()).is_some() {
+                tracing::info!(
+                    shard = element.partition(),
+                    "shard closed before it counted (partition moves to another host)"
+                );
+                self.not_owned.insert(element.partition(), Instant::now());
             }
             if element.topic() == self.repartition && self.shards.open.remove(&element.partition()).is_some() {
                 lock(&self.held).stores.remove(&element.partition());

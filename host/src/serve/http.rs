@@ -178,23 +178,29 @@ fn respond_for_shards(
 ) -> (u16, &'static str, String) {
     let held: Vec<i32> = stores.keys().copied().collect();
     let answer = (|| -> Result<Option<(u16, serde_json::Value)>> {
+        let window = window_param(query)?;
         if let Some(key) = path.strip_prefix("/state/") {
             let key = decode_path(key);
-            let shard = crate::state::shard_of(key.as_bytes(), count);
+            // A windowed counter is placed by its windowed key (stage A keys its deltas so).
+            let state_key = match window {
+                Some(start) => crate::window::state_key(start, key.as_bytes()),
+                None => key.as_bytes().to_vec(),
+            };
+            let shard = crate::state::shard_of(&state_key, count);
             let Some(store) = stores.get(&shard) else {
                 let error = format!("`{key}` is counted in shard {shard}, which another host holds");
                 let body =
                     serde_json::json!({ "key": key, "found": false, "shard": shard, "shards": held, "error": error });
                 return Ok(Some((404, body)));
             };
-            let found = store.count(key.as_bytes())?;
+            let found = store.count(&state_key)?;
             let body =
                 serde_json::json!({ "key": key, "count": found, "found": found > 0, "shard": shard, "shards": held });
             return Ok(Some((if found > 0 { 200 } else { 404 }, body)));
         }
         if path == "/top" {
             let stores: Vec<&Store> = stores.values().collect();
-            let top = top_of(&stores, top_n(query)?, None)?;
+            let top = top_of(&stores, top_n(query)?, window)?;
             return Ok(Some((200, serde_json::json!({ "top": top, "shards": held }))));
         }
         Ok(None)
@@ -210,9 +216,7 @@ fn respond_for_shards(
 type Counter = (Box<[u8]>, u64);
 
 fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>> {
-    let param = |name: &str| query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='));
-    let window: Option<i64> =
-        param("window").map(|v| v.parse().map_err(|_| anyhow!("window must be a start in ms"))).transpose()?;
+    let window = window_param(query)?;
     if let Some(key) = path.strip_prefix("/state/") {
         let key = decode_path(key);
         let state_key = match window {
@@ -229,6 +233,12 @@ fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>>
         return Ok(Some(serde_json::json!({ "top": top }).to_string()));
     }
     Ok(None)
+}
+
+/// `window=START_MS`: the window a query is about (with --window).
+fn window_param(query: &str) -> Result<Option<i64>> {
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("window")?.strip_prefix('='));
+    value.map(|v| v.parse().map_err(|_| anyhow!("window must be a start in ms"))).transpose()
 }
 
 /// `/top`'s `n` (default 10, at most 10,000).

@@ -264,3 +264,39 @@ fn scale_out_hosts_answer_state_queries_for_the_shards_they_hold() {
         }
     }
 }
+
+/// Requests the client got wrong are the client's error: a malformed number or window start
+/// is a 400 naming it, an unknown path a 404, another method than GET a 405 with `Allow`.
+#[test]
+fn malformed_requests_are_answered_4xx() {
+    let env = TestEnv::new("http-4xx");
+    env.create_topics(1);
+    env.produce(&orders::generate(5, 50, 0).values);
+    let (mut host, addr) = spawn_with_http(&env, &[]);
+    host.wait_for_log("ready: partitions assigned", Duration::from_secs(60));
+    for (path, names) in [
+        ("/top?n=abc", "n=abc"),
+        ("/top?n=-1", "n=-1"),
+        ("/state/latte?window=abc", "window=abc"),
+        ("/top?window=soon", "window=soon"),
+    ] {
+        let (status, body) = get(&addr, path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(names), "{path}: the reason names the parameter: {body}");
+    }
+    let (status, body) = get(&addr, "/nope");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("/state/{key}"), "a 404 says what there is: {body}");
+    let (status, _) = get(&addr, "/top?n=3");
+    assert_eq!(status, 200);
+    // Another method than GET.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "POST /top HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 405") || response.starts_with("HTTP/1.1 405"), "{response}");
+    assert!(response.lines().any(|l| l.eq_ignore_ascii_case("allow: get")), "{response}");
+    assert!(host.terminate().success());
+}

@@ -104,7 +104,10 @@ pub fn serve(addr: &str, shared: Shared) -> Result<()> {
             for request in server.incoming_requests() {
                 let (status, content_type, body) = respond(&shared, request.method(), request.url());
                 let header = Header::from_bytes("Content-Type", content_type).expect("a valid header");
-                let response = Response::from_string(body).with_status_code(status).with_header(header);
+                let mut response = Response::from_string(body).with_status_code(status).with_header(header);
+                if status == 405 {
+                    response.add_header(Header::from_bytes("Allow", "GET").expect("a valid header"));
+                }
                 if let Err(e) = request.respond(response) {
                     tracing::debug!(error = %e, "http client went away");
                 }
@@ -117,9 +120,32 @@ pub fn serve(addr: &str, shared: Shared) -> Result<()> {
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
+/// A request the client got wrong (a malformed number, a bad window start): answered 400
+/// with this reason.
+#[derive(Debug)]
+struct BadRequest(String);
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
+/// 400 for the client's mistakes, 500 for the host's.
+fn error_answer(e: &anyhow::Error) -> (u16, &'static str, String) {
+    match e.downcast_ref::<BadRequest>() {
+        Some(bad) => (400, TEXT, format!("bad request: {bad}\n")),
+        None => (500, TEXT, format!("{e:#}\n")),
+    }
+}
+
+const NOT_FOUND: &str = "not found: try / /board.json /healthz /readyz /metrics /state/{key} /top?n=10\n";
+
 fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, String) {
     if *method != Method::Get {
-        return (405, TEXT, "only GET\n".into());
+        return (405, TEXT, format!("method {method} not allowed: every endpoint answers GET only\n"));
     }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     match path {
@@ -147,6 +173,7 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
             };
             (200, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render(keys, bytes))
         }
+        _ if !(path.starts_with("/state/") || path == "/top") => (404, TEXT, NOT_FOUND.into()),
         _ => {
             let Some(store) = shared.store.get() else {
                 let held = shared.shards.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,8 +188,8 @@ fn respond(shared: &Shared, method: &Method, url: &str) -> (u16, &'static str, S
                     let key = decode_path(&path["/state/".len()..]);
                     (404, JSON, serde_json::json!({ "key": key, "count": 0, "found": false }).to_string())
                 }
-                Ok(None) => (404, TEXT, "not found: try /healthz /readyz /metrics /state/{key} /top?n=10\n".into()),
-                Err(e) => (500, TEXT, format!("{e:#}\n")),
+                Ok(None) => (404, TEXT, NOT_FOUND.into()),
+                Err(e) => error_answer(&e),
             }
         }
     }
@@ -207,8 +234,8 @@ fn respond_for_shards(
     })();
     match answer {
         Ok(Some((status, body))) => (status, JSON, body.to_string()),
-        Ok(None) => (404, TEXT, "not found: try /healthz /readyz /metrics /state/{key} /top?n=10\n".into()),
-        Err(e) => (500, TEXT, format!("{e:#}\n")),
+        Ok(None) => (404, TEXT, NOT_FOUND.into()),
+        Err(e) => error_answer(&e),
     }
 }
 
@@ -238,13 +265,16 @@ fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>>
 /// `window=START_MS`: the window a query is about (with --window).
 fn window_param(query: &str) -> Result<Option<i64>> {
     let value = query.split('&').find_map(|pair| pair.strip_prefix("window")?.strip_prefix('='));
-    value.map(|v| v.parse().map_err(|_| anyhow!("window must be a start in ms"))).transpose()
+    let parse =
+        |v: &str| v.parse().map_err(|_| BadRequest(format!("window={v}: a window start in ms, e.g. 1764547200000")));
+    Ok(value.map(parse).transpose()?)
 }
 
 /// `/top`'s `n` (default 10, at most 10,000).
 fn top_n(query: &str) -> Result<usize> {
-    let n = query.split('&').find_map(|pair| pair.strip_prefix("n=")).map(|v| v.parse::<usize>());
-    Ok(n.transpose().map_err(|_| anyhow!("n must be a number"))?.unwrap_or(10).min(10_000))
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("n="));
+    let parse = |v: &str| v.parse::<usize>().map_err(|_| BadRequest(format!("n={v}: a whole number from 0 to 10000")));
+    Ok(value.map(parse).transpose()?.unwrap_or(10).min(10_000))
 }
 
 /// The `n` largest counters of `stores` (of the window starting at `window`), by count then key.

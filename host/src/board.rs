@@ -288,6 +288,64 @@ fn as_strings(counts: impl Iterator<Item = Result<(Box<[u8]>, u64)>>) -> impl It
     counts.map(|item| item.map(|(key, count)| (String::from_utf8_lossy(&key).into_owned(), count)))
 }
 
+/// How a `top-n` answer breaks the WIT contract: at most `n` entries, each one of those it
+/// was given with its count unchanged, no key twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    TooMany,
+    InventedKey,
+    ChangedCount,
+    DuplicateKey,
+}
+
+impl Violation {
+    /// The metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Violation::TooMany => "too_many_entries",
+            Violation::InventedKey => "invented_key",
+            Violation::ChangedCount => "changed_count",
+            Violation::DuplicateKey => "duplicate_key",
+        }
+    }
+
+    /// The rule broken, as a guest author reads it.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Violation::TooMany => "top-n returns at most n entries",
+            Violation::InventedKey => "top-n returns only keys it was given",
+            Violation::ChangedCount => "top-n returns each entry with the count it was given",
+            Violation::DuplicateKey => "top-n returns no key twice",
+        }
+    }
+}
+
+/// Checks a `top-n` answer against what it was given: the first rule it breaks, with the
+/// entry that breaks it.
+pub fn check_top_n(given: &[Entry], answer: &[Entry], n: u32) -> Result<(), (Violation, String)> {
+    if answer.len() > n as usize {
+        return Err((Violation::TooMany, format!("{} entries for n = {n}", answer.len())));
+    }
+    let counts: std::collections::HashMap<&str, u64> = given.iter().map(|e| (e.key.as_str(), e.count)).collect();
+    let mut seen = std::collections::HashSet::new();
+    for entry in answer {
+        match counts.get(entry.key.as_str()) {
+            None => return Err((Violation::InventedKey, format!("`{}` was not among the entries given", entry.key))),
+            Some(count) if *count != entry.count => {
+                return Err((
+                    Violation::ChangedCount,
+                    format!("`{}` has count {} but was given with {count}", entry.key, entry.count),
+                ));
+            }
+            Some(_) => {}
+        }
+        if !seen.insert(entry.key.as_str()) {
+            return Err((Violation::DuplicateKey, format!("`{}` appears more than once", entry.key)));
+        }
+    }
+    Ok(())
+}
+
 /// Keys handed to the guest's `top-n` per call: bounds host and guest memory however many
 /// keys the state holds.
 const RANK_CHUNK: usize = 10_000;
@@ -347,5 +405,25 @@ fn print_entries(text: &mut String, entries: &[BoardEntry]) {
     }
     if entries.is_empty() {
         text.push_str("      (nothing counted yet)\n");
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+
+    fn entries(list: &[(&str, u64)]) -> Vec<Entry> {
+        list.iter().map(|(k, c)| Entry { key: (*k).to_owned(), count: *c }).collect()
+    }
+
+    #[test]
+    fn a_top_n_answer_is_held_to_its_contract() {
+        let given = entries(&[("latte", 5), ("mocha", 3), ("tea", 1)]);
+        assert_eq!(check_top_n(&given, &entries(&[("latte", 5), ("mocha", 3)]), 2), Ok(()));
+        let broken = |answer: &[(&str, u64)], n| check_top_n(&given, &entries(answer), n).unwrap_err().0;
+        assert_eq!(broken(&[("latte", 5), ("mocha", 3), ("tea", 1)], 2), Violation::TooMany);
+        assert_eq!(broken(&[("invented-0", u64::MAX)], 2), Violation::InventedKey);
+        assert_eq!(broken(&[("latte", 6)], 2), Violation::ChangedCount);
+        assert_eq!(broken(&[("latte", 5), ("latte", 5)], 2), Violation::DuplicateKey);
     }
 }

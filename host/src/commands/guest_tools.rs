@@ -179,6 +179,17 @@ pub fn test_command(args: TestArgs) -> Result<bool> {
         let count = batch_counts.entry(d.key).or_default();
         *count = count.saturating_add(d.amount);
     }
+    // `event-time`, when exported: one time per record given, as `host run` holds it.
+    if let Some(times) = guest.event_times(&packed)?
+        && times.len() != records.len()
+    {
+        passed = false;
+        eprintln!(
+            "CONTRACT: event-time returns one time per record given: {} times for {} records",
+            times.len(),
+            records.len()
+        );
+    }
     let batch_refused: Vec<usize> = batch.rejected.iter().map(|r| r.index as usize).collect();
     if batch_counts != counts || batch_refused != refused {
         passed = false;
@@ -193,7 +204,14 @@ pub fn test_command(args: TestArgs) -> Result<bool> {
     }
 
     let entries = counts.iter().map(|(k, v)| Ok((k.clone(), *v)));
-    let (top, _) = crate::board::rank(entries, &mut |c, n| guest.top_n(c, n), args.top_n)?;
+    // `top-n` held to its contract, as `host run` holds it (a broken answer fails the test, naming the rule).
+    let checked = &mut |c: &[crate::guest::Entry], n| {
+        let answer = guest.top_n(c, n)?;
+        crate::board::check_top_n(c, &answer, n)
+            .map_err(|(v, detail)| anyhow::anyhow!("CONTRACT: {}: {detail}", v.rule()))?;
+        Ok(answer)
+    };
+    let (top, _) = crate::board::rank(entries, checked, args.top_n)?;
     let outcome = Outcome {
         records_processed: Some((records.len() - refused.len()) as u64),
         records_skipped: Some(refused.len() as u64),

@@ -68,7 +68,7 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Ta
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{Group, NO_VALUE, group_for, guest_event_times, open_windows, skip_record};
+use crate::engine::records::{Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -498,7 +498,8 @@ impl Direct {
             return Ok(Vec::new());
         }
         let state = &self.state;
-        guest_event_times(&mut engine.guest, messages, |m| !state.already_counted(m))
+        let guest = (&mut engine.guest, &*engine.metrics, &mut engine.rejected_log);
+        guest_event_times(guest, messages, |m| !state.already_counted(m))
     }
 
     /// Step 2, first half: takes the guest's result, dead-letters the rejected records, adds
@@ -629,8 +630,8 @@ impl Direct {
         let stream_times = state.task.store().stream_times(&state.input)?;
         let closing_blocked = state.closing_blocked(&stream_times);
         let windows = state.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
-        let guest = &mut engine.guest;
-        let top_n = &mut |counts: &[crate::guest::Entry], n| guest.top_n(counts, n);
+        let (guest, metrics) = (&mut engine.guest, &engine.metrics);
+        let top_n = &mut |counts: &[crate::guest::Entry], n| checked_top_n(guest, metrics, counts, n);
         let snapshot = crate::board::snapshot(state.task.store(), top_n, n, windows.as_ref())?;
         let producer = engine.committer.producer();
         let Some(windows) = windows.filter(|_| state.emit == Emit::Final) else {

@@ -130,8 +130,10 @@ pub fn group_for(groups: &mut Vec<(Group, Records)>, windows: Vec<Millis>) -> us
 
 /// With `--event-time guest`: the event time the guest gives each record of `messages` that
 /// `wanted` keeps and that has a value (by index into `messages`; `None` for the others).
+/// An answer that breaks `event-time`'s contract (one time per record given) is counted and
+/// logged at a bounded rate, and that batch's records keep their Kafka timestamps.
 pub fn guest_event_times(
-    guest: &mut GuestThread,
+    (guest, metrics, log): (&mut GuestThread, &Metrics, &mut LogLimit),
     messages: &[BorrowedMessage<'_>],
     wanted: impl Fn(&BorrowedMessage<'_>) -> bool,
 ) -> Result<Vec<Option<Millis>>> {
@@ -145,7 +147,21 @@ pub fn guest_event_times(
     }
     let mut times = vec![None; messages.len()];
     // A guest swapped in without `event-time` was refused, so there are times here.
-    for (index, time) in at.into_iter().zip(guest.event_times(records)?.unwrap_or_default()) {
+    let answer = guest.event_times(records)?.unwrap_or_default();
+    if answer.len() != at.len() {
+        metrics.contract_violations.get_or_create(&vec![("kind", "event_time_count")]).inc();
+        if let Some(suppressed) = log.allow() {
+            tracing::warn!(
+                given = at.len(),
+                answered = answer.len(),
+                suppressed,
+                "the guest's event-time broke its contract (one time per record given): this batch keeps the \
+                 records' Kafka timestamps"
+            );
+        }
+        return Ok(times);
+    }
+    for (index, time) in at.into_iter().zip(answer) {
         times[index] = time;
     }
     Ok(times)
@@ -186,4 +202,21 @@ pub fn counter_key(start: Option<Millis>, key: &str) -> Vec<u8> {
         None => key.as_bytes().to_vec(),
         Some(start) => window::state_key(start, key.as_bytes()),
     }
+}
+
+/// The guest's `top-n`, held to its contract (`board::check_top_n`) before any board uses
+/// it: an answer that breaks it is counted by kind and refused, so that board is skipped
+/// (the loop logs why, once per flush interval) and no invented count reaches an output.
+pub fn checked_top_n(
+    guest: &mut GuestThread,
+    metrics: &Metrics,
+    given: &[crate::guest::Entry],
+    n: u32,
+) -> Result<Vec<crate::guest::Entry>> {
+    let answer = guest.top_n(given, n)?;
+    if let Err((violation, detail)) = crate::board::check_top_n(given, &answer, n) {
+        metrics.contract_violations.get_or_create(&vec![("kind", violation.kind())]).inc();
+        anyhow::bail!("the guest's top-n broke its contract ({}): {detail}; this board is skipped", violation.rule());
+    }
+    Ok(answer)
 }

@@ -81,7 +81,9 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timing
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{Group, NO_VALUE, counter_key, group_for, guest_event_times, open_windows, skip_record};
+use crate::engine::records::{
+    Group, NO_VALUE, checked_top_n, counter_key, group_for, guest_event_times, open_windows, skip_record,
+};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -526,7 +528,7 @@ impl Repartitioned {
         if !self.args.needs_guest_event_time() {
             return Ok(Vec::new());
         }
-        guest_event_times(&mut engine.guest, input, |_| true)
+        guest_event_times((&mut engine.guest, &*engine.metrics, &mut engine.rejected_log), input, |_| true)
     }
 
     /// A submitted poll's writes, sent: stage A (the guest's deltas to the repartition topic)
@@ -940,13 +942,13 @@ impl Repartitioned {
         let mut summary = Vec::new();
         let mut emitted: Vec<(i32, Millis)> = Vec::new();
         for (partition, shard) in &self.shards.open {
-            let guest = &mut engine.guest;
+            let (guest, metrics) = (&mut engine.guest, &engine.metrics);
             let windows = self.shards.windows.as_ref().map(|spec| crate::board::Windows {
                 spec,
                 stream_times: shard.stream_times.clone(),
                 closing_blocked: shard.non_empty.iter().any(|q| !shard.stream_times.contains_key(q)),
             });
-            let top_n = &mut |c: &[crate::guest::Entry], n| guest.top_n(c, n);
+            let top_n = &mut |c: &[crate::guest::Entry], n| checked_top_n(guest, metrics, c, n);
             let snapshot = crate::board::local_snapshot(shard.task.store(), top_n, n, windows.as_ref())?;
             let key = crate::board::shard_key(*partition);
             let producer = engine.committer.producer();

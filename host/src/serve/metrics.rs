@@ -26,6 +26,8 @@ pub struct Metrics {
     pub skipped_by_reason: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub records_dead_lettered: Counter,
     pub guest_traps: Counter,
+    /// Guest answers that broke their WIT contract, by kind (`board::Violation::kind`).
+    pub contract_violations: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub changelog_records: Counter,
     pub transactions_aborted: Counter,
     pub batch_records: Histogram,
@@ -50,6 +52,7 @@ impl Default for Metrics {
             skipped_by_reason: Family::default(),
             records_dead_lettered: Counter::default(),
             guest_traps: Counter::default(),
+            contract_violations: Family::default(),
             changelog_records: Counter::default(),
             transactions_aborted: Counter::default(),
             batch_records: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
@@ -84,6 +87,11 @@ impl Default for Metrics {
             m.records_dead_lettered.clone(),
         );
         r.register("guest_traps", "Records rejected because the guest trapped on them", m.guest_traps.clone());
+        r.register(
+            "guest_contract_violations",
+            "Guest answers that broke their WIT contract (refused: that board is skipped), by kind",
+            m.contract_violations.clone(),
+        );
         r.register(
             "changelog_records",
             "Changelog records produced (counters and metadata)",

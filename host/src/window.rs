@@ -121,6 +121,14 @@ impl WindowSpec {
     }
 }
 
+/// The state key of `key`'s counter: a plain one, or (`start`) the one of that window.
+pub fn counter_key(start: Option<Millis>, key: &[u8]) -> Vec<u8> {
+    match start {
+        None => key.to_vec(),
+        Some(start) => state_key(start, key),
+    }
+}
+
 /// The state key of `key`'s counter in the window starting at `start`.
 pub fn state_key(start: Millis, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + key.len());

@@ -196,14 +196,6 @@ pub fn open_windows(
     Ok((t, open))
 }
 
-/// The key a delta goes to: the guest's key, or (with --window) its counter in window `start`.
-pub fn counter_key(start: Option<Millis>, key: &str) -> Vec<u8> {
-    match start {
-        None => key.as_bytes().to_vec(),
-        Some(start) => window::state_key(start, key.as_bytes()),
-    }
-}
-
 /// The guest's `top-n`, held to its contract (`board::check_top_n`) before any board uses
 /// it: an answer that breaks it is counted by kind and refused, so that board is skipped
 /// (the loop logs why, once per flush interval) and no invented count reaches an output.

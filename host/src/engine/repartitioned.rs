@@ -81,9 +81,7 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timing
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{
-    Group, NO_VALUE, checked_top_n, counter_key, group_for, guest_event_times, open_windows, skip_record,
-};
+use crate::engine::records::{Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -605,7 +603,7 @@ impl Repartitioned {
                     Some(starts) => starts.iter().copied().map(Some).collect(),
                 };
                 for start in starts {
-                    let sum = sums.entry(counter_key(start, &delta.key)).or_insert(0);
+                    let sum = sums.entry(window::counter_key(start, delta.key.as_bytes())).or_insert(0);
                     *sum = sum.saturating_add(delta.amount);
                 }
             }

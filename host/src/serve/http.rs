@@ -209,10 +209,7 @@ fn respond_for_shards(
         if let Some(key) = path.strip_prefix("/state/") {
             let key = decode_path(key);
             // A windowed counter is placed by its windowed key (stage A keys its deltas so).
-            let state_key = match window {
-                Some(start) => crate::window::state_key(start, key.as_bytes()),
-                None => key.as_bytes().to_vec(),
-            };
+            let state_key = crate::window::counter_key(window, key.as_bytes());
             let shard = crate::state::shard_of(&state_key, count);
             let Some(store) = stores.get(&shard) else {
                 let error = format!("`{key}` is counted in shard {shard}, which another host holds");
@@ -246,10 +243,7 @@ fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>>
     let window = window_param(query)?;
     if let Some(key) = path.strip_prefix("/state/") {
         let key = decode_path(key);
-        let state_key = match window {
-            Some(start) => crate::window::state_key(start, key.as_bytes()),
-            None => key.as_bytes().to_vec(),
-        };
+        let state_key = crate::window::counter_key(window, key.as_bytes());
         return Ok(match store.count(&state_key)? {
             0 => None,
             count => Some(serde_json::json!({ "key": key, "count": count }).to_string()),

@@ -32,11 +32,16 @@ pub fn spawn(env: &TestEnv, host: usize, extra: &[&str]) -> HostProcess {
 
 /// `spawn` with extra environment variables (e.g. STREAMHOST_FAULT).
 pub fn spawn_with_env(env: &TestEnv, host: usize, extra: &[&str], vars: &[(&str, &str)]) -> HostProcess {
+    spawn_guest(env, host, "drink_count", extra, vars)
+}
+
+/// `spawn_with_env` with another guest than the drink count.
+pub fn spawn_guest(env: &TestEnv, host: usize, guest: &str, extra: &[&str], vars: &[(&str, &str)]) -> HostProcess {
     let dir = state_dir(env, host).display().to_string();
     let mut args: Vec<&str> = SCALE_OUT.to_vec();
     args.extend(["--state-dir", &dir]);
     args.extend(extra);
-    env.spawn_host_with_env("drink_count", &args, vars)
+    env.spawn_host_with_env(guest, &args, vars)
 }
 
 /// The job's state from every host's `host dump`: per shard, the copy that reflects the most

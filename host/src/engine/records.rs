@@ -130,8 +130,8 @@ pub fn group_for(groups: &mut Vec<(Group, Records)>, windows: Vec<Millis>) -> us
 
 /// With `--event-time guest`: the event time the guest gives each record of `messages` that
 /// `wanted` keeps and that has a value (by index into `messages`; `None` for the others).
-/// An answer that breaks `event-time`'s contract (one time per record given) is counted and
-/// logged at a bounded rate, and that batch's records keep their Kafka timestamps.
+/// A call whose answer breaks `event-time`'s contract (one time per record given) is
+/// counted and logged at a bounded rate, and its records keep their Kafka timestamps.
 pub fn guest_event_times(
     (guest, metrics, log): (&mut GuestThread, &Metrics, &mut LogLimit),
     messages: &[BorrowedMessage<'_>],
@@ -148,20 +148,19 @@ pub fn guest_event_times(
     let mut times = vec![None; messages.len()];
     // A guest swapped in without `event-time` was refused, so there are times here.
     let answer = guest.event_times(records)?.unwrap_or_default();
-    if answer.len() != at.len() {
+    for &(given, answered) in &answer.wrong_lengths {
         metrics.contract_violations.get_or_create(&vec![("kind", "event_time_count")]).inc();
         if let Some(suppressed) = log.allow() {
             tracing::warn!(
-                given = at.len(),
-                answered = answer.len(),
+                given,
+                answered,
                 suppressed,
-                "the guest's event-time broke its contract (one time per record given): this batch keeps the \
-                 records' Kafka timestamps"
+                "the guest's event-time broke its contract (one time per record given): these records keep their \
+                 Kafka timestamps"
             );
         }
-        return Ok(times);
     }
-    for (index, time) in at.into_iter().zip(answer) {
+    for (index, time) in at.into_iter().zip(answer.times) {
         times[index] = time;
     }
     Ok(times)

@@ -108,6 +108,15 @@ impl Records {
     }
 }
 
+/// `event-times`' answer over a batch: one time per record (`None`: not known).
+#[derive(Debug, Default)]
+pub struct EventTimes {
+    pub times: Vec<Option<i64>>,
+    /// (records given, times answered) of each call whose answer broke the contract (one
+    /// time per record given); its records have no time in `times`.
+    pub wrong_lengths: Vec<(usize, usize)>,
+}
+
 /// What the pipeline needs from business logic. [`Guest`] is the implementation; the
 /// benchmark also compiles the same logic natively against it, as a baseline.
 pub trait Counter {
@@ -121,7 +130,7 @@ pub trait Counter {
     fn top_n(&mut self, counts: &[Entry], n: u32) -> Result<Vec<Entry>>;
     /// The event time (ms) of each record, where the logic knows one; `None` when it does
     /// not export `event-time` at all.
-    fn event_times(&mut self, _records: &Records) -> Result<Option<Vec<Option<i64>>>> {
+    fn event_times(&mut self, _records: &Records) -> Result<Option<EventTimes>> {
         Ok(None)
     }
     /// True when the logic exports `event-time` (WIT 0.2.1).
@@ -143,7 +152,7 @@ impl Counter for Guest {
         Guest::top_n(self, counts, n)
     }
 
-    fn event_times(&mut self, records: &Records) -> Result<Option<Vec<Option<i64>>>> {
+    fn event_times(&mut self, records: &Records) -> Result<Option<EventTimes>> {
         Guest::event_times(self, records)
     }
 
@@ -323,13 +332,16 @@ impl Guest {
     }
 
     /// Runs `event-times` over `records` (in parts, as `process_batch`); `None` when the
-    /// guest does not export it. A trap gives no event time for the part that trapped (the
-    /// host then uses Kafka timestamps), with a warning.
-    pub fn event_times(&mut self, records: &Records) -> Result<Option<Vec<Option<i64>>>> {
+    /// guest does not export it. A part whose call traps, or whose answer breaks the
+    /// contract (another number of times than records), gives its records no event time
+    /// (the host then uses Kafka timestamps); a trap is logged here, a broken answer is
+    /// left to the caller ([`EventTimes::wrong_lengths`]).
+    pub fn event_times(&mut self, records: &Records) -> Result<Option<EventTimes>> {
         if self.live.event_time.is_none() {
             return Ok(None);
         }
         let mut times = Vec::with_capacity(records.len());
+        let mut wrong_lengths = Vec::new();
         for part in records.parts(self.limits.memory_bytes / 8) {
             let (data, ends) = records.packed(part);
             self.arm_deadline();
@@ -338,11 +350,7 @@ impl Guest {
             match call {
                 Ok(part) if part.len() == ends.len() => times.extend(part),
                 Ok(part) => {
-                    tracing::warn!(
-                        records = ends.len(),
-                        returned = part.len(),
-                        "guest's event-times has the wrong length; using Kafka timestamps"
-                    );
+                    wrong_lengths.push((ends.len(), part.len()));
                     times.extend(std::iter::repeat_n(None, ends.len()));
                 }
                 Err(trap) => {
@@ -352,7 +360,7 @@ impl Guest {
                 }
             }
         }
-        Ok(Some(times))
+        Ok(Some(EventTimes { times, wrong_lengths }))
     }
 
     /// Runs `process` on one record; a trap rejects the record (and re-creates the instance).

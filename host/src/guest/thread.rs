@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::guest::{BatchResult, Counter, Entry, Records};
+use crate::guest::{BatchResult, Counter, Entry, EventTimes, Records};
 
 enum Request {
     /// Groups of records, each one `process-batch` call (one per window set, with --window).
@@ -25,7 +25,7 @@ enum Request {
 }
 
 /// The event times of a batch's records (`None`: the guest has no `event-time`).
-type EventTimes = Result<Option<Vec<Option<i64>>>>;
+type TimesAnswer = Result<Option<EventTimes>>;
 
 /// The `process-batch` results of a submission's groups, with the milliseconds the guest
 /// spent on them.
@@ -36,7 +36,7 @@ pub struct GuestThread {
     requests: Option<Sender<Request>>,
     processed: Receiver<Processed>,
     ranked: Receiver<Result<Vec<Entry>>>,
-    timed: Receiver<EventTimes>,
+    timed: Receiver<TimesAnswer>,
     has_event_time: bool,
     handle: Option<JoinHandle<()>>,
 }
@@ -112,7 +112,7 @@ impl GuestThread {
     }
 
     /// `event-times` of `records`, answered after the batches queued before it.
-    pub fn event_times(&mut self, records: Records) -> EventTimes {
+    pub fn event_times(&mut self, records: Records) -> TimesAnswer {
         self.send(Request::EventTimes(records))?;
         self.timed.recv().map_err(|_| stopped())?
     }

@@ -10,6 +10,7 @@ mod guest_tools;
 mod observability;
 mod pipeline;
 mod poison;
+mod processors;
 mod restart;
 mod restore;
 mod scale_out;

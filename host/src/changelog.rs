@@ -7,6 +7,9 @@
 //!   whose value is the name. 0xFF never occurs in UTF-8, so a metadata key can never
 //!   collide with (and be compacted away by) a counter key; the header lets a plain reader
 //!   skip these records without knowing the key rule.
+//! - a processor guest's value (`wit/processor`): key = 0xFD followed by the guest's key,
+//!   value = the byte 0x01 followed by the guest's value (so an empty value is not a
+//!   tombstone). 0xFD never occurs in UTF-8 either, and windowed counters start with 0xFE.
 //! - an empty value is a tombstone: the key is deleted.
 //!
 //! Restore reads every partition from the beginning to the end offset it had when restore
@@ -25,6 +28,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::kafka::Connection;
 use crate::kafka::clients::HostConsumer;
+use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Store, decode_u64, meta};
 
@@ -37,6 +41,26 @@ pub fn meta_key(name: &str) -> Vec<u8> {
     key.push(META_KEY_PREFIX);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// The first key byte of a processor guest's value, and the first byte of its record value.
+pub const VALUE_KEY_PREFIX: u8 = 0xFD;
+const VALUE_FORMAT: u8 = 0x01;
+
+/// The changelog key of a processor guest's `key`.
+pub fn value_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(VALUE_KEY_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The changelog value of a processor guest's `value`.
+pub fn value_record(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + value.len());
+    out.push(VALUE_FORMAT);
+    out.extend_from_slice(value);
+    out
 }
 
 pub fn meta_headers(name: &str) -> OwnedHeaders {
@@ -52,11 +76,36 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>, is_meta: bool) -> Option
         let name = std::str::from_utf8(key.strip_prefix(&[META_KEY_PREFIX])?).ok()?.to_owned();
         return Some(Change::Meta { name, value: value.map(<[u8]>::to_vec) });
     }
+    if let Some(key) = key.strip_prefix(&[VALUE_KEY_PREFIX]) {
+        let value = match value {
+            None => None,
+            Some(v) => Some(v.strip_prefix(&[VALUE_FORMAT])?.to_vec()),
+        };
+        return Some(Change::Value { key: key.to_vec(), value });
+    }
     match value {
         None => Some(Change::Count { key: key.to_vec(), value: None }),
         Some(v) if v.len() == 8 => Some(Change::Count { key: key.to_vec(), value: Some(decode_u64(v)) }),
         Some(_) => None,
     }
+}
+
+/// Sends `changes` to changelog `topic` as records (a local-only change is not sent).
+pub fn send(producer: &AckedProducer, topic: &str, changes: &[Change]) -> Result<()> {
+    for change in changes {
+        match change {
+            Change::Count { key, value: Some(v) } => producer.send(topic, key, &v.to_be_bytes(), None)?,
+            Change::Value { key, value: Some(v) } => producer.send(topic, &value_key(key), &value_record(v), None)?,
+            Change::Meta { name, value: Some(v) } => {
+                producer.send(topic, &meta_key(name), v, Some(meta_headers(name)))?
+            }
+            // Expired windows' counters and deleted values: a tombstone, so compaction removes them.
+            Change::Count { key, value: None } => producer.send_tombstone(topic, key)?,
+            Change::Value { key, value: None } => producer.send_tombstone(topic, &value_key(key))?,
+            Change::Meta { value: None, .. } => {}
+        }
+    }
+    Ok(())
 }
 
 pub fn has_meta_header(message: &impl Message) -> bool {
@@ -354,6 +403,12 @@ mod tests {
         }
         assert!(decode(Some(b"no-prefix"), Some(b"x"), true).is_none());
         assert!(decode(None, Some(b"x"), false).is_none());
+        match decode(Some(&value_key(b"\xffk")), Some(&value_record(b"")), false) {
+            Some(Change::Value { key, value: Some(v) }) => assert_eq!((key, v), (b"\xffk".to_vec(), vec![])),
+            _ => panic!("an empty processor value is a value, not a tombstone"),
+        }
+        assert!(matches!(decode(Some(&value_key(b"k")), None, false), Some(Change::Value { value: None, .. })));
+        assert!(decode(Some(&value_key(b"k")), Some(b"\x02v"), false).is_none(), "an unknown value format");
     }
 
     #[test]

@@ -179,6 +179,13 @@ pub struct TopicArgs {
     #[arg(long, env = "STREAMHOST_SCALE_OUT", help_heading = "Scale-out")]
     pub scale_out: bool,
 
+    /// A processor guest's output NAME (as its `describe` declares it) goes to TOPIC; one
+    /// flag per output (the environment variable takes them comma-separated). A counting
+    /// guest has no outputs: its boards go to --output.
+    #[arg(long = "output-topic", env = "STREAMHOST_OUTPUT_TOPICS", value_name = "NAME=TOPIC",
+          value_delimiter = ',', value_parser = parse_output_topic)]
+    pub output_topics: Vec<(String, String)>,
+
     /// With --scale-out: the repartition topic (as many partitions as the input).
     /// Default: the changelog topic's name plus `.repartition`.
     #[arg(
@@ -210,7 +217,17 @@ impl TopicArgs {
             output: self.output.clone(),
             dead_letter: self.dead_letter.clone(),
             repartition: self.scale_out.then(|| self.repartition_topic()),
+            outputs: self.output_topics.clone(),
+            boards: true,
         }
+    }
+}
+
+/// `NAME=TOPIC` of --output-topic.
+fn parse_output_topic(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, topic)) if !name.is_empty() && !topic.is_empty() => Ok((name.to_owned(), topic.to_owned())),
+        _ => Err(format!("`{text}` is not NAME=TOPIC (e.g. --output-topic deduped=brew.orders.deduped)")),
     }
 }
 
@@ -260,6 +277,7 @@ impl RunArgs {
             stop_at_end: self.stop_at_end,
             max_rate: self.max_rate,
             max_batch: self.max_batch,
+            max_state_ops: self.max_state_ops,
             http: self.http.clone(),
             windows,
             scale_out,
@@ -366,6 +384,12 @@ pub struct RunArgs {
     /// Most records in one batch (one guest call, one changelog flush, one state write, one commit).
     #[arg(long, env = "STREAMHOST_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,
+
+    /// A processor guest: most state operations (get, put, delete, emit, and each entry a
+    /// range returns) one record may make; past it the call traps and the record is skipped
+    /// and dead-lettered like a malformed one.
+    #[arg(long, env = "STREAMHOST_MAX_STATE_OPS", default_value_t = crate::guest::processor::DEFAULT_STATE_OPS)]
+    pub max_state_ops: u64,
 
     #[command(flatten)]
     pub windows: WindowArgs,

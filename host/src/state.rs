@@ -1,6 +1,7 @@
-//! The local state store (RocksDB): the counters, and in the same database the metadata they
-//! reflect (records counted and skipped, and the next input offset per partition). One
-//! `apply` is one atomic, fsynced write batch, so counters and metadata never disagree.
+//! The local state store (RocksDB): the counters (or a processor guest's values), and in the
+//! same database the metadata they reflect (records counted and skipped, and the next input
+//! offset per partition). One `apply` is one atomic, fsynced write batch, so state and
+//! metadata never disagree.
 //! Nothing here knows about Kafka clients or WebAssembly.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,9 @@ use crate::window::{self, Millis, WINDOW_KEY_PREFIX};
 
 const COUNTS: &str = "counts";
 const META: &str = "meta";
+/// A processor guest's keyed state: bytes keys, bytes values.
+const VALUES: &str = "values";
+const FAMILIES: [&str; 3] = [COUNTS, META, VALUES];
 
 /// Names of metadata entries (in the `meta` column family, and in the changelog after a
 /// 0xFF byte; see `changelog`).
@@ -55,6 +59,9 @@ pub mod meta {
     pub const WINDOWS: &str = "windows";
     /// --emit final: the start of the newest window whose final board was produced.
     pub const EMITTED_THROUGH: &str = "emitted_through";
+    /// The state version a processor guest declared (absent for counters): state written
+    /// by another version is refused until the guest migrates it.
+    pub const PROCESSOR_STATE_VERSION: &str = "processor_state_version";
     /// The guarantee (`at-least-once` / `exactly-once`) of the host that last wrote state
     /// (local only). Decides whether the changelog's tail may be replayed at start-up.
     pub const WRITTEN_UNDER: &str = "written_under";
@@ -62,8 +69,19 @@ pub mod meta {
 
 /// One change to the store; `None` deletes (a changelog tombstone).
 pub enum Change {
-    Count { key: Vec<u8>, value: Option<u64> },
-    Meta { name: String, value: Option<Vec<u8>> },
+    Count {
+        key: Vec<u8>,
+        value: Option<u64>,
+    },
+    Meta {
+        name: String,
+        value: Option<Vec<u8>>,
+    },
+    /// A processor guest's value.
+    Value {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl Change {
@@ -77,6 +95,9 @@ impl Change {
         Change::Meta { name: meta::WRITTEN_UNDER.to_owned(), value: Some(guarantee.as_bytes().to_vec()) }
     }
 }
+
+/// A processor guest's key and value, as stored.
+pub type Entry = (Box<[u8]>, Box<[u8]>);
 
 /// Records counted and skipped, as stored.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -130,13 +151,14 @@ impl Store {
             // that ended in between left one that has never been written to.
             bail!("{} holds no state yet: its creation was interrupted (`host run` completes it)", dir.display());
         }
-        let db = DB::open_cf_for_read_only(&Options::default(), dir, [COUNTS, META], false)
+        let present: Vec<&str> = FAMILIES.into_iter().filter(|f| families.iter().any(|g| g == f)).collect();
+        let db = DB::open_cf_for_read_only(&Options::default(), dir, present, false)
             .with_context(|| format!("opening state dir {} read-only", dir.display()))?;
         Ok(Store { db: std::sync::Arc::new(db), dir: dir.to_owned() })
     }
 
     fn families() -> Vec<ColumnFamilyDescriptor> {
-        [COUNTS, META].into_iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default())).collect()
+        FAMILIES.into_iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default())).collect()
     }
 
     pub fn dir(&self) -> &Path {
@@ -202,17 +224,22 @@ impl Store {
         const EXACT_UP_TO: u64 = 100_000;
         let estimate = self.estimated_keys()?;
         if estimate <= EXACT_UP_TO {
-            Ok((self.counts_between(&[], &[]).count() as u64, true))
+            Ok(((self.counts_between(&[], &[]).count() + self.values_between(&[], None).count()) as u64, true))
         } else {
             Ok((estimate, false))
         }
     }
 
-    /// RocksDB's estimate of the number of counters (it counts overwritten values too until
+    /// RocksDB's estimate of the number of counters and values (it counts overwritten values too until
     /// they are compacted away).
     pub fn estimated_keys(&self) -> Result<u64> {
-        let cf = self.db.cf_handle(COUNTS).expect("counts column family");
-        Ok(self.db.property_int_value_cf(&cf, "rocksdb.estimate-num-keys")?.unwrap_or(0))
+        let mut keys = 0;
+        for cf in [COUNTS, VALUES] {
+            if let Some(handle) = self.db.cf_handle(cf) {
+                keys += self.db.property_int_value_cf(&handle, "rocksdb.estimate-num-keys")?.unwrap_or(0);
+            }
+        }
+        Ok(keys)
     }
 
     /// The guarantee the last writer ran under, if recorded.
@@ -230,6 +257,7 @@ impl Store {
     fn write(&self, changes: impl IntoIterator<Item = Change>, options: &WriteOptions) -> Result<()> {
         let counts = self.db.cf_handle(COUNTS).expect("counts column family");
         let meta = self.db.cf_handle(META).expect("meta column family");
+        let values = self.db.cf_handle(VALUES).expect("values column family");
         let mut batch = WriteBatch::default();
         for change in changes {
             match change {
@@ -237,9 +265,46 @@ impl Store {
                 Change::Count { key, value: None } => batch.delete_cf(&counts, key),
                 Change::Meta { name, value: Some(v) } => batch.put_cf(&meta, name, v),
                 Change::Meta { name, value: None } => batch.delete_cf(&meta, name),
+                Change::Value { key, value: Some(v) } => batch.put_cf(&values, key, v),
+                Change::Value { key, value: None } => batch.delete_cf(&values, key),
             }
         }
         self.db.write_opt(batch, options).with_context(|| format!("writing state to {}", self.dir.display()))
+    }
+
+    /// The column families this store has (a store opened read-only from a host before
+    /// processors has no `values`).
+    fn families_present(&self) -> impl Iterator<Item = &'static str> + '_ {
+        FAMILIES.into_iter().filter(|f| self.db.cf_handle(f).is_some())
+    }
+
+    /// A processor guest's value of `key`.
+    pub fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(cf) = self.db.cf_handle(VALUES) else { return Ok(None) };
+        Ok(self.db.get_cf(&cf, key)?)
+    }
+
+    /// A processor guest's values with `from <= key < to` (`to` none: no bound), in key order.
+    pub fn values_between<'s>(
+        &'s self,
+        from: &[u8],
+        to: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 's> {
+        let Some(cf) = self.db.cf_handle(VALUES) else { return Box::new(std::iter::empty()) };
+        let mut options = rocksdb::ReadOptions::default();
+        if let Some(to) = to {
+            options.set_iterate_upper_bound(to.to_vec());
+        }
+        Box::new(
+            self.db
+                .iterator_cf_opt(&cf, options, IteratorMode::From(from, rocksdb::Direction::Forward))
+                .map(|item| item.map_err(Into::into)),
+        )
+    }
+
+    /// True when a processor guest wrote this state.
+    pub fn has_values(&self) -> Result<bool> {
+        Ok(self.values_between(&[], None).next().transpose()?.is_some())
     }
 
     /// Every plain (not windowed) counter, in key order.
@@ -324,7 +389,7 @@ impl Store {
     /// Deletes every counter and every metadata entry.
     pub fn clear(&mut self) -> Result<()> {
         let db = std::sync::Arc::get_mut(&mut self.db).context("state is shared with a reader; cannot clear it")?;
-        for name in [COUNTS, META] {
+        for name in FAMILIES {
             db.drop_cf(name).with_context(|| format!("clearing {}", self.dir.display()))?;
             db.create_cf(name, &Options::default()).with_context(|| format!("clearing {}", self.dir.display()))?;
         }
@@ -339,7 +404,7 @@ impl Store {
     /// Bytes of state: SST files plus memtables, both column families.
     pub fn size_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        for cf in [COUNTS, META] {
+        for cf in self.families_present() {
             let handle = self.db.cf_handle(cf).expect("column family");
             for property in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
                 total += self.db.property_int_value_cf(&handle, property)?.unwrap_or(0);
@@ -350,7 +415,7 @@ impl Store {
 
     /// True when nothing was ever written (a new or deleted state dir).
     pub fn is_empty(&self) -> Result<bool> {
-        for cf in [COUNTS, META] {
+        for cf in self.families_present() {
             let handle = self.db.cf_handle(cf).expect("column family");
             if self.db.iterator_cf(&handle, IteratorMode::Start).next().transpose()?.is_some() {
                 return Ok(false);

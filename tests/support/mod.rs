@@ -54,6 +54,8 @@ pub struct Dump {
     pub counts: BTreeMap<String, u64>,
     /// Windowed counters: (window start ms, key) -> count.
     pub windows: BTreeMap<(i64, String), u64>,
+    /// A processor guest's values (as text): key -> value.
+    pub values: BTreeMap<String, Vec<u8>>,
     pub records_processed: u64,
     pub records_skipped: u64,
 }
@@ -421,7 +423,17 @@ pub fn parse_dump(text: &str) -> Dump {
     let mut dump = Dump::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("dump line {line}: {e}"));
-        if let (Some(start), Some(key)) = (v.get("window_start_ms"), v.get("key")) {
+        assert!(v.get("key_hex").is_none(), "a key that is not text: {line}");
+        if let (Some(key), Some(value)) = (v.get("key"), v.get("value").or(v.get("value_hex"))) {
+            let value = match v.get("value") {
+                Some(text) => text.as_str().unwrap().as_bytes().to_vec(),
+                None => (0..value.as_str().unwrap().len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&value.as_str().unwrap()[i..i + 2], 16).unwrap())
+                    .collect(),
+            };
+            dump.values.insert(key.as_str().unwrap().to_owned(), value);
+        } else if let (Some(start), Some(key)) = (v.get("window_start_ms"), v.get("key")) {
             dump.windows
                 .insert((start.as_i64().unwrap(), key.as_str().unwrap().to_owned()), v["count"].as_u64().unwrap());
         } else if let Some(key) = v.get("key") {

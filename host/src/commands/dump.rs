@@ -10,7 +10,8 @@ use crate::cli::DumpArgs;
 use crate::state::{Store, meta, shard_dirs};
 use crate::window;
 
-/// `host dump`: JSON lines `{"key", "count"}` in key order, then the totals. For a
+/// `host dump`: JSON lines `{"key", "count"}` in key order (a processor guest's state:
+/// `{"key", "value"}`), then the totals. For a
 /// `--scale-out` state dir, every shard's, each line with its `"shard"`, and each shard's
 /// totals line with the next repartition offset it reflects (`"next_offset"`): a shard a
 /// host no longer owns stays on its disk, behind the current owner's copy.
@@ -69,6 +70,18 @@ fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result
         });
         writeln!(out, "{}", tagged(line))?;
     }
+    // A processor guest's values: text as text, other bytes in hex (`key_hex`, `value_hex`).
+    for item in store.values_between(&[], None) {
+        let (key, value) = item?;
+        let mut line = serde_json::json!({});
+        for (name, bytes) in [("key", &key), ("value", &value)] {
+            match std::str::from_utf8(bytes) {
+                Ok(text) => line[name] = text.into(),
+                Err(_) => line[format!("{name}_hex")] = hex(bytes).into(),
+            }
+        }
+        writeln!(out, "{}", tagged(line))?;
+    }
     let totals = store.totals()?;
     let mut line = serde_json::json!({
         "records_processed": totals.records_processed,
@@ -81,4 +94,8 @@ fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result
     }
     writeln!(out, "{}", tagged(line))?;
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,15 +1,15 @@
 //! `host run`: turns the flags into a run configuration (refusing those that do not go together),
-//! loads the guest,
-//! serves `--http`, and starts the topology the flags ask for: one host
-//! ([`crate::engine::direct`]) or a share of a job spread over several (`--scale-out`,
+//! loads the guest, serves `--http`, and starts the topology the guest and flags ask for: a
+//! processor guest's ([`crate::engine::processing`]), or a counting guest's on one host
+//! ([`crate::engine::direct`]) or as a share of a job spread over several (`--scale-out`,
 //! [`crate::engine::repartitioned`]).
 
 use anyhow::{Context, Result};
 
 use crate::cli::RunArgs;
 use crate::engine::config::RunConfig;
-use crate::guest::Counter;
 use crate::guest::reload::GuestReload;
+use crate::guest::{AnyGuest, Counter};
 use crate::process::shutdown::Shutdown;
 
 /// `host run`.
@@ -21,9 +21,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     shutdown.starting("loading the guest");
     // Cheap local checks first, so a bad guest or a locked state dir fails before any network.
     let source = args.guest.source();
-    let guest = source.load()?;
-    let reload = GuestReload::new(source);
-    start(config, Box::new(guest), Some(reload), &shutdown)
+    match source.load_any()? {
+        AnyGuest::Counting(guest) => {
+            let reload = GuestReload::new(source);
+            start(config, Box::new(guest), Some(reload), &shutdown)
+        }
+        AnyGuest::Processor(guest) => {
+            shutdown.starting("starting");
+            let http = serve_http(&config)?;
+            crate::engine::processing::run(config, guest, &shutdown, &http)
+        }
+    }
 }
 
 /// `host run` with any [`Counter`] (the benchmark's native baseline uses this); no hot swap.
@@ -47,13 +55,18 @@ fn start(
     shutdown: &Shutdown,
 ) -> Result<()> {
     shutdown.starting("starting");
-    // Up first, so /healthz answers (and /readyz says no) during a long restore.
-    let http = crate::serve::http::Shared::default();
-    if let Some(addr) = &config.http {
-        crate::serve::http::serve(addr, http.clone())?;
-    }
+    let http = serve_http(&config)?;
     if config.scale_out.is_some() {
         return crate::engine::repartitioned::run(config, guest, reload, shutdown, &http);
     }
     crate::engine::direct::run(config, guest, reload, shutdown, &http)
+}
+
+/// `--http`, up first, so /healthz answers (and /readyz says no) during a long restore.
+fn serve_http(config: &RunConfig) -> Result<crate::serve::http::Shared> {
+    let http = crate::serve::http::Shared::default();
+    if let Some(addr) = &config.http {
+        crate::serve::http::serve(addr, http.clone())?;
+    }
+    Ok(http)
 }

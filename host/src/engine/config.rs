@@ -87,6 +87,8 @@ pub struct RunConfig {
     pub stop_at_end: bool,
     pub max_rate: u64,
     pub max_batch: usize,
+    /// A processor guest: most state operations per record.
+    pub max_state_ops: u64,
     /// `--http`'s address (the loop then also looks up the lag for the board page).
     pub http: Option<String>,
     pub windows: Option<Windows>,
@@ -127,6 +129,45 @@ impl RunConfig {
                  --event-time kafka",
                 guest.describe(),
                 crate::WIT_PACKAGE
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a run that does not give a processor guest what it declares, or asks for what
+    /// only counting guests do.
+    pub fn check_processor(&self, description: &crate::guest::processor::Description) -> anyhow::Result<()> {
+        if self.windows.is_some() {
+            anyhow::bail!(
+                "--window counts a counting guest's deltas in windows; a processor guest keeps its own state                  (drop --window and its companions)"
+            );
+        }
+        if self.scale_out.is_some() {
+            anyhow::bail!("--scale-out does not run processor guests yet: run one host per job");
+        }
+        let declared: std::collections::BTreeSet<&str> = description.outputs.iter().map(String::as_str).collect();
+        let mapped: std::collections::BTreeSet<&str> = self.topics.outputs.iter().map(|(n, _)| n.as_str()).collect();
+        let missing: Vec<&str> = declared.difference(&mapped).copied().collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "the guest declares output{} {} but the run maps no topic to {}: add {}",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                if missing.len() == 1 { "it" } else { "them" },
+                missing.iter().map(|n| format!("--output-topic {n}=TOPIC")).collect::<Vec<_>>().join(" ")
+            );
+        }
+        let unknown: Vec<&str> = mapped.difference(&declared).copied().collect();
+        if !unknown.is_empty() {
+            anyhow::bail!(
+                "--output-topic names output{} {} that the guest does not declare (it declares: {})",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.iter().copied().collect::<Vec<_>>().join(", ")
+                }
             );
         }
         Ok(())

@@ -35,11 +35,12 @@ use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::serve::metrics::Metrics;
 
-/// What the loop owns for either topology.
-pub struct Engine {
+/// What the loop owns for any topology; `G` is the guest on its thread (a counting guest's
+/// [`GuestThread`], or a processor's).
+pub struct Engine<G = GuestThread> {
     /// The write order and the exactly-once transaction.
     pub committer: Committer,
-    pub guest: GuestThread,
+    pub guest: G,
     /// Hot swap of the guest (not for the benchmark's native baseline).
     pub reload: Option<GuestReload>,
     pub metrics: Arc<Metrics>,
@@ -57,15 +58,15 @@ pub struct Engine {
     pub stop_at_end: bool,
 }
 
-impl Engine {
+impl<G> Engine<G> {
     pub fn new(
         args: &RunConfig,
         producer: AckedProducer,
-        guest: Box<dyn Counter + Send>,
+        guest: G,
         reload: Option<GuestReload>,
         shutdown: &Shutdown,
         http: &crate::serve::http::Shared,
-    ) -> Result<Engine> {
+    ) -> Result<Engine<G>> {
         let metrics = http.metrics.clone();
         Ok(Engine {
             committer: Committer::new(
@@ -75,7 +76,7 @@ impl Engine {
                 metrics.clone(),
                 shutdown.clone(),
             ),
-            guest: GuestThread::spawn(guest)?,
+            guest,
             reload,
             metrics,
             ready: http.ready.clone(),
@@ -111,6 +112,8 @@ pub trait Topology<'c> {
     type Tasks: Tasks<Self::Context>;
     /// A polled batch handed to the guest thread.
     type Submitted;
+    /// The guest, on its thread.
+    type Guest;
 
     fn tasks(&mut self) -> &mut Self::Tasks;
 
@@ -121,7 +124,11 @@ pub trait Topology<'c> {
     fn waiting(&self, consumer: &BaseConsumer<Self::Context>) -> i64;
 
     /// After a poll: what the group changed (a direct topology is alone in its group).
-    fn rebalance(&mut self, engine: &mut Engine, consumer: &'c BaseConsumer<Self::Context>) -> Result<Rebalance>;
+    fn rebalance(
+        &mut self,
+        engine: &mut Engine<Self::Guest>,
+        consumer: &'c BaseConsumer<Self::Context>,
+    ) -> Result<Rebalance>;
 
     /// Ready to count (for /readyz).
     fn ready(&self, consumer: &BaseConsumer<Self::Context>) -> bool;
@@ -130,35 +137,40 @@ pub trait Topology<'c> {
     fn done(&mut self, consumer: &BaseConsumer<Self::Context>, at_end: &BTreeSet<i32>) -> bool;
 
     /// Step 1: hands the records not yet counted to the guest thread. Writes nothing.
-    fn submit(&mut self, engine: &mut Engine, batch: Vec<BorrowedMessage<'c>>) -> Result<Self::Submitted>;
+    fn submit(&mut self, engine: &mut Engine<Self::Guest>, batch: Vec<BorrowedMessage<'c>>) -> Result<Self::Submitted>;
 
     /// Step 2: the guest's result as records sent (into the open transaction under
     /// exactly-once; else returned, to be finished after the next batch is submitted).
-    fn send(&mut self, engine: &mut Engine, submitted: Self::Submitted) -> Result<Option<InFlight<'c, Self>>>;
+    fn send(
+        &mut self,
+        engine: &mut Engine<Self::Guest>,
+        submitted: Self::Submitted,
+    ) -> Result<Option<InFlight<'c, Self>>>;
 
     /// Drops a submitted batch whose records will be read again (after an abort's rewind).
-    fn discard(&mut self, engine: &mut Engine, submitted: Self::Submitted) -> Result<()>;
+    fn discard(&mut self, engine: &mut Engine<Self::Guest>, submitted: Self::Submitted) -> Result<()>;
 
     /// Gives revoked partitions up: what was under way of them is finished by now.
     fn give_up(
         &mut self,
-        engine: &mut Engine,
+        engine: &mut Engine<Self::Guest>,
         consumer: &BaseConsumer<Self::Context>,
         revoked: &TopicPartitionList,
         lost: bool,
     ) -> Result<()>;
 
     /// Nothing under way and nothing polled: time for work that waits for a quiet moment.
-    fn idle(&mut self, engine: &mut Engine, consumer: &BaseConsumer<Self::Context>);
+    fn idle(&mut self, engine: &mut Engine<Self::Guest>, consumer: &BaseConsumer<Self::Context>);
 
     /// Between batches, every loop: housekeeping.
     fn between_batches(&mut self) {}
 
     /// Every `--flush-interval`: the board(s) from committed state.
-    fn publish_board(&mut self, engine: &mut Engine, consumer: &BaseConsumer<Self::Context>) -> Result<()>;
+    fn publish_board(&mut self, engine: &mut Engine<Self::Guest>, consumer: &BaseConsumer<Self::Context>)
+    -> Result<()>;
 
-    /// Whether a new guest may take over (it must export what the run needs).
-    fn accepts(&self, guest: &Guest) -> bool;
+    /// Between batches: a new guest takes over if one is ready (hot swap).
+    fn swap_guest(&mut self, engine: &mut Engine<Self::Guest>) -> Result<()>;
 
     /// Next offset per partition of every record processed, with the metadata committed with
     /// it (the last commit at a stop).
@@ -174,7 +186,7 @@ pub trait Topology<'c> {
 /// Runs `topology` until a stop is requested (or, with `--stop-at-end`, the job is done),
 /// then finishes and commits what is under way and publishes a last board.
 pub fn run<'c, T: Topology<'c>>(
-    engine: &mut Engine,
+    engine: &mut Engine<T::Guest>,
     topology: &mut T,
     consumer: &'c BaseConsumer<T::Context>,
 ) -> Result<()> {
@@ -238,13 +250,7 @@ pub fn run<'c, T: Topology<'c>>(
             last_board = Instant::now();
             publish_board(engine, topology, consumer)?;
         }
-        // A new guest takes over from the next batch submitted: each batch is counted by one.
-        if let Some(next) = engine.reload.as_mut().and_then(|r| r.poll(engine.shutdown.take_reload()))
-            && topology.accepts(&next)
-        {
-            tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
-            engine.guest.swap(Box::new(next))?;
-        }
+        topology.swap_guest(engine)?;
         engine.committer.producer().poll();
         if engine.stop_at_end && idle && quiet && !engine.committer.in_transaction() && topology.done(consumer, &at_end)
         {
@@ -271,9 +277,21 @@ pub fn run<'c, T: Topology<'c>>(
     Ok(())
 }
 
+/// A counting guest's hot swap: a new guest takes over from the next batch submitted (each
+/// batch is counted by one), if `accepts` it.
+pub fn swap_counting_guest(engine: &mut Engine, accepts: impl FnOnce(&Guest) -> bool) -> Result<()> {
+    if let Some(next) = engine.reload.as_mut().and_then(|r| r.poll(engine.shutdown.take_reload()))
+        && accepts(&next)
+    {
+        tracing::info!(guest = %next.describe(), load_ms = next.info.load_ms as u64, "guest swapped in");
+        engine.guest.swap(Box::new(next))?;
+    }
+    Ok(())
+}
+
 /// Finishes every batch under way, in order: the one in flight, then the one with the guest.
 fn finish_under_way<'c, T: Topology<'c>>(
-    engine: &mut Engine,
+    engine: &mut Engine<T::Guest>,
     topology: &mut T,
     consumer: &'c BaseConsumer<T::Context>,
     with_guest: &mut Option<T::Submitted>,
@@ -293,7 +311,7 @@ fn finish_under_way<'c, T: Topology<'c>>(
 /// A board that cannot be published is skipped this interval (the next one tries again),
 /// unless what failed is something the batches depend on too ([`StopHost`]).
 fn publish_board<'c, T: Topology<'c>>(
-    engine: &mut Engine,
+    engine: &mut Engine<T::Guest>,
     topology: &mut T,
     consumer: &BaseConsumer<T::Context>,
 ) -> Result<()> {

@@ -179,6 +179,7 @@ pub fn run(
     if emit == Emit::Changes {
         state.kept_from = state.keep_from(&state.stream_times);
     }
+    let guest = crate::guest::thread::GuestThread::spawn(guest)?;
     let mut engine = Engine::new(&args, producer, guest, reload, shutdown, http)?;
     tracing::info!(
         guest = %engine.guest.describe(),
@@ -204,7 +205,7 @@ pub fn run(
 /// (several hosts share a job with `--scale-out`, in `repartitioned.rs`). A member left by this host's
 /// own previous run (static membership: its member id starts with our instance id) is not
 /// another host.
-fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option<&str>) -> Result<()> {
+pub(crate) fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option<&str>) -> Result<()> {
     let groups = consumer
         .fetch_group_list(Some(group), Duration::from_secs(10))
         .with_context(|| format!("describing consumer group {group}"))?;
@@ -257,7 +258,11 @@ fn check_windows_match_state(store: &Store, windows: Option<&WindowSpec>) -> Res
 /// and created again (or truncated) since, and counting on would skip its new records as
 /// already counted. (Right after a re-creation the broker may still report the old topic's
 /// end for a moment; this catches the case where the state outlived its topic for longer.)
-fn check_input_not_behind_state(args: &RunConfig, store: &Store, applied: &BTreeMap<i32, i64>) -> Result<()> {
+pub(crate) fn check_input_not_behind_state(
+    args: &RunConfig,
+    store: &Store,
+    applied: &BTreeMap<i32, i64>,
+) -> Result<()> {
     if applied.is_empty() {
         return Ok(());
     }
@@ -364,6 +369,7 @@ impl<'c> Topology<'c> for Direct {
     type Context = HostContext;
     type Tasks = Local;
     type Submitted = Submitted<'c>;
+    type Guest = crate::guest::thread::GuestThread;
 
     fn tasks(&mut self) -> &mut Local {
         &mut self.state
@@ -419,8 +425,8 @@ impl<'c> Topology<'c> for Direct {
         self.flush_board(engine, consumer)
     }
 
-    fn accepts(&self, guest: &crate::guest::Guest) -> bool {
-        self.args.accepts_swap(guest)
+    fn swap_guest(&mut self, engine: &mut Engine) -> Result<()> {
+        cycle::swap_counting_guest(engine, |guest| self.args.accepts_swap(guest))
     }
 
     fn processed(&self) -> (Offsets, Metadata) {
@@ -606,19 +612,7 @@ impl Direct {
     }
 
     fn send_changelog(&self, producer: &AckedProducer, changes: &[Change]) -> Result<()> {
-        let topic = &self.state.changelog;
-        for change in changes {
-            match change {
-                Change::Count { key, value: Some(v) } => producer.send(topic, key, &v.to_be_bytes(), None)?,
-                Change::Meta { name, value: Some(v) } => {
-                    producer.send(topic, &changelog::meta_key(name), v, Some(changelog::meta_headers(name)))?
-                }
-                // Expired windows' counters: a tombstone, so compaction removes them.
-                Change::Count { key, value: None } => producer.send_tombstone(topic, key)?,
-                Change::Meta { value: None, .. } => {}
-            }
-        }
-        Ok(())
+        changelog::send(producer, &self.state.changelog, changes)
     }
 
     /// Ranks and prints the board and produces it (with --emit final: the final boards of
@@ -875,20 +869,31 @@ impl Local {
         Ok(keys)
     }
 
-    /// Per assigned input partition, records not yet in state: its end offset minus the
-    /// next offset state reflects.
     fn lag(&self, consumer: &HostConsumer) -> BTreeMap<i32, i64> {
-        let Ok(assignment) = consumer.assignment() else { return BTreeMap::new() };
-        let mut lag = BTreeMap::new();
-        for element in assignment.elements() {
-            let partition = element.partition();
-            if let Ok((low, high)) = consumer.fetch_watermarks(element.topic(), partition, Duration::from_secs(1)) {
-                let next = self.applied.get(&partition).copied().unwrap_or(low).max(low);
-                lag.insert(partition, (high - next).max(0));
-            }
-        }
-        lag
+        lag(consumer, &self.applied)
     }
+}
+
+/// Per assigned input partition, records not yet in state: its end offset minus the next
+/// offset state reflects (`applied`), or minus the consumer's position when that is further:
+/// an input written in transactions ends with a commit marker, which the consumer steps over
+/// but no record's offset ever reaches.
+pub(crate) fn lag(consumer: &HostConsumer, applied: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+    let Ok(assignment) = consumer.assignment() else { return BTreeMap::new() };
+    let positions: BTreeMap<i32, i64> = consumer
+        .position()
+        .map(|p| p.elements().iter().filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o))).collect())
+        .unwrap_or_default();
+    let mut lag = BTreeMap::new();
+    for element in assignment.elements() {
+        let partition = element.partition();
+        if let Ok((low, high)) = consumer.fetch_watermarks(element.topic(), partition, Duration::from_secs(1)) {
+            let position = positions.get(&partition).copied().unwrap_or(low);
+            let next = applied.get(&partition).copied().unwrap_or(low).max(low).max(position);
+            lag.insert(partition, (high - next).max(0));
+        }
+    }
+    lag
 }
 
 #[cfg(test)]

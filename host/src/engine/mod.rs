@@ -1,6 +1,7 @@
-//! The engine: one loop ([`cycle`]) drives either topology ([`direct`]: input -> guest ->
-//! one state task; [`repartitioned`]: `--scale-out`, input -> guest -> repartition topic ->
-//! a task per partition); the [`committer`] makes every batch durable in one order (and runs
+//! The engine: one loop ([`cycle`]) drives every topology ([`direct`]: input -> counting
+//! guest -> one state task; [`repartitioned`]: `--scale-out`, input -> guest -> repartition
+//! topic -> a task per partition; [`processing`]: input -> processor guest, with keyed state
+//! and emits -> one state task); the [`committer`] makes every batch durable in one order (and runs
 //! the exactly-once transaction); a [`task`] is a unit of state with its durability policy;
 //! [`config`] is the run as the command line asked for it. Shared by both: polling, skipping
 //! and window assignment ([`records`]), fault injection, the stall watchdog, pacing, run
@@ -13,6 +14,7 @@ pub mod direct;
 pub mod fault;
 pub mod log_limit;
 pub mod pace;
+pub mod processing;
 pub mod records;
 pub mod repartitioned;
 pub mod stall;

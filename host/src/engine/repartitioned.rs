@@ -162,6 +162,7 @@ pub fn run(
         state_dir = %state_dir.display(),
         "host running (scale-out)"
     );
+    let guest = crate::guest::thread::GuestThread::spawn(guest)?;
     let mut engine = Engine::new(&args, producer, guest, reload, shutdown, http)?;
     let mut job = Repartitioned {
         shards: Shards {
@@ -294,6 +295,7 @@ impl<'c> Topology<'c> for Repartitioned {
     type Context = ScaleOutContext;
     type Tasks = Shards;
     type Submitted = Submitted<'c>;
+    type Guest = crate::guest::thread::GuestThread;
 
     fn tasks(&mut self) -> &mut Shards {
         &mut self.shards
@@ -399,8 +401,8 @@ impl<'c> Topology<'c> for Repartitioned {
         self.publish_boards(engine)
     }
 
-    fn accepts(&self, guest: &crate::guest::Guest) -> bool {
-        self.args.accepts_swap(guest)
+    fn swap_guest(&mut self, engine: &mut Engine) -> Result<()> {
+        cycle::swap_counting_guest(engine, |guest| self.args.accepts_swap(guest))
     }
 
     fn processed(&self) -> (Offsets, Metadata) {

@@ -10,6 +10,7 @@
 //!
 //! [`thread`] runs it beside the engine's I/O; [`reload`] swaps in a new component.
 
+pub mod processor;
 pub mod reload;
 pub mod sandbox;
 pub mod thread;
@@ -37,7 +38,7 @@ use bindings::exports::streamhost::counter::{counter, event_time};
 pub use counter::{BatchResult, Delta, Entry, Rejection};
 
 /// How often the deadline clock ticks; call deadlines are whole ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Longest key a guest may count under (`wit/counter.wit`). Keys become changelog record
 /// keys, and one the broker refuses would stall the pipeline; a record with a longer key
@@ -227,31 +228,18 @@ impl Guest {
     /// the host's WIT version, and import nothing but WASI. With a `cache` dir, the compiled component
     /// is kept there (keyed by the file's SHA-256 and the engine's settings) and reused.
     pub fn load(path: &Path, limits: Limits, cache: Option<&Path>) -> Result<Guest> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
-        check_is_component(path, &bytes)?;
+        let Compiled { engine, component, info } = compile(path, cache)?;
+        Guest::from_compiled(path, engine, component, info, limits)
+    }
 
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        if std::env::var("STREAMHOST_GUEST_PROFILER").is_ok_and(|v| v == "perfmap") {
-            // For `perf record`: names the guest's compiled functions in /tmp/perf-<pid>.map.
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-        let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
-        start_epoch_ticker(&engine);
-
-        let started = Instant::now();
-        let (component, from_cache) = compile_or_reuse(path, &engine, &bytes, cache)?;
-        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(guest = %path.display(), bytes = bytes.len(), load_ms = load_ms as u64, from_cache, "guest loaded");
+    fn from_compiled(
+        path: &Path,
+        engine: Engine,
+        component: Component,
+        info: LoadInfo,
+        limits: Limits,
+    ) -> Result<Guest> {
         check_interface(path, &engine, &component)?;
-        let info = LoadInfo {
-            bytes: bytes.len(),
-            load_ms,
-            from_cache,
-            exports: describe_exports(&engine, &component),
-            imports: component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect(),
-        };
-
         let linker = sandbox::linker(&engine)?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
@@ -403,6 +391,66 @@ impl Guest {
     }
 }
 
+/// A component compiled (or loaded from the cache) for its own engine, whichever world it is.
+pub(crate) struct Compiled {
+    pub engine: Engine,
+    pub component: Component,
+    pub info: LoadInfo,
+}
+
+/// Reads `path`, checks that it is a component, and compiles it (or reuses its compiled form
+/// from `cache`) for an engine with call deadlines.
+pub(crate) fn compile(path: &Path, cache: Option<&Path>) -> Result<Compiled> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading guest {}", path.display()))?;
+    check_is_component(path, &bytes)?;
+
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if std::env::var("STREAMHOST_GUEST_PROFILER").is_ok_and(|v| v == "perfmap") {
+        // For `perf record`: names the guest's compiled functions in /tmp/perf-<pid>.map.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
+    start_epoch_ticker(&engine);
+
+    let started = Instant::now();
+    let (component, from_cache) = compile_or_reuse(path, &engine, &bytes, cache)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(guest = %path.display(), bytes = bytes.len(), load_ms = load_ms as u64, from_cache, "guest loaded");
+    let info = LoadInfo {
+        bytes: bytes.len(),
+        load_ms,
+        from_cache,
+        exports: describe_exports(&engine, &component),
+        imports: component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect(),
+    };
+    Ok(Compiled { engine, component, info })
+}
+
+/// A guest of either world: the host tells them apart by what the component exports.
+pub enum AnyGuest {
+    /// `streamhost:counter`: counters only.
+    Counting(Guest),
+    /// `streamhost:processor`: keyed state and outputs.
+    Processor(processor::ProcessorGuest),
+}
+
+impl Source {
+    /// Loads the guest, of whichever world it is.
+    pub fn load_any(&self) -> Result<AnyGuest> {
+        let compiled = compile(&self.path, self.cache.as_deref())?;
+        if processor::is_processor(&compiled.info) {
+            return Ok(AnyGuest::Processor(processor::ProcessorGuest::from_compiled(
+                &self.path,
+                compiled,
+                self.limits.clone(),
+            )?));
+        }
+        let Compiled { engine, component, info } = compiled;
+        Ok(AnyGuest::Counting(Guest::from_compiled(&self.path, engine, component, info, self.limits.clone())?))
+    }
+}
+
 fn instantiate(
     engine: &Engine,
     pre: &InstancePre<GuestState>,
@@ -423,7 +471,7 @@ fn instantiate(
     Ok((store, Live { counter, event_time }))
 }
 
-fn describe_trap(error: &wasmtime::Error) -> String {
+pub(crate) fn describe_trap(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "deadline exceeded (the call ran longer than --guest-timeout)".into(),
         Some(trap) => trap.to_string(),
@@ -543,7 +591,7 @@ fn long_key(deltas: &[Delta]) -> Option<String> {
 /// Whether a guest built against WIT `version` runs on a host of `host_version`: the same
 /// compatibility line (major, or minor for 0.x, as Cargo and the component model read
 /// semver) and not newer than the host.
-fn semver_compatible(version: &str, host_version: &str) -> bool {
+pub(crate) fn semver_compatible(version: &str, host_version: &str) -> bool {
     let parse = |v: &str| -> Option<(u64, u64, u64)> {
         let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
         Some((parts.next()??, parts.next()??, parts.next()??))

@@ -46,7 +46,7 @@ impl GuestState {
 
 /// A linker with every WASI 0.2 interface (including `wasi:http`) defined, backed by the
 /// empty context above.
-pub fn linker(engine: &wasmtime::Engine) -> Result<Linker<GuestState>> {
+pub fn linker<T: WasiView + WasiHttpView + 'static>(engine: &wasmtime::Engine) -> Result<Linker<T>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)

@@ -291,7 +291,18 @@ impl AckedProducer {
 
     /// Queues one record; waits for queue space if librdkafka's buffer is full.
     pub fn send(&self, topic: &str, key: &[u8], value: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
-        self.queue(topic, None, key, Some(value), headers, 0)
+        self.queue(topic, None, Some(key), Some(value), headers, 0)
+    }
+
+    /// Queues a record whose key or value may be absent (a processor guest's emit).
+    pub fn send_record(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<()> {
+        self.queue(topic, None, key, value, headers, 0)
     }
 
     /// Like `send`, to a given partition (a scale-out shard's changelog partition).
@@ -303,12 +314,12 @@ impl AckedProducer {
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<()> {
-        self.queue(topic, Some(partition), key, value, headers, 0)
+        self.queue(topic, Some(partition), Some(key), value, headers, 0)
     }
 
     /// Queues a tombstone (a null value: compaction then removes `key`).
     pub fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<()> {
-        self.queue(topic, None, key, None, None, 0)
+        self.queue(topic, None, Some(key), None, None, 0)
     }
 
     /// Like `send`, but if the record is too large for the broker it is re-sent without
@@ -325,19 +336,22 @@ impl AckedProducer {
             table.push(trimmable);
             table.len()
         };
-        self.queue(topic, None, key, Some(value), Some(headers), opaque)
+        self.queue(topic, None, Some(key), Some(value), Some(headers), opaque)
     }
 
     fn queue(
         &self,
         topic: &str,
         partition: Option<i32>,
-        key: &[u8],
+        key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
         trimmable: usize,
     ) -> Result<()> {
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, trimmable).key(key);
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, trimmable);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
@@ -398,7 +412,7 @@ impl AckedProducer {
                 t.headers.clone().insert(Header { key: "value.omitted", value: Some(&note) }),
             )
         };
-        self.queue(&topic, None, &key, Some(&[]), Some(headers), 0)
+        self.queue(&topic, None, Some(&key), Some(&[]), Some(headers), 0)
     }
 
     /// Waits until every record sent so far is acknowledged (or has failed after

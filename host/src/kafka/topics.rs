@@ -22,6 +22,11 @@ pub struct Topics {
     pub dead_letter: Option<String>,
     /// With --scale-out: the repartition topic.
     pub repartition: Option<String>,
+    /// A processor guest's outputs (`--output-topic NAME=TOPIC`): (name, topic).
+    pub outputs: Vec<(String, String)>,
+    /// Whether the job publishes boards to `output` (a counting guest's does; a processor's
+    /// does not, and its run neither needs nor checks that topic).
+    pub boards: bool,
 }
 
 /// The changelog's settings: compaction keeps the newest value of every key forever; short
@@ -51,11 +56,11 @@ impl Role {
 }
 
 pub(crate) fn roles(args: &Topics) -> Vec<(Role, String)> {
-    let mut topics = vec![
-        (Role::Input, args.input.clone()),
-        (Role::Changelog, args.changelog.clone()),
-        (Role::Output, args.output.clone()),
-    ];
+    let mut topics = vec![(Role::Input, args.input.clone()), (Role::Changelog, args.changelog.clone())];
+    if args.boards {
+        topics.push((Role::Output, args.output.clone()));
+    }
+    topics.extend(args.outputs.iter().map(|(_, topic)| (Role::Output, topic.clone())));
     if let Some(dlq) = &args.dead_letter {
         topics.push((Role::DeadLetter, dlq.clone()));
     }

@@ -1,0 +1,269 @@
+//! A processor guest (`wit/processor/processor.wit`): business logic that keeps any value
+//! per key and emits records to named outputs, through host calls ([`view`]). Loading,
+//! validating and calling it; nothing here knows about Kafka. The safety rails are the
+//! counting guest's (WASI with nothing granted, a memory cap, a deadline per call; a trap
+//! re-creates the instance), plus the limits of [`view`].
+//!
+//! One `process` call per record: a refused or trapping record then leaves no write and no
+//! emit behind, whatever the others of its batch did.
+
+pub mod thread;
+pub mod view;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use wasmtime::component::HasSelf;
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
+
+use super::sandbox::{self, GuestState};
+use super::{Compiled, Limits, LoadInfo, describe_trap, semver_compatible};
+use view::{Emit, View};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/processor",
+        world: "processor-guest",
+        // Host calls may trap: a record past its state-operation budget.
+        imports: { default: trappable },
+    });
+}
+
+use bindings::streamhost::processor::{output, state, types};
+pub use types::{Header, InputRecord};
+
+/// The processor WIT package this host speaks.
+pub const PACKAGE: &str = "streamhost:processor";
+pub const VERSION: &str = "0.1.0";
+
+/// Default most state operations one record may make (`--max-state-ops`).
+pub const DEFAULT_STATE_OPS: u64 = 100_000;
+
+/// True when a compiled component exports the processor interface (of any version).
+pub(crate) fn is_processor(info: &LoadInfo) -> bool {
+    info.exports.iter().any(|e| e.starts_with(&format!("{PACKAGE}/processor@")))
+}
+
+/// What the guest needs from a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    pub outputs: Vec<String>,
+    pub state_version: u32,
+}
+
+/// What one batch did: the last write per key (`None`: deleted), the emits in order, and
+/// the refused records by index with why.
+#[derive(Debug, Default)]
+pub struct BatchEffects {
+    pub writes: Vec<view::Write>,
+    pub emits: Vec<Emit>,
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Per-instance state: the sandbox, and what the guest's host calls see.
+pub struct ProcessorState {
+    sandbox: GuestState,
+    view: View,
+}
+
+pub struct ProcessorGuest {
+    path: PathBuf,
+    engine: Engine,
+    pre: bindings::ProcessorGuestPre<ProcessorState>,
+    limits: Limits,
+    store: Store<ProcessorState>,
+    live: bindings::ProcessorGuest,
+    description: Description,
+    /// Traps since load (each one re-created the instance).
+    pub traps: u64,
+    pub info: LoadInfo,
+}
+
+impl ProcessorGuest {
+    pub(crate) fn from_compiled(path: &Path, compiled: Compiled, limits: Limits) -> Result<ProcessorGuest> {
+        let Compiled { engine, component, info } = compiled;
+        check_interface(path, &info)?;
+        let mut linker = sandbox::linker::<ProcessorState>(&engine)?;
+        bindings::ProcessorGuest::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("linking the processor's host calls: {e:#}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("guest {} imports something this host cannot provide ({e:#})", path.display()))?;
+        let pre = bindings::ProcessorGuestPre::new(pre).map_err(|e| {
+            anyhow!(
+                "guest {} exports {PACKAGE}/processor but its functions do not match this host's WIT ({e:#}); \
+                 rebuild it against wit/processor of this host",
+                path.display()
+            )
+        })?;
+        let (mut store, live) = instantiate(&engine, &pre, &limits, View::default())?;
+        store.set_epoch_deadline(ticks(&limits));
+        let described = live
+            .streamhost_processor_processor()
+            .call_describe(&mut store)
+            .map_err(|trap| anyhow!("guest {} trapped in describe: {}", path.display(), describe_trap(&trap)))?;
+        let description = Description { outputs: described.outputs, state_version: described.state_version };
+        store.data_mut().view = View::new(&description.outputs, DEFAULT_STATE_OPS);
+        Ok(ProcessorGuest { path: path.to_owned(), engine, pre, limits, store, live, description, traps: 0, info })
+    }
+
+    pub fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// The store the guest's state lives in (until set: empty state, as `host test` has).
+    pub fn set_state(&mut self, store: crate::state::Store, max_state_ops: u64) {
+        let view = &mut self.store.data_mut().view;
+        *view = View::new(&self.description.outputs, max_state_ops);
+        view.set_base(store);
+    }
+
+    /// Runs every record through `process`, as batch `seq`. `Err` only when the host cannot
+    /// go on (state unreadable, no new instance).
+    pub fn process_batch(&mut self, seq: u64, records: &[InputRecord]) -> Result<BatchEffects> {
+        let mut rejected = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            self.store.data_mut().view.begin_record();
+            self.store.set_epoch_deadline(ticks(&self.limits));
+            match self.live.streamhost_processor_processor().call_process(&mut self.store, record) {
+                Ok(Ok(())) => self.store.data_mut().view.keep_record(),
+                Ok(Err(reason)) => {
+                    self.store.data_mut().view.drop_record();
+                    rejected.push((index, reason));
+                }
+                Err(trap) => {
+                    if let Some(failure) = self.store.data_mut().view.failure.take() {
+                        return Err(failure);
+                    }
+                    self.store.data_mut().view.drop_record();
+                    let reason = match trap.downcast_ref::<view::OverBudget>() {
+                        Some(over) => over.to_string(),
+                        None => format!("guest trapped: {}", describe_trap(&trap)),
+                    };
+                    self.recover(&trap)?;
+                    rejected.push((index, reason));
+                }
+            }
+        }
+        let (writes, emits) = self.store.data_mut().view.finish_batch(seq);
+        Ok(BatchEffects { writes, emits, rejected })
+    }
+
+    /// Batches up to `seq` are in the store.
+    pub fn applied(&mut self, seq: u64) {
+        self.store.data_mut().view.applied(seq);
+    }
+
+    /// Batches not in the store never will be.
+    pub fn rewind(&mut self) {
+        self.store.data_mut().view.rewind();
+    }
+
+    /// After a trap the store is poisoned: instantiate afresh, keeping what the host calls see.
+    fn recover(&mut self, trap: &wasmtime::Error) -> Result<()> {
+        self.traps += 1;
+        tracing::warn!(guest = %self.path.display(), trap = %describe_trap(trap), "guest trapped; re-creating its instance");
+        let view = std::mem::take(&mut self.store.data_mut().view);
+        let (store, live) = instantiate(&self.engine, &self.pre, &self.limits, view)?;
+        self.store = store;
+        self.live = live;
+        Ok(())
+    }
+}
+
+fn ticks(limits: &Limits) -> u64 {
+    (limits.call_timeout.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64
+}
+
+fn instantiate(
+    engine: &Engine,
+    pre: &bindings::ProcessorGuestPre<ProcessorState>,
+    limits: &Limits,
+    view: View,
+) -> Result<(Store<ProcessorState>, bindings::ProcessorGuest)> {
+    let sandbox =
+        GuestState::new(StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build());
+    let mut store = Store::new(engine, ProcessorState { sandbox, view });
+    store.limiter(|s| &mut s.sandbox.limits);
+    store.set_epoch_deadline(u64::MAX / 2);
+    let live = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiating the guest: {e:#}"))?;
+    Ok((store, live))
+}
+
+/// The processor export at a version this host runs, and imports of WASI and this
+/// package only.
+fn check_interface(path: &Path, info: &LoadInfo) -> Result<()> {
+    let prefix = format!("{PACKAGE}/processor@");
+    let found = info.exports.iter().find_map(|e| e.strip_prefix(&prefix)).unwrap_or("");
+    let version = found.split_whitespace().next().unwrap_or("");
+    if !semver_compatible(version, VERSION) {
+        bail!(
+            "guest {} was built against {PACKAGE}@{version}, but this host runs {VERSION} or an older 0.1.x; \
+             rebuild the guest against this host's wit/processor",
+            path.display()
+        );
+    }
+    let own = format!("{PACKAGE}/");
+    let refused: Vec<&String> =
+        info.imports.iter().filter(|name| !sandbox::is_allowed_import(name) && !name.starts_with(&own)).collect();
+    if !refused.is_empty() {
+        bail!(
+            "guest {} imports {}; a processor may import only WASI (wasi:*, with nothing granted) and \
+             {PACKAGE}'s own interfaces. Remove the dependency that pulls it in",
+            path.display(),
+            refused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+impl WasiView for ProcessorState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.sandbox.ctx()
+    }
+}
+
+impl WasiHttpView for ProcessorState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.sandbox.http()
+    }
+}
+
+impl types::Host for ProcessorState {}
+
+impl state::Host for ProcessorState {
+    fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.view.get(&key)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        self.view.put(key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        self.view.delete(key)
+    }
+
+    fn range(&mut self, start: Vec<u8>, end: Option<Vec<u8>>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.view.range(&start, end.as_deref(), limit)
+    }
+}
+
+impl output::Host for ProcessorState {
+    fn emit(
+        &mut self,
+        name: String,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let headers = headers.into_iter().map(|h| (h.key, h.value)).collect();
+        self.view.emit(Emit { output: name, key, value, headers })
+    }
+}

@@ -1,0 +1,211 @@
+//! Processor guests (`wit/processor`): keyed state and emits with the crash guarantees of
+//! counters. `order_dedup` forwards each order once per `order_id`; a second job counts
+//! drinks on what it forwards, so duplicated orders no longer inflate the board.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use integration_tests::{TestEnv, orders, read_topic, read_topic_with, wait_until};
+
+/// The dedup job's output topic.
+fn deduped(env: &TestEnv) -> String {
+    format!("{}.deduped", env.name)
+}
+
+fn dedup_flags(env: &TestEnv) -> Vec<String> {
+    vec!["--output-topic".into(), format!("deduped={}", deduped(env))]
+}
+
+/// The job's topics (the output one too), with `host create-topics`.
+fn create_dedup_topics(env: &TestEnv) {
+    let mut args = vec!["create-topics".to_string(), "--partitions".into(), "3".into()];
+    args.extend(env.topic_args());
+    args.extend(dedup_flags(env));
+    let out = env.host(&args);
+    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Orders where one in three comes again later (a retrying producer), and the malformed
+/// ones of `orders::generate` (some of which have an `order_id`: for the dedup those are
+/// orders, which the drink count downstream refuses).
+struct Input {
+    values: Vec<String>,
+    /// The unique orders, as the drink count must count them.
+    unique: orders::Orders,
+    /// Every record the dedup accepts, duplicates included, and every one it refuses.
+    accepted: u64,
+    refused: u64,
+    /// The first value seen of each order id: what the output must hold, once each.
+    firsts: BTreeMap<String, String>,
+}
+
+fn input(seed: u64, n: usize) -> Input {
+    let unique = orders::generate(seed, n, 40);
+    let mut values = Vec::new();
+    for (i, value) in unique.values.iter().enumerate() {
+        values.push(value.clone());
+        if i % 3 == 1 {
+            values.push(unique.values[i / 2].clone());
+        }
+    }
+    let (mut accepted, mut refused, mut firsts) = (0, 0, BTreeMap::new());
+    for value in &values {
+        let id = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .and_then(|v| v.get("order_id").and_then(|id| id.as_str()).map(str::to_owned))
+            .filter(|id| !id.is_empty());
+        match id {
+            Some(id) => {
+                accepted += 1;
+                firsts.entry(id).or_insert_with(|| value.clone());
+            }
+            None => refused += 1,
+        }
+    }
+    Input { values, unique, accepted, refused, firsts }
+}
+
+/// The output as (order id -> values forwarded for it).
+fn forwarded(records: &[integration_tests::Record]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in records {
+        let key = String::from_utf8(r.key.clone()).unwrap();
+        out.entry(key).or_default().push(String::from_utf8(r.value.clone()).unwrap());
+    }
+    out
+}
+
+/// The dedup's state: every order id seen, once.
+fn seen_ids(env: &TestEnv) -> BTreeSet<String> {
+    env.dump().values.keys().map(|k| k.strip_prefix("seen/").expect("seen/ keys only").to_owned()).collect()
+}
+
+/// Under exactly-once, `kill -9` twice mid-stream: read_committed, every order id is on the
+/// output exactly once with its first value; the state holds every id once, the totals are
+/// exact, a restore from the changelog equals it; and the drink count run on the output
+/// counts every unique order once.
+#[test]
+fn order_dedup_forwards_each_order_exactly_once_through_kill_9() {
+    let env = TestEnv::new("dedup-eos");
+    create_dedup_topics(&env);
+    let input = input(71, 4_000);
+    env.produce(&input.values);
+    let mut flags = dedup_flags(&env);
+    flags.extend(["--guarantee", "exactly-once", "--max-batch", "50", "--max-rate", "2000"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let total = input.values.len() as i64;
+    for fraction in [4, 2] {
+        let mut host = env.spawn_host("order_dedup", &flags);
+        host.wait_for_log("host running", Duration::from_secs(60));
+        wait_until(Duration::from_secs(60), "part of the input committed", || {
+            env.committed_total() >= total / fraction
+        });
+        host.kill9();
+    }
+    env.run_until_drained("order_dedup", &flags, Duration::from_secs(60));
+
+    let out = forwarded(&read_topic_with(&env.brokers, &deduped(&env), "read_committed"));
+    let twice: Vec<_> = out.iter().filter(|(_, v)| v.len() != 1).map(|(k, v)| (k, v.len())).collect();
+    assert!(twice.is_empty(), "forwarded other than once: {twice:?}");
+    let firsts: BTreeMap<String, String> = out.into_iter().map(|(k, mut v)| (k, v.remove(0))).collect();
+    assert_eq!(firsts, input.firsts);
+    let dump = env.dump();
+    assert_eq!(seen_ids(&env), input.firsts.keys().cloned().collect());
+    assert_eq!((dump.records_processed, dump.records_skipped), (input.accepted, input.refused));
+    assert_eq!(env.restore_into(&env.dir.path().join("restored")), dump, "a restore equals the state");
+    let dead = env.read(&env.dead_letter);
+    assert_eq!(dead.len() as u64, input.refused, "every refused record dead-lettered");
+
+    // Downstream: the drink count over the deduped orders counts each order once.
+    let mut counting = TestEnv::new("dedup-count");
+    counting.input = deduped(&env);
+    counting.create_topics(3);
+    // (Its input ends with a transaction marker, which no committed offset reaches: wait
+    // for the counts instead of the group.)
+    let mut host = counting.spawn_host("drink_count", &["--guarantee", "exactly-once"]);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "every deduped order counted", || {
+        let dump = counting.dump();
+        dump.records_processed + dump.records_skipped == input.firsts.len() as u64
+    });
+    assert!(host.terminate().success());
+    let counted = counting.dump();
+    assert_eq!(counted.counts, input.unique.counts);
+    assert_eq!(counted.records_processed, input.unique.valid);
+}
+
+/// A crash (fault injection) at every gap of the write order under at-least-once, with the
+/// state dir kept or lost: no order is ever missing from the output (an emit is
+/// acknowledged before its batch's changelog), and state ends with every id exactly once.
+fn dedup_crash_at(step: &str, lose_state: bool) {
+    let env = TestEnv::new(&format!("dedup-{step}{}", if lose_state { "-lost" } else { "" }));
+    create_dedup_topics(&env);
+    let input = input(72, 2_000);
+    env.produce(&input.values);
+    let mut flags = dedup_flags(&env);
+    flags.extend(["--max-batch", "100"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    env.crash_with_fault("order_dedup", &flags, &format!("{step}:3"));
+    assert!(env.dump().records_processed < input.accepted, "the crash came after the input was drained");
+    if lose_state {
+        std::fs::remove_dir_all(env.state_dir()).unwrap();
+    }
+    env.run_until_drained("order_dedup", &flags, Duration::from_secs(60));
+
+    let out = forwarded(&read_topic(&env.brokers, &deduped(&env)));
+    let ids: BTreeSet<String> = out.keys().cloned().collect();
+    assert_eq!(ids, input.firsts.keys().cloned().collect::<BTreeSet<_>>(), "no order lost, none invented");
+    for (id, values) in &out {
+        assert!(values.iter().all(|v| *v == input.firsts[id]), "{id} forwarded with another value");
+    }
+    assert_eq!(seen_ids(&env), ids);
+    assert_eq!(env.restore_into(&env.dir.path().join("restored")).values, env.dump().values);
+}
+
+#[test]
+fn dedup_crash_after_changelog() {
+    dedup_crash_at("after-changelog", false);
+}
+
+#[test]
+fn dedup_crash_after_changelog_state_lost() {
+    dedup_crash_at("after-changelog", true);
+}
+
+#[test]
+fn dedup_crash_after_state_state_lost() {
+    dedup_crash_at("after-state", true);
+}
+
+#[test]
+fn dedup_crash_after_commit() {
+    dedup_crash_at("after-commit", false);
+}
+
+/// A run that does not give the guest what it declares is refused at start-up, saying what
+/// to add; so is a counting guest's state dir, and a flag only counting guests take.
+#[test]
+fn processor_misconfigurations_are_refused_naming_the_fix() {
+    let env = TestEnv::new("dedup-refused");
+    create_dedup_topics(&env);
+    let refused = |extra: &[&str]| {
+        let mut args = env.run_args("order_dedup");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = env.host(&args);
+        assert!(!out.status.success(), "{extra:?} must be refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&[]);
+    assert!(err.contains("declares output `deduped`") && err.contains("--output-topic deduped=TOPIC"), "{err}");
+    let topic = format!("deduped={}", deduped(&env));
+    let err = refused(&["--output-topic", &topic, "--output-topic", "alerts=x"]);
+    assert!(err.contains("names output `alerts` that the guest does not declare (it declares: deduped)"), "{err}");
+    let err = refused(&["--output-topic", &topic, "--window", "1h"]);
+    assert!(err.contains("--window counts a counting guest's deltas"), "{err}");
+
+    // A counting guest's state dir.
+    env.produce(&orders::generate(73, 10, 0).values);
+    env.run_until_drained("drink_count", &[], Duration::from_secs(60));
+    let err = refused(&["--output-topic", &topic]);
+    assert!(err.contains("holds a counting guest's counters"), "{err}");
+}

@@ -182,3 +182,33 @@ fn new_python_and_javascript_guests_build_and_pass_their_example() {
         assert!(tested.status.success(), "{lang}: {}{}", text(&tested.stdout), text(&tested.stderr));
     }
 }
+
+/// A processor guest: `check` names its outputs, state version and the host calls it
+/// imports; `host test` runs its example (each record's writes and emits, from empty state)
+/// and meets the expectation; a wrong expectation shows the difference.
+#[test]
+fn a_processor_guest_is_checked_and_tested_offline() {
+    let out = host(&["check", "--guest", &path(&guest("order_dedup")), "--guest-cache", "none"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("fits     this host (WIT streamhost:processor@0.1.0)"), "{stdout}");
+    assert!(stdout.contains("outputs  deduped"), "{stdout}");
+    assert!(stdout.contains("state    version 1"), "{stdout}");
+    assert!(stdout.contains("streamhost:processor/processor@0.1.0 (describe, process, on-timer)"), "{stdout}");
+    assert!(stdout.contains("imports  the host's calls: streamhost:processor/state@0.1.0"), "{stdout}");
+
+    let examples = integration_tests::repo_root().join("guests/order_dedup/examples");
+    let out = host_test(&guest("order_dedup"), &examples.join("input.jsonl"), &examples.join("expected.json"));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && stderr.contains("as expected"), "{stdout}{stderr}");
+    assert!(stdout.contains("#3     (nothing)"), "a duplicate does nothing: {stdout}");
+    assert!(stdout.contains("#4     refused: not an order"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(&wrong, r#"{"emits": [{"output": "deduped", "key": "o-1"}]}"#).unwrap();
+    let out = host_test(&guest("order_dedup"), &examples.join("input.jsonl"), &wrong);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("emits: expected [deduped o-1], got [deduped o-1, deduped o-2, deduped o-3]"), "{stderr}");
+}

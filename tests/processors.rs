@@ -209,3 +209,149 @@ fn processor_misconfigurations_are_refused_naming_the_fix() {
     let err = refused(&["--output-topic", &topic]);
     assert!(err.contains("holds a counting guest's counters"), "{err}");
 }
+
+/// `test_processor`'s output topic.
+fn out_topic(env: &TestEnv) -> String {
+    format!("{}.out", env.name)
+}
+
+fn out_flags(env: &TestEnv) -> Vec<String> {
+    vec!["--output-topic".into(), format!("out={}", out_topic(env))]
+}
+
+fn create_out_topics(env: &TestEnv) {
+    let mut args = vec!["create-topics".to_string(), "--partitions".into(), "1".into()];
+    args.extend(env.topic_args());
+    args.extend(out_flags(env));
+    let out = env.host(&args);
+    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Timers are state: set, then the host is killed (-9) before any is due; after the restart a
+/// record that moves stream time past two of them fires them in its batch, and the wall-clock
+/// one fires on its own, with no record coming. A timer whose call fails leaves nothing but
+/// the log line and the metric. Exactly-once: read_committed, each fired timer's emit once.
+#[test]
+fn timers_fire_on_stream_time_and_wall_clock_and_survive_kill_9() {
+    let env = TestEnv::new("proc-timers");
+    create_out_topics(&env);
+    let wall_at = now_ms() + 4_000;
+    let mut flags = out_flags(&env);
+    flags.extend(["--guarantee", "exactly-once"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut host = env.spawn_host("test_processor", &flags);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    env.produce_at(&[
+        (1_000, "stream a 5000".to_string()),
+        (1_000, "stream fail-x 3000".to_string()),
+        (1_000, format!("wall w {wall_at}")),
+    ]);
+    env.wait_committed(Duration::from_secs(60));
+    let timers = env.dump().timers;
+    let timer = |clock: &str, key: &str| (clock.to_string(), key.to_string());
+    let expected = BTreeMap::from([
+        (timer("stream-time", "a"), 5_000),
+        (timer("stream-time", "fail-x"), 3_000),
+        (timer("wall-clock", "w"), wall_at),
+    ]);
+    assert_eq!(timers, expected);
+    assert!(now_ms() < wall_at, "the wall-clock timer came due before the kill: the test ran too slowly");
+    host.kill9();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut flags = flags.clone();
+    flags.extend(["--http", &addr]);
+    let mut host = env.spawn_host("test_processor", &flags);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    env.produce_at(&[(6_000, "put k v".to_string())]);
+    wait_until(Duration::from_secs(30), "the wall-clock timer fired", || env.dump().values.contains_key("fired/w"));
+    assert!(now_ms() >= wall_at, "fired before its time");
+    let metrics = integration_tests::http_get(&addr, "/metrics").1;
+    let log = host.stderr_text();
+    assert!(host.terminate().success());
+
+    let out = forwarded(&read_topic_with(&env.brokers, &out_topic(&env), "read_committed"));
+    let expected_out = BTreeMap::from([
+        ("fired/a".to_string(), vec!["stream-time 5000".to_string()]),
+        ("fired/w".to_string(), vec![format!("wall-clock {wall_at}")]),
+    ]);
+    assert_eq!(out, expected_out);
+    let dump = env.dump();
+    let keys: Vec<&str> = dump.values.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["fired/a", "fired/w", "k"], "a failed timer leaves nothing");
+    assert!(dump.timers.is_empty(), "{:?}", dump.timers);
+    assert_eq!(dump.stream_time_ms, Some(6_000));
+    assert!(log.contains("a timer's call failed") && log.contains("timer fail-x fails on purpose"), "{log}");
+    assert!(metrics.contains("streamhost_timer_failures_total 1"), "{metrics}");
+    assert!(metrics.contains("streamhost_timers_fired_total 3"), "{metrics}");
+    assert_eq!(env.restore_into(&env.dir.path().join("restored")), dump, "a restore equals the state");
+}
+
+/// An emit to an undeclared output and a value over the limit are errors the guest sees (it
+/// returns them: the record is refused); a record past `--max-state-ops` and one that traps
+/// are trapped. Each is skipped, counted and dead-lettered with why, leaving no write and no
+/// emit; the records around them are processed.
+#[test]
+fn limits_and_undeclared_outputs_refuse_only_the_record() {
+    let env = TestEnv::new("proc-limits");
+    create_out_topics(&env);
+    let records = ["put a 1", "undeclared", "big", "budget", "trap", "put b 2", "emit a"];
+    env.produce(&records.map(String::from));
+    let mut flags = out_flags(&env);
+    flags.extend(["--max-state-ops", "1000"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    env.run_until_drained("test_processor", &flags, Duration::from_secs(60));
+
+    let dump = env.dump();
+    let values: BTreeMap<&str, &[u8]> = dump.values.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    assert_eq!(values, BTreeMap::from([("a", b"1".as_slice()), ("b", b"2".as_slice())]));
+    assert_eq!((dump.records_processed, dump.records_skipped), (3, 4));
+    let dead: Vec<(String, String)> = env
+        .read(&env.dead_letter)
+        .iter()
+        .map(|r| (String::from_utf8_lossy(&r.value).into_owned(), r.header("error").unwrap()))
+        .collect();
+    let reasons: Vec<&str> = dead.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(reasons, ["undeclared", "big", "budget", "trap"]);
+    assert!(dead[0].1.contains("output `elsewhere` is not declared (describe declares: out)"), "{dead:?}");
+    assert!(dead[1].1.contains("larger than the limit of 524288"), "{dead:?}");
+    assert!(dead[2].1.contains("more than 1000 state operations (--max-state-ops)"), "{dead:?}");
+    assert!(dead[3].1.starts_with("guest trapped"), "{dead:?}");
+    let out = forwarded(&read_topic(&env.brokers, &out_topic(&env)));
+    assert_eq!(out, BTreeMap::from([("a".to_string(), vec!["1".to_string()])]));
+}
+
+/// The dedup remembers an order id for a day of stream time: a duplicate within it is
+/// dropped; once a later order moves stream time past the day, the id is forgotten (its
+/// timer fired) and the same id is an order again.
+#[test]
+fn order_dedup_forgets_an_order_id_after_a_day_of_stream_time() {
+    let env = TestEnv::new("dedup-retention");
+    create_dedup_topics(&env);
+    let hour = 3_600_000;
+    let t0 = now_ms() - 48 * hour;
+    let order = |id: &str| format!(r#"{{"order_id":"{id}","items":[{{"drink":"tea","quantity":1}}]}}"#);
+    env.produce_at(&[
+        (t0, order("a")),
+        (t0 + hour, order("a")),
+        (t0 + 25 * hour, order("b")),
+        (t0 + 25 * hour + 1, order("a")),
+    ]);
+    env.run_until_drained(
+        "order_dedup",
+        &dedup_flags(&env).iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    );
+    let keys: Vec<String> =
+        read_topic(&env.brokers, &deduped(&env)).iter().map(|r| String::from_utf8(r.key.clone()).unwrap()).collect();
+    assert_eq!(keys, ["a", "b", "a"]);
+    let dump = env.dump();
+    assert_eq!(seen_ids(&env), BTreeSet::from(["a".to_string(), "b".to_string()]));
+    let timer = |id: &str| ("stream-time".to_string(), format!("seen/{id}"));
+    assert_eq!(dump.timers, BTreeMap::from([(timer("a"), t0 + 49 * hour + 1), (timer("b"), t0 + 49 * hour)]));
+}

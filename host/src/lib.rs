@@ -2,8 +2,9 @@
 //!
 //! The host owns every hard part — Kafka I/O, local state in RocksDB, the compacted changelog,
 //! offset commits, restore, the top-N board — and knows nothing about what a record means.
-//! A guest (a component exporting `wit/counter.wit`) turns each record into `(key, amount)`
-//! deltas and ranks the board.
+//! A counting guest (a component exporting `wit/counter.wit`) turns each record into
+//! `(key, amount)` deltas and ranks the board; a processor guest (`wit/processor`) keeps any
+//! value per key and emits records, through host calls.
 //!
 //! # Layout
 //! Folders by concern; each module uses only those listed below it (no import circle).
@@ -13,7 +14,8 @@
 //! - [`engine`]: one engine, two topologies: `config` (the typed run configuration),
 //!   `cycle` (the one loop), `committer` (the write order and the exactly-once transaction),
 //!   `task` (a unit of state and its durability policy), `direct` (one host: input -> guest ->
-//!   one task), `repartitioned` (`--scale-out`: repartition topic, shards, rebalances);
+//!   one task), `repartitioned` (`--scale-out`: repartition topic, shards, rebalances),
+//!   `processing` (a processor guest: input -> keyed state and emits -> one task);
 //!   `records` (polling, skipping, window assignment), fault injection, the stall watchdog,
 //!   pacing and run statistics.
 //! - [`serve`]: `--http`: health, readiness, metrics, state queries, the board page.
@@ -21,8 +23,9 @@
 //! - [`changelog`]: the changelog record format, and restore from the compacted topic.
 //! - [`kafka`]: client configurations and contexts, the acknowledged producer, topic checks.
 //! - [`state`]: the RocksDB store (counts plus the metadata they reflect) and its layout.
-//! - [`guest`]: loads, validates and calls the component, on its own thread; the sandbox;
-//!   hot swap; nothing about Kafka.
+//! - [`guest`]: loads, validates and calls the component of either world, on its own thread;
+//!   the sandbox; hot swap; `processor` (a processor guest and what its host calls see);
+//!   nothing about Kafka.
 //! - [`window`]: event-time windows: assignment, the clock, windowed keys.
 //! - [`process`]: stopping at any moment, and progress of long work.
 

@@ -56,6 +56,9 @@ pub struct Dump {
     pub windows: BTreeMap<(i64, String), u64>,
     /// A processor guest's values (as text): key -> value.
     pub values: BTreeMap<String, Vec<u8>>,
+    /// A processor guest's timers: (clock, key) -> due time (ms).
+    pub timers: BTreeMap<(String, String), i64>,
+    pub stream_time_ms: Option<i64>,
     pub records_processed: u64,
     pub records_skipped: u64,
 }
@@ -424,7 +427,12 @@ pub fn parse_dump(text: &str) -> Dump {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("dump line {line}: {e}"));
         assert!(v.get("key_hex").is_none(), "a key that is not text: {line}");
-        if let (Some(key), Some(value)) = (v.get("key"), v.get("value").or(v.get("value_hex"))) {
+        if let Some(clock) = v.get("timer") {
+            let timer = (clock.as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned());
+            dump.timers.insert(timer, v["at_ms"].as_i64().unwrap());
+        } else if let Some(t) = v.get("stream_time_ms") {
+            dump.stream_time_ms = t.as_i64();
+        } else if let (Some(key), Some(value)) = (v.get("key"), v.get("value").or(v.get("value_hex"))) {
             let value = match v.get("value") {
                 Some(text) => text.as_str().unwrap().as_bytes().to_vec(),
                 None => (0..value.as_str().unwrap().len())

@@ -1,11 +1,16 @@
-//! Forwards each order once per `order_id` to the output `deduped`, unchanged: a producer
-//! that retries, or a shop that sends an order twice, no longer inflates what is downstream
-//! (run the drink count on `deduped`). State: `seen/<order_id>` -> the record's timestamp
-//! (ms, 8 bytes big-endian) when the order was first seen. An order that is not a JSON
-//! object with a non-empty string `order_id` is refused (skipped, counted, dead-lettered).
+//! Forwards each order once per `order_id` within a day to the output `deduped`, unchanged:
+//! a producer that retries, or a shop that sends an order twice, no longer inflates what is
+//! downstream (run the drink count on `deduped`). State: `seen/<order_id>` -> the record's
+//! timestamp (ms, 8 bytes big-endian) when the order was first seen, forgotten by a
+//! stream-time timer a day (`RETENTION_MS`) later, so state does not grow without bound. An
+//! order that is not a JSON object with a non-empty string `order_id` is refused (skipped,
+//! counted, dead-lettered).
 
 use serde::Deserialize;
-use streamhost_processor_sdk::{InputRecord, emit, state};
+use streamhost_processor_sdk::{InputRecord, TimeKind, emit, state, timers};
+
+/// How long an order id is remembered, in stream time (record timestamps).
+pub const RETENTION_MS: i64 = 24 * 3_600_000;
 
 #[derive(Deserialize)]
 struct Order<'a> {
@@ -37,10 +42,24 @@ fn process(input: InputRecord) -> Result<(), String> {
         return Ok(());
     }
     state::put(&key, &input.timestamp.to_be_bytes())?;
+    timers::set(&key, input.timestamp.saturating_add(RETENTION_MS), TimeKind::StreamTime)?;
     emit("deduped", Some(id.as_bytes()), input.value.as_deref())
 }
 
-streamhost_processor_sdk::processor_guest!(OrderDedup, outputs = ["deduped"], state_version = 1, process = process);
+/// An order id's day is over: forget it.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+fn forget(key: Vec<u8>, _at: i64, _kind: TimeKind) -> Result<(), String> {
+    state::delete(&key);
+    Ok(())
+}
+
+streamhost_processor_sdk::processor_guest!(
+    OrderDedup,
+    outputs = ["deduped"],
+    state_version = 1,
+    process = process,
+    on_timer = forget
+);
 
 #[cfg(test)]
 mod tests {

@@ -30,8 +30,31 @@ wit_bindgen::generate!({
     default_bindings_module: "streamhost_processor_sdk",
 });
 
-pub use exports::streamhost::processor::processor::{Description, Guest, InputRecord};
+pub use exports::streamhost::processor::processor::{Description, Guest, InputRecord, TimeKind};
 pub use streamhost::processor::types::Header;
+
+/// Timers (host calls): `on-timer` is called once a timer's clock reaches its time. Timers
+/// are state: they survive crashes and restores.
+pub mod timers {
+    pub use super::TimeKind;
+    use super::streamhost::processor::timers as host;
+
+    /// Calls `on-timer(key, at, kind)` once `kind`'s clock reaches `at` (ms since the epoch);
+    /// replaces `key`'s timer of that kind.
+    pub fn set(key: &[u8], at: i64, kind: TimeKind) -> Result<(), String> {
+        host::set_timer(key, at, kind)
+    }
+
+    /// Removes `key`'s timer of that kind.
+    pub fn cancel(key: &[u8], kind: TimeKind) {
+        host::cancel_timer(key, kind)
+    }
+}
+
+/// The `on-timer` of a processor that sets no timers.
+pub fn no_timers(_key: Vec<u8>, _at: i64, _kind: TimeKind) -> Result<(), String> {
+    Ok(())
+}
 
 /// The keyed state (host calls): bytes keys, bytes values.
 pub mod state {
@@ -93,12 +116,23 @@ pub fn emit_with_headers(
 /// The processor WIT package version these bindings were generated from.
 pub const WIT_VERSION: &str = "0.1.0";
 
-/// The whole component from a `process` function and what it declares: `describe` answers
-/// with the outputs and state version given. On a native target (the guest's own `cargo
-/// test`) it exports nothing.
+/// The whole component from a `process` function (and an `on_timer` one, if it sets timers)
+/// and what it declares: `describe` answers with the outputs and state version given. On a
+/// native target (the guest's own `cargo test`) it exports nothing.
+///
+/// ```text
+/// streamhost_processor_sdk::processor_guest!(Dedup, outputs = ["deduped"], state_version = 1, process = process);
+/// streamhost_processor_sdk::processor_guest!(Dedup, outputs = ["deduped"], state_version = 1, process = process,
+///     on_timer = expire);
+/// ```
 #[macro_export]
 macro_rules! processor_guest {
     ($name:ident, outputs = [$($output:expr),* $(,)?], state_version = $version:expr, process = $process:path) => {
+        $crate::processor_guest!($name, outputs = [$($output),*], state_version = $version, process = $process,
+            on_timer = $crate::no_timers);
+    };
+    ($name:ident, outputs = [$($output:expr),* $(,)?], state_version = $version:expr, process = $process:path,
+     on_timer = $on_timer:path) => {
         // Constructed only by the export glue, which exists on wasm targets alone.
         #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
         struct $name;
@@ -110,6 +144,10 @@ macro_rules! processor_guest {
 
             fn process(input: $crate::InputRecord) -> Result<(), String> {
                 $process(input)
+            }
+
+            fn on_timer(key: Vec<u8>, at: i64, kind: $crate::TimeKind) -> Result<(), String> {
+                $on_timer(key, at, kind)
             }
         }
 

@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::cli::DumpArgs;
+use crate::guest::processor::view::{Clock, decode_time, space};
 use crate::state::{Store, meta, shard_dirs};
 use crate::window;
 
 /// `host dump`: JSON lines `{"key", "count"}` in key order (a processor guest's state:
-/// `{"key", "value"}`), then the totals. For a
+/// `{"key", "value"}`, then its timers `{"timer", "key", "at_ms"}` and `{"stream_time_ms"}`),
+/// then the totals. For a
 /// `--scale-out` state dir, every shard's, each line with its `"shard"`, and each shard's
 /// totals line with the next repartition offset it reflects (`"next_offset"`): a shard a
 /// host no longer owns stays on its disk, behind the current owner's copy.
@@ -70,15 +72,28 @@ fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result
         });
         writeln!(out, "{}", tagged(line))?;
     }
-    // A processor guest's values: text as text, other bytes in hex (`key_hex`, `value_hex`).
+    // A processor guest's values (text as text, other bytes in hex: `key_hex`, `value_hex`),
+    // its timers and its stream time.
     for item in store.values_between(&[], None) {
         let (key, value) = item?;
+        let text = |line: &mut serde_json::Value, name: &str, bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(t) => line[name] = t.into(),
+            Err(_) => line[format!("{name}_hex")] = hex(bytes).into(),
+        };
         let mut line = serde_json::json!({});
-        for (name, bytes) in [("key", &key), ("value", &value)] {
-            match std::str::from_utf8(bytes) {
-                Ok(text) => line[name] = text.into(),
-                Err(_) => line[format!("{name}_hex")] = hex(bytes).into(),
+        match key.split_first() {
+            Some((&space::VALUE, key)) => {
+                text(&mut line, "key", key);
+                text(&mut line, "value", &value);
             }
+            Some((&space::TIMER_BY_KEY, [clock, key @ ..])) => {
+                line["timer"] = if *clock == Clock::Stream as u8 { "stream-time" } else { "wall-clock" }.into();
+                text(&mut line, "key", key);
+                line["at_ms"] = decode_time(&value).into();
+            }
+            Some((&space::STREAM_TIME, _)) => line["stream_time_ms"] = decode_time(&value).into(),
+            // The timers again, by due time.
+            _ => continue,
         }
         writeln!(out, "{}", tagged(line))?;
     }

@@ -2,6 +2,9 @@
 //! from), `host check` (does the component fit this host?) and `host test` (what does it
 //! make of these records?), the counterpart of Kafka Streams' TopologyTestDriver.
 //!
+//! Both worlds: a processor guest's `host test` shows each record's writes and emits and the
+//! state at the end.
+//!
 //! `host test` also holds a guest to its contract: `process-batch` over the whole file must
 //! refuse exactly the records `process` refuses and sum to what `process` returns.
 
@@ -11,8 +14,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CheckArgs, GuestArgs, GuestLang, NewGuestArgs, TestArgs};
-use crate::guest::{Guest, Records};
+use crate::cli::{CheckArgs, GuestLang, NewGuestArgs, TestArgs};
+use crate::guest::processor::view::{Clock, decode_time, space};
+use crate::guest::processor::{self, InputRecord, ProcessorGuest};
+use crate::guest::{AnyGuest, Records};
 use crate::{WIT_PACKAGE, WIT_VERSION};
 
 /// `host new-guest`: writes a guest project from the templates in `host/templates/`.
@@ -91,29 +96,48 @@ pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
 
 /// `host check`: loads the guest twice (cold, then from the cache) and says what it is.
 pub fn check_command(args: CheckArgs) -> Result<()> {
-    let guest = load(&args.guest)?;
-    let info = &guest.info;
+    let source = args.guest.source();
+    let (info, world) = match source.load_any()? {
+        AnyGuest::Counting(guest) => (guest.info, format!("{WIT_PACKAGE}@{WIT_VERSION}")),
+        AnyGuest::Processor(guest) => {
+            let d = guest.description();
+            let outputs = if d.outputs.is_empty() { "none".to_owned() } else { d.outputs.join(", ") };
+            println!("outputs  {outputs} (each mapped to a topic with --output-topic NAME=TOPIC)");
+            println!("state    version {}", d.state_version);
+            (guest.info, format!("{}@{}", processor::PACKAGE, processor::VERSION))
+        }
+    };
     println!("guest    {}", args.guest.path.display());
     println!("size     {} bytes", info.bytes);
-    println!("fits     this host (WIT {WIT_PACKAGE}@{WIT_VERSION})");
+    println!("fits     this host (WIT {world})");
     for export in &info.exports {
         println!("exports  {export}");
     }
-    match info.imports.len() {
-        0 => println!("imports  nothing"),
-        n => println!("imports  {n} WASI interfaces, nothing granted: {}", info.imports.join(", ")),
+    let (host_calls, wasi): (Vec<&String>, Vec<&String>) =
+        info.imports.iter().partition(|i| i.starts_with(&format!("{}/", processor::PACKAGE)));
+    if !host_calls.is_empty() {
+        let names: Vec<&str> = host_calls.iter().map(|s| s.as_str()).collect();
+        println!("imports  the host's calls: {}", names.join(", "));
+    }
+    match wasi.len() {
+        0 if host_calls.is_empty() => println!("imports  nothing"),
+        0 => {}
+        n => {
+            let names: Vec<&str> = wasi.iter().map(|s| s.as_str()).collect();
+            println!("imports  {n} WASI interfaces, nothing granted: {}", names.join(", "))
+        }
     }
     let how = if info.from_cache { "from the cache" } else { "compiled" };
     println!("load     {:.1} ms ({how})", info.load_ms);
     if let Some(cache) = args.guest.cache_dir() {
-        let again = Guest::load(&args.guest.path, args.guest.limits(), Some(cache))?;
-        println!("cached   {:.1} ms (from {})", again.info.load_ms, cache.display());
+        let again = crate::guest::Source { cache: Some(cache.to_owned()), ..source }.load_any()?;
+        let load_ms = match &again {
+            AnyGuest::Counting(g) => g.info.load_ms,
+            AnyGuest::Processor(g) => g.info.load_ms,
+        };
+        println!("cached   {load_ms:.1} ms (from {})", cache.display());
     }
     Ok(())
-}
-
-fn load(args: &GuestArgs) -> Result<Guest> {
-    args.source().load()
 }
 
 /// What a guest made of a file of records: the `--expect` format.
@@ -127,6 +151,21 @@ pub struct Outcome {
     pub counts: Option<BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<Vec<BoardRow>>,
+    /// A processor guest's state at the end (values as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BTreeMap<String, String>>,
+    /// A processor guest's emits, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emits: Option<Vec<EmitRow>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EmitRow {
+    pub output: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -139,7 +178,10 @@ pub struct BoardRow {
 pub fn test_command(args: TestArgs) -> Result<bool> {
     let text = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let records = split_records(&text);
-    let mut guest = load(&args.guest)?;
+    let mut guest = match args.guest.source().load_any()? {
+        AnyGuest::Counting(guest) => guest,
+        AnyGuest::Processor(guest) => return test_processor(&args, guest, &records),
+    };
     let mut passed = true;
 
     // Record by record, with `process`: what the author wants to see.
@@ -213,6 +255,7 @@ pub fn test_command(args: TestArgs) -> Result<bool> {
         records_skipped: Some(refused.len() as u64),
         counts: Some(counts),
         top: Some(top.into_iter().map(|e| BoardRow { key: e.key, count: e.count }).collect()),
+        ..Outcome::default()
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -221,19 +264,112 @@ pub fn test_command(args: TestArgs) -> Result<bool> {
     }
 
     if let Some(path) = &args.expect {
-        let expected = read_expected(path)?;
-        let differences = compare(&expected, &outcome);
-        if differences.is_empty() {
-            eprintln!("as expected ({})", path.display());
-        } else {
-            passed = false;
-            eprintln!("NOT as expected ({}):", path.display());
-            for line in differences {
-                eprintln!("  {line}");
-            }
-        }
+        passed &= report_expectation(path, &outcome)?;
     }
     Ok(passed)
+}
+
+/// `host test` of a processor guest: each record through `process` in order, from empty
+/// state, as the host runs them (a refused record leaves nothing behind); what each did, the
+/// state at the end and every emit.
+fn test_processor(args: &TestArgs, mut guest: ProcessorGuest, records: &[&[u8]]) -> Result<bool> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut state: BTreeMap<String, String> = BTreeMap::new();
+    let mut emits = Vec::new();
+    let mut refused = 0;
+    for (index, record) in records.iter().enumerate() {
+        let input = InputRecord {
+            key: None,
+            value: Some(record.to_vec()),
+            headers: Vec::new(),
+            timestamp: 0,
+            partition: 0,
+            offset: index as i64,
+        };
+        // One record per batch, none ever in a store: each reads the ones before.
+        let effects = guest.process_batch(index as u64 + 1, std::slice::from_ref(&input), 0)?;
+        let mut shown = Vec::new();
+        if let Some((_, reason)) = effects.rejected.first() {
+            refused += 1;
+            shown.push(format!("refused: {reason}"));
+        }
+        for (key, value) in effects.writes {
+            match (key.split_first(), value) {
+                (Some((&space::VALUE, key)), Some(v)) => {
+                    shown.push(format!("put {} = {}", text(key), text(&v)));
+                    state.insert(text(key), text(&v));
+                }
+                (Some((&space::VALUE, key)), None) => {
+                    shown.push(format!("delete {}", text(key)));
+                    state.remove(&text(key));
+                }
+                (Some((&space::TIMER_BY_KEY, [clock, key @ ..])), at) => {
+                    let clock = if *clock == Clock::Stream as u8 { "stream-time" } else { "wall-clock" };
+                    match at.as_deref().and_then(decode_time) {
+                        Some(at) => shown.push(format!("timer {clock} {} at {at}", text(key))),
+                        None => shown.push(format!("timer {clock} {} gone", text(key))),
+                    }
+                }
+                // The timers by due time, and stream time.
+                _ => {}
+            }
+        }
+        if effects.timers_fired > 0 {
+            shown.push(format!("{} timers fired", effects.timers_fired));
+        }
+        for emit in effects.emits {
+            let row = EmitRow {
+                output: emit.output,
+                key: emit.key.as_deref().map(text),
+                value: emit.value.as_deref().map(text),
+            };
+            shown.push(format!("emit {} {}", row.output, row.key.as_deref().unwrap_or("(no key)")));
+            emits.push(row);
+        }
+        if !args.json {
+            println!("#{:<5} {}", index + 1, if shown.is_empty() { "(nothing)".into() } else { shown.join(", ") });
+        }
+    }
+    let outcome = Outcome {
+        records_processed: Some((records.len() - refused) as u64),
+        records_skipped: Some(refused as u64),
+        state: Some(state),
+        emits: Some(emits),
+        ..Outcome::default()
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "\n{} records processed, {} refused; {} emits",
+            records.len() - refused,
+            refused,
+            outcome.emits.as_ref().map_or(0, Vec::len)
+        );
+        println!("state:");
+        for (key, value) in outcome.state.iter().flatten() {
+            println!("  {key:<30} {value}");
+        }
+    }
+    match &args.expect {
+        None => Ok(true),
+        Some(path) => Ok(report_expectation(path, &outcome)?),
+    }
+}
+
+/// Compares `outcome` with the expectation file at `path`, saying how it went; true if as expected.
+fn report_expectation(path: &Path, outcome: &Outcome) -> Result<bool> {
+    let expected = read_expected(path)?;
+    let differences = compare(&expected, outcome);
+    if differences.is_empty() {
+        eprintln!("as expected ({})", path.display());
+        return Ok(true);
+    }
+    eprintln!("NOT as expected ({}):", path.display());
+    for line in differences {
+        eprintln!("  {line}");
+    }
+    Ok(false)
 }
 
 /// One record per line; a final newline does not start another record; `\r\n` is a newline.
@@ -250,7 +386,10 @@ fn read_expected(path: &Path) -> Result<Outcome> {
     let expected: Outcome =
         serde_json::from_str(&text).with_context(|| format!("{} is not an expectation file", path.display()))?;
     if expected == Outcome::default() {
-        bail!("{} expects nothing: give counts, records_processed, records_skipped or top", path.display());
+        bail!(
+            "{} expects nothing: give counts, records_processed, records_skipped, top, state or emits",
+            path.display()
+        );
     }
     Ok(expected)
 }
@@ -276,6 +415,25 @@ pub fn compare(expected: &Outcome, got: &Outcome) -> Vec<String> {
         let show =
             |rows: &[BoardRow]| rows.iter().map(|r| format!("{} {}", r.key, r.count)).collect::<Vec<_>>().join(", ");
         out.push(format!("top: expected [{}], got [{}]", show(want), show(have)));
+    }
+    if let (Some(want), Some(have)) = (&expected.state, &got.state) {
+        let keys: std::collections::BTreeSet<&String> = want.keys().chain(have.keys()).collect();
+        for key in keys {
+            if want.get(key) != have.get(key) {
+                out.push(format!("state {key:?}: expected {:?}, got {:?}", want.get(key), have.get(key)));
+            }
+        }
+    }
+    if let (Some(want), Some(have)) = (&expected.emits, &got.emits)
+        && want != have
+    {
+        let show = |rows: &[EmitRow]| {
+            rows.iter()
+                .map(|r| format!("{} {}", r.output, r.key.as_deref().unwrap_or("-")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(format!("emits: expected [{}], got [{}]", show(want), show(have)));
     }
     out
 }
@@ -326,6 +484,7 @@ mod tests {
             records_skipped: Some(1),
             counts: Some(BTreeMap::from([("latte".into(), 4), ("tea".into(), 1)])),
             top: Some(vec![BoardRow { key: "latte".into(), count: 4 }]),
+            ..Outcome::default()
         };
         let partial = Outcome { records_skipped: Some(1), ..Outcome::default() };
         assert!(compare(&partial, &got).is_empty());

@@ -136,6 +136,11 @@ pub trait Topology<'c> {
     /// `--stop-at-end`, asked when nothing is under way: is the whole job counted?
     fn done(&mut self, consumer: &BaseConsumer<Self::Context>, at_end: &BTreeSet<i32>) -> bool;
 
+    /// A batch without records is due (a processor's wall-clock timer): `submit` it.
+    fn tick_due(&self, _engine: &Engine<Self::Guest>) -> bool {
+        false
+    }
+
     /// Step 1: hands the records not yet counted to the guest thread. Writes nothing.
     fn submit(&mut self, engine: &mut Engine<Self::Guest>, batch: Vec<BorrowedMessage<'c>>) -> Result<Self::Submitted>;
 
@@ -214,8 +219,13 @@ pub fn run<'c, T: Topology<'c>>(
             engine.ready.store(true, Ordering::Relaxed);
             tracing::info!("ready: partitions assigned");
         }
-        // 1. The newest batch goes to the guest thread.
-        let newest = if polled { Some(topology.submit(engine, batch)?) } else { None };
+        // 1. The newest batch goes to the guest thread (or, when a processor's wall-clock
+        // timer is due and nothing is with the guest, a batch without records, for it).
+        let newest = if polled || (with_guest.is_none() && topology.tick_due(engine)) {
+            Some(topology.submit(engine, batch)?)
+        } else {
+            None
+        };
         // The rest of the oldest batch: its acknowledgements, state write and offset commit.
         if let Some(oldest) = in_flight.take() {
             engine.committer.finish(consumer, topology.tasks(), oldest)?;

@@ -250,15 +250,22 @@ impl<'c> Topology<'c> for Processing {
         done
     }
 
-    /// Step 1: every record not yet processed to the guest thread, as one batch. Writes nothing.
+    fn tick_due(&self, engine: &Engine<ProcessorThread>) -> bool {
+        engine.guest.wall_clock_timer_due()
+    }
+
+    /// Step 1: every record not yet processed to the guest thread, as one batch (none: a
+    /// wall-clock timer is due). Writes nothing.
     fn submit(
         &mut self,
         engine: &mut Engine<ProcessorThread>,
         messages: Vec<BorrowedMessage<'c>>,
     ) -> Result<Submitted<'c>> {
-        engine.committer.stats.batch_polled(messages.len());
-        engine.metrics.records_consumed.inc_by(messages.len() as u64);
-        engine.metrics.batch_records.observe(messages.len() as f64);
+        if !messages.is_empty() {
+            engine.committer.stats.batch_polled(messages.len());
+            engine.metrics.records_consumed.inc_by(messages.len() as u64);
+            engine.metrics.batch_records.observe(messages.len() as f64);
+        }
         let mut next_offsets = BTreeMap::new();
         let mut fresh = Vec::with_capacity(messages.len());
         let mut records = Vec::with_capacity(messages.len());
@@ -312,7 +319,15 @@ impl<'c> Topology<'c> for Processing {
         if !engine.committer.in_transaction() && !effects.emits.is_empty() {
             producer.wait_acks().context("the emits of a batch were not acknowledged")?;
         }
-        let changed = !batch.fresh.is_empty();
+        engine.metrics.timers_fired.inc_by(effects.timers_fired);
+        for failure in &effects.timer_failures {
+            engine.metrics.timer_failures.inc();
+            if let Some(suppressed) = engine.rejected_log.allow() {
+                tracing::warn!(suppressed, "a timer's call failed; what it did is dropped: {failure}");
+            }
+        }
+        // A batch without records changes state when its timers did.
+        let changed = !batch.fresh.is_empty() || !effects.writes.is_empty();
         let changes =
             if changed { self.state.changes(effects.writes.iter().cloned(), &batch.next_offsets) } else { Vec::new() };
         changelog::send(producer, &self.state.changelog, &changes)?;
@@ -333,7 +348,7 @@ impl<'c> Topology<'c> for Processing {
         }
         Ok(Some(Sent {
             metadata: Metadata::new(),
-            produced: !changes.is_empty() || !effects.rejected.is_empty(),
+            produced: !changes.is_empty() || !effects.rejected.is_empty() || !effects.emits.is_empty(),
             changes: ValuesBatch { seq: batch.seq, changes, next_offsets: batch.next_offsets },
             offsets,
             timestamps,

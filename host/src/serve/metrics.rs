@@ -30,6 +30,9 @@ pub struct Metrics {
     pub contract_violations: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub changelog_records: Counter,
     pub transactions_aborted: Counter,
+    /// A processor guest's timers: fired, and those whose call failed (its effects dropped).
+    pub timers_fired: Counter,
+    pub timer_failures: Counter,
     pub batch_records: Histogram,
     /// Seconds per batch and step: guest, changelog (acknowledgement wait), state, commit.
     pub step_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
@@ -55,6 +58,8 @@ impl Default for Metrics {
             contract_violations: Family::default(),
             changelog_records: Counter::default(),
             transactions_aborted: Counter::default(),
+            timers_fired: Counter::default(),
+            timer_failures: Counter::default(),
             batch_records: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             step_seconds: Family::new_with_constructor(step_histogram),
             board_flush_seconds: step_histogram(),
@@ -71,6 +76,12 @@ impl Default for Metrics {
             m.records_consumed.clone(),
         );
         r.register("records_counted", "Input records the guest counted", m.records_counted.clone());
+        r.register("timers_fired", "A processor guest's timers that came due and were called", m.timers_fired.clone());
+        r.register(
+            "timer_failures",
+            "A processor guest's timer calls that returned an error or trapped (their effects dropped)",
+            m.timer_failures.clone(),
+        );
         r.register(
             "records_skipped",
             "Malformed input records: refused by the guest, or without a value",

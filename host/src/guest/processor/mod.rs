@@ -31,8 +31,9 @@ mod bindings {
     });
 }
 
-use bindings::streamhost::processor::{output, state, types};
-pub use types::{Header, InputRecord};
+use bindings::streamhost::processor::{output, state, timers, types};
+pub use types::{Header, InputRecord, TimeKind};
+use view::Clock;
 
 /// The processor WIT package this host speaks.
 pub const PACKAGE: &str = "streamhost:processor";
@@ -40,6 +41,10 @@ pub const VERSION: &str = "0.1.0";
 
 /// Default most state operations one record may make (`--max-state-ops`).
 pub const DEFAULT_STATE_OPS: u64 = 100_000;
+
+/// Most timers one batch fires (the rest fire with the next batch): a timer that sets
+/// itself again as due must not hold the batch forever.
+const MAX_TIMERS_PER_BATCH: usize = 10_000;
 
 /// True when a compiled component exports the processor interface (of any version).
 pub(crate) fn is_processor(info: &LoadInfo) -> bool {
@@ -53,13 +58,15 @@ pub struct Description {
     pub state_version: u32,
 }
 
-/// What one batch did: the last write per key (`None`: deleted), the emits in order, and
-/// the refused records by index with why.
+/// What one batch did: the last write per key (`None`: deleted), the emits in order, the
+/// refused records by index with why, and the timers it fired (with why each that failed did).
 #[derive(Debug, Default)]
 pub struct BatchEffects {
     pub writes: Vec<view::Write>,
     pub emits: Vec<Emit>,
     pub rejected: Vec<(usize, String)>,
+    pub timers_fired: u64,
+    pub timer_failures: Vec<String>,
 }
 
 /// Per-instance state: the sandbox, and what the guest's host calls see.
@@ -124,35 +131,94 @@ impl ProcessorGuest {
         view.set_base(store);
     }
 
-    /// Runs every record through `process`, as batch `seq`. `Err` only when the host cannot
+    /// Runs every record through `process`, then the timers due (stream time as the records
+    /// moved it, the wall clock at `now_ms`), as batch `seq`. `Err` only when the host cannot
     /// go on (state unreadable, no new instance).
-    pub fn process_batch(&mut self, seq: u64, records: &[InputRecord]) -> Result<BatchEffects> {
-        let mut rejected = Vec::new();
+    pub fn process_batch(&mut self, seq: u64, records: &[InputRecord], now_ms: i64) -> Result<BatchEffects> {
+        let mut effects = BatchEffects::default();
         for (index, record) in records.iter().enumerate() {
-            self.store.data_mut().view.begin_record();
-            self.store.set_epoch_deadline(ticks(&self.limits));
-            match self.live.streamhost_processor_processor().call_process(&mut self.store, record) {
-                Ok(Ok(())) => self.store.data_mut().view.keep_record(),
-                Ok(Err(reason)) => {
-                    self.store.data_mut().view.drop_record();
-                    rejected.push((index, reason));
-                }
-                Err(trap) => {
-                    if let Some(failure) = self.store.data_mut().view.failure.take() {
-                        return Err(failure);
-                    }
-                    self.store.data_mut().view.drop_record();
-                    let reason = match trap.downcast_ref::<view::OverBudget>() {
-                        Some(over) => over.to_string(),
-                        None => format!("guest trapped: {}", describe_trap(&trap)),
-                    };
-                    self.recover(&trap)?;
-                    rejected.push((index, reason));
-                }
+            let call = |guest: &bindings::ProcessorGuest, store: &mut Store<ProcessorState>| {
+                guest.streamhost_processor_processor().call_process(store, record)
+            };
+            if let Err(reason) = self.call(call)? {
+                effects.rejected.push((index, reason));
+            }
+            // Stream-time timers fire as soon as a record moves stream time to them, before
+            // the next record: the same whatever the batches are.
+            let view = &mut self.store.data_mut().view;
+            if view.advance_stream_time(record.timestamp).map_err(|e| self.fatal(e))? {
+                self.fire(Clock::Stream, record.timestamp, &mut effects)?;
             }
         }
-        let (writes, emits) = self.store.data_mut().view.finish_batch(seq);
-        Ok(BatchEffects { writes, emits, rejected })
+        self.fire(Clock::Wall, now_ms, &mut effects)?;
+        let view = &mut self.store.data_mut().view;
+        (effects.writes, effects.emits) = view.finish_batch(seq);
+        Ok(effects)
+    }
+
+    /// Calls `on-timer` for every timer on `clock` due at `now`, earliest first (at most
+    /// `MAX_TIMERS_PER_BATCH` per batch: the rest with the next).
+    fn fire(&mut self, clock: Clock, now: i64, effects: &mut BatchEffects) -> Result<()> {
+        while effects.timers_fired < MAX_TIMERS_PER_BATCH as u64 {
+            let view = &mut self.store.data_mut().view;
+            let Some((key, at)) = view.next_due(clock, now).map_err(|e| self.fatal(e))? else { break };
+            self.store.data_mut().view.take_timer(&key, clock).map_err(|e| self.fatal(e))?;
+            effects.timers_fired += 1;
+            let kind = match clock {
+                Clock::Stream => TimeKind::StreamTime,
+                Clock::Wall => TimeKind::WallClock,
+            };
+            let call = |guest: &bindings::ProcessorGuest, store: &mut Store<ProcessorState>| {
+                guest.streamhost_processor_processor().call_on_timer(store, &key, at, kind)
+            };
+            if let Err(reason) = self.call(call)? {
+                effects.timer_failures.push(format!("timer {} at {at}: {reason}", String::from_utf8_lossy(&key)));
+            }
+        }
+        Ok(())
+    }
+
+    /// One guest call as one unit of effects: kept if it returns `ok`, dropped (with why) if
+    /// it returns `err` or traps. `Err` only when the host cannot go on.
+    fn call(
+        &mut self,
+        call: impl FnOnce(&bindings::ProcessorGuest, &mut Store<ProcessorState>) -> wasmtime::Result<Result<(), String>>,
+    ) -> Result<Result<(), String>> {
+        self.store.data_mut().view.begin_record();
+        self.store.set_epoch_deadline(ticks(&self.limits));
+        match call(&self.live, &mut self.store) {
+            Ok(Ok(())) => {
+                self.store.data_mut().view.keep_record();
+                Ok(Ok(()))
+            }
+            Ok(Err(reason)) => {
+                self.store.data_mut().view.drop_record();
+                Ok(Err(reason))
+            }
+            Err(trap) => {
+                if let Some(failure) = self.store.data_mut().view.failure.take() {
+                    return Err(failure);
+                }
+                self.store.data_mut().view.drop_record();
+                let reason = match trap.downcast_ref::<view::OverBudget>() {
+                    Some(over) => over.to_string(),
+                    None => format!("guest trapped: {}", describe_trap(&trap)),
+                };
+                self.recover(&trap)?;
+                Ok(Err(reason))
+            }
+        }
+    }
+
+    /// A state read that failed outside a guest call: the host cannot go on.
+    fn fatal(&mut self, trap: wasmtime::Error) -> anyhow::Error {
+        self.store.data_mut().view.failure.take().unwrap_or_else(|| anyhow!("{trap:#}"))
+    }
+
+    /// When the earliest wall-clock timer is due (`None`: there is none), as of the batches
+    /// processed so far.
+    pub fn next_wall_clock_timer(&mut self) -> Result<Option<i64>> {
+        self.store.data_mut().view.earliest(Clock::Wall).map_err(|e| self.fatal(e))
     }
 
     /// Batches up to `seq` are in the store.
@@ -252,6 +318,23 @@ impl state::Host for ProcessorState {
 
     fn range(&mut self, start: Vec<u8>, end: Option<Vec<u8>>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.view.range(&start, end.as_deref(), limit)
+    }
+}
+
+impl timers::Host for ProcessorState {
+    fn set_timer(&mut self, key: Vec<u8>, at: i64, kind: TimeKind) -> wasmtime::Result<Result<(), String>> {
+        self.view.set_timer(key, at, clock(kind))
+    }
+
+    fn cancel_timer(&mut self, key: Vec<u8>, kind: TimeKind) -> wasmtime::Result<()> {
+        self.view.cancel_timer(key, clock(kind))
+    }
+}
+
+fn clock(kind: TimeKind) -> Clock {
+    match kind {
+        TimeKind::StreamTime => Clock::Stream,
+        TimeKind::WallClock => Clock::Wall,
     }
 }
 

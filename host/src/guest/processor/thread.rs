@@ -2,6 +2,7 @@
 //! the order submitted, and the engine's word that a batch is in the store (or never will be)
 //! arrives in the same queue, so it always lands between whole batches.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,6 +27,9 @@ pub struct ProcessorThread {
     /// queue and so ends the thread.
     requests: Arc<Mutex<Option<Sender<Request>>>>,
     processed: Receiver<Processed>,
+    /// When the earliest wall-clock timer is due (ms; `i64::MAX`: none), after the batches
+    /// processed so far: the engine submits a batch without records for it when idle.
+    next_wall_clock_timer: Arc<AtomicI64>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -56,6 +60,8 @@ impl ProcessorThread {
         let describe = guest.describe();
         let (requests, inbox) = channel::<Request>();
         let (processed_tx, processed) = channel();
+        let next_wall_clock_timer = Arc::new(AtomicI64::new(guest.next_wall_clock_timer()?.unwrap_or(i64::MAX)));
+        let next_timer = next_wall_clock_timer.clone();
         let handle = std::thread::Builder::new()
             .name("guest".into())
             .spawn(move || {
@@ -63,7 +69,9 @@ impl ProcessorThread {
                     match request {
                         Request::Process(seq, records) => {
                             let started = Instant::now();
-                            let effects = guest.process_batch(seq, &records);
+                            let effects = guest.process_batch(seq, &records, now_ms());
+                            let next = effects.as_ref().ok().and_then(|_| guest.next_wall_clock_timer().ok().flatten());
+                            next_timer.store(next.unwrap_or(i64::MAX), Ordering::Relaxed);
                             let _ = processed_tx.send((effects, started.elapsed().as_secs_f64() * 1000.0));
                         }
                         Request::Applied(seq) => guest.applied(seq),
@@ -73,7 +81,7 @@ impl ProcessorThread {
             })
             .context("spawning the guest thread")?;
         let requests = Arc::new(Mutex::new(Some(requests)));
-        Ok(ProcessorThread { describe, requests, processed, handle: Some(handle) })
+        Ok(ProcessorThread { describe, requests, processed, next_wall_clock_timer, handle: Some(handle) })
     }
 
     pub fn notices(&self) -> StateNotices {
@@ -93,6 +101,16 @@ impl ProcessorThread {
     pub fn describe(&self) -> &str {
         &self.describe
     }
+
+    /// True when a wall-clock timer is due now (as of the batches processed so far).
+    pub fn wall_clock_timer_due(&self) -> bool {
+        self.next_wall_clock_timer.load(Ordering::Relaxed) <= now_ms()
+    }
+}
+
+/// The wall clock, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn stopped() -> anyhow::Error {

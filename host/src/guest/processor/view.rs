@@ -7,6 +7,10 @@
 //! motion: a batch is processed while the one before is still on its way to the changelog),
 //! and the store. The engine says when a batch is in the store (`applied`) or will never be
 //! (`rewind`, after an aborted transaction).
+//!
+//! The store's keys (and so the changelog's) start with a space byte: the guest's values,
+//! its timers (by key, and by due time, so the next due ones are a range read away), and
+//! the task's stream time. A guest's keys only ever reach the first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -28,6 +32,46 @@ pub struct Emit {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// The spaces of the store's keys.
+pub mod space {
+    /// `[VALUE] ++ key` -> the guest's value.
+    pub const VALUE: u8 = 0x00;
+    /// `[TIMER_BY_KEY, kind] ++ key` -> due time (8 bytes, see `encode_time`).
+    pub const TIMER_BY_KEY: u8 = 0x01;
+    /// `[TIMER_BY_TIME, kind] ++ due time ++ key` -> nothing.
+    pub const TIMER_BY_TIME: u8 = 0x02;
+    /// `[STREAM_TIME]` -> the largest record timestamp seen (8 bytes).
+    pub const STREAM_TIME: u8 = 0x03;
+}
+
+/// A timer's clock, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Stream = 0,
+    Wall = 1,
+}
+
+/// A due time as 8 bytes that sort as the times do (the sign bit flipped).
+pub fn encode_time(at: i64) -> [u8; 8] {
+    ((at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn decode_time(bytes: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+pub fn value_key(key: &[u8]) -> Vec<u8> {
+    [&[space::VALUE], key].concat()
+}
+
+fn timer_by_key(clock: Clock, key: &[u8]) -> Vec<u8> {
+    [&[space::TIMER_BY_KEY, clock as u8], key].concat()
+}
+
+fn timer_by_time(clock: Clock, at: i64, key: &[u8]) -> Vec<u8> {
+    [&[space::TIMER_BY_TIME, clock as u8][..], &encode_time(at), key].concat()
 }
 
 /// A layer of writes: `None` deletes.
@@ -53,6 +97,9 @@ pub struct View {
     outputs: BTreeSet<String>,
     /// A store read that failed: the host cannot go on (the guest call is trapped).
     pub failure: Option<anyhow::Error>,
+    /// Per clock, the earliest timer's due time when known (`Some(None)`: it has none),
+    /// through every layer.
+    earliest_known: [Option<Option<i64>>; 2],
 }
 
 /// Why a host call traps the guest (the record is skipped with this reason).
@@ -97,8 +144,8 @@ impl View {
         self.record.get(key).or_else(|| self.batch.get(key)).or_else(|| self.pending.get(key).map(|(_, v)| v))
     }
 
-    pub fn get(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.spend(1)?;
+    /// The value of store key `key` through every layer.
+    fn read(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
         if let Some(value) = self.overlay(key) {
             return Ok(value.clone());
         }
@@ -108,28 +155,9 @@ impl View {
         }
     }
 
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        self.spend(1)?;
-        if let Err(why) = check_key(&key).and_then(|()| check_value(Some(&value))) {
-            return Ok(Err(why));
-        }
-        self.record.insert(key, Some(value));
-        Ok(Ok(()))
-    }
-
-    pub fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
-        self.spend(1)?;
-        if key.len() <= MAX_KEY_BYTES {
-            self.record.insert(key, None);
-        }
-        Ok(())
-    }
-
-    /// Entries with `start <= key < end`, in key order, at most `limit`: the store's, with
-    /// every newer write laid over them. Each entry returned counts as an operation.
-    pub fn range(&mut self, start: &[u8], end: Option<&[u8]>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.spend(1)?;
-        let bounds = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+    /// Store entries with `start <= key < end` through every layer, in key order, at most `limit`.
+    fn read_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let bounds = (Bound::Included(start), Bound::Excluded(end));
         let mut merged: Writes = BTreeMap::new();
         // Oldest layer first, so newer ones overwrite.
         for (k, (_, v)) in self.pending.range::<[u8], _>(bounds) {
@@ -142,17 +170,134 @@ impl View {
         }
         // At most `merged.len()` of the store's first entries are hidden by newer writes, so
         // this many are enough for `limit` live ones.
-        let wanted = limit as usize + merged.len();
+        let wanted = limit.saturating_add(merged.len());
         if let Some(store) = &self.base {
-            let read: Result<Vec<crate::state::Entry>> = store.values_between(start, end).take(wanted).collect();
+            let read: Result<Vec<crate::state::Entry>> = store.values_between(start, Some(end)).take(wanted).collect();
             for (k, v) in read.map_err(|e| self.fail(e))? {
                 merged.entry(k.into_vec()).or_insert(Some(v.into_vec()));
             }
         }
-        let entries: Vec<(Vec<u8>, Vec<u8>)> =
-            merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit as usize).collect();
+        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.spend(1)?;
+        self.read(&value_key(key))
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        self.spend(1)?;
+        if let Err(why) = check_key(&key).and_then(|()| check_value(Some(&value))) {
+            return Ok(Err(why));
+        }
+        self.record.insert(value_key(&key), Some(value));
+        Ok(Ok(()))
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        self.spend(1)?;
+        if key.len() <= MAX_KEY_BYTES {
+            self.record.insert(value_key(&key), None);
+        }
+        Ok(())
+    }
+
+    /// The guest's entries with `start <= key < end`, in key order, at most `limit`. Each
+    /// entry returned counts as an operation.
+    pub fn range(&mut self, start: &[u8], end: Option<&[u8]>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.spend(1)?;
+        let end = end.map_or(vec![space::VALUE + 1], value_key);
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .read_range(&value_key(start), &end, limit as usize)?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), v))
+            .collect();
         self.spend(entries.len() as u64)?;
         Ok(entries)
+    }
+
+    /// Sets `key`'s timer on `clock` to `at`, replacing the one it had.
+    pub fn set_timer(&mut self, key: Vec<u8>, at: i64, clock: Clock) -> wasmtime::Result<Result<(), String>> {
+        self.spend(1)?;
+        if let Err(why) = check_key(&key) {
+            return Ok(Err(why));
+        }
+        self.clear_timer(&key, clock)?;
+        self.record.insert(timer_by_key(clock, &key), Some(encode_time(at).to_vec()));
+        self.record.insert(timer_by_time(clock, at, &key), Some(Vec::new()));
+        // A record's timers are not yet kept (it may be refused): the cache only learns of
+        // them as "maybe earlier", i.e. unknown.
+        self.earliest_known[clock as usize] = None;
+        Ok(Ok(()))
+    }
+
+    pub fn cancel_timer(&mut self, key: Vec<u8>, clock: Clock) -> wasmtime::Result<()> {
+        self.spend(1)?;
+        self.clear_timer(&key, clock)
+    }
+
+    /// Removes `key`'s timer on `clock`, if it has one.
+    fn clear_timer(&mut self, key: &[u8], clock: Clock) -> wasmtime::Result<()> {
+        let by_key = timer_by_key(clock, key);
+        if let Some(at) = self.read(&by_key)?.as_deref().and_then(decode_time) {
+            self.record.insert(by_key, None);
+            self.record.insert(timer_by_time(clock, at, key), None);
+            self.earliest_known[clock as usize] = None;
+        }
+        Ok(())
+    }
+
+    /// The earliest timer on `clock` due at or before `now`: (key, due time).
+    pub fn next_due(&mut self, clock: Clock, now: i64) -> wasmtime::Result<Option<(Vec<u8>, i64)>> {
+        // The earliest is cached: a processor without timers reads nothing per record.
+        match self.earliest(clock)? {
+            Some(at) if at <= now => self.first_timer(clock, now),
+            _ => Ok(None),
+        }
+    }
+
+    /// The earliest timer on `clock` due at or before `now`, read through the layers.
+    fn first_timer(&mut self, clock: Clock, now: i64) -> wasmtime::Result<Option<(Vec<u8>, i64)>> {
+        let start = [space::TIMER_BY_TIME, clock as u8];
+        let end = match now.checked_add(1) {
+            Some(after) => [&start[..], &encode_time(after)].concat(),
+            None => vec![space::TIMER_BY_TIME, clock as u8 + 1],
+        };
+        let first = self.read_range(&start, &end, 1)?.into_iter().next();
+        Ok(first.and_then(|(k, _)| Some((k[10..].to_vec(), decode_time(&k[2..])?))))
+    }
+
+    /// The earliest time a timer on `clock` is due (`None`: it has none).
+    pub fn earliest(&mut self, clock: Clock) -> wasmtime::Result<Option<i64>> {
+        if let Some(known) = self.earliest_known[clock as usize] {
+            return Ok(known);
+        }
+        let earliest = self.first_timer(clock, i64::MAX)?.map(|(_, at)| at);
+        self.earliest_known[clock as usize] = Some(earliest);
+        Ok(earliest)
+    }
+
+    /// A due timer is about to fire: it is gone, whatever its call does.
+    pub fn take_timer(&mut self, key: &[u8], clock: Clock) -> wasmtime::Result<()> {
+        self.begin_record();
+        self.clear_timer(key, clock)?;
+        self.keep_record();
+        Ok(())
+    }
+
+    /// The task's stream time: the largest record timestamp seen (`None`: none yet).
+    pub fn stream_time(&mut self) -> wasmtime::Result<Option<i64>> {
+        Ok(self.read(&[space::STREAM_TIME])?.as_deref().and_then(decode_time))
+    }
+
+    /// Moves stream time to `t` if that is later (any record moves it, a refused one too);
+    /// true if it moved.
+    pub fn advance_stream_time(&mut self, t: i64) -> wasmtime::Result<bool> {
+        if self.stream_time()?.is_some_and(|now| t <= now) {
+            return Ok(false);
+        }
+        self.batch.insert(vec![space::STREAM_TIME], Some(encode_time(t).to_vec()));
+        Ok(true)
     }
 
     pub fn emit(&mut self, emit: Emit) -> wasmtime::Result<Result<(), String>> {
@@ -215,6 +360,7 @@ impl View {
     /// the store again.
     pub fn rewind(&mut self) {
         self.pending.clear();
+        self.earliest_known = [None, None];
     }
 }
 
@@ -255,7 +401,7 @@ mod tests {
     fn reads_see_every_newer_layer_and_a_dropped_record_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let value = |k: &str, v: &str| Change::Value { key: k.into(), value: Some(v.into()) };
+        let value = |k: &str, v: &str| Change::Value { key: value_key(k.as_bytes()), value: Some(v.into()) };
         store
             .apply([value("a", "store"), value("b", "store"), value("c", "store"), value("d", "store")], false)
             .unwrap();
@@ -281,7 +427,7 @@ mod tests {
         assert_eq!(got(&mut view, "c").as_deref(), Some("store"), "a dropped record leaves nothing");
 
         // Batch 1 reaches the store; the view reads it from there.
-        store.apply([value("a", "batch1"), Change::Value { key: b"b".to_vec(), value: None }], false).unwrap();
+        store.apply([value("a", "batch1"), Change::Value { key: value_key(b"b"), value: None }], false).unwrap();
         view.applied(1);
         assert_eq!(got(&mut view, "a").as_deref(), Some("batch1"));
         assert_eq!(got(&mut view, "b"), None);
@@ -292,6 +438,34 @@ mod tests {
         view.finish_batch(2);
         view.rewind();
         assert_eq!(got(&mut view, "a").as_deref(), Some("batch1"), "an aborted batch is forgotten");
+    }
+
+    #[test]
+    fn timers_come_due_in_time_order_and_are_replaced_per_key() {
+        let mut view = View::new(&[], 1000);
+        assert!(encode_time(-1) < encode_time(0), "negative times sort first");
+        assert_eq!(decode_time(&encode_time(-5)), Some(-5));
+        view.begin_record();
+        view.set_timer(b"a".to_vec(), 300, Clock::Stream).unwrap().unwrap();
+        view.set_timer(b"b".to_vec(), 100, Clock::Stream).unwrap().unwrap();
+        view.set_timer(b"c".to_vec(), 50, Clock::Wall).unwrap().unwrap();
+        view.set_timer(b"a".to_vec(), 200, Clock::Stream).unwrap().unwrap();
+        view.keep_record();
+        assert_eq!(view.next_due(Clock::Stream, 99).unwrap(), None);
+        assert_eq!(view.next_due(Clock::Stream, 250).unwrap(), Some((b"b".to_vec(), 100)));
+        view.take_timer(b"b", Clock::Stream).unwrap();
+        assert_eq!(view.next_due(Clock::Stream, 250).unwrap(), Some((b"a".to_vec(), 200)), "a was moved to 200");
+        view.take_timer(b"a", Clock::Stream).unwrap();
+        assert_eq!(view.next_due(Clock::Stream, i64::MAX).unwrap(), None, "a's first time is gone too");
+        assert_eq!(view.earliest(Clock::Wall).unwrap(), Some(50));
+        view.begin_record();
+        view.cancel_timer(b"c".to_vec(), Clock::Wall).unwrap();
+        view.keep_record();
+        assert_eq!(view.earliest(Clock::Wall).unwrap(), None);
+        assert!(view.range(b"", None, 10).unwrap().is_empty(), "timers are not the guest's values");
+        view.advance_stream_time(10).unwrap();
+        view.advance_stream_time(5).unwrap();
+        assert_eq!(view.stream_time().unwrap(), Some(10), "stream time never goes back");
     }
 
     #[test]

@@ -211,4 +211,15 @@ fn a_processor_guest_is_checked_and_tested_offline() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("emits: expected [deduped o-1], got [deduped o-1, deduped o-2, deduped o-3]"), "{stderr}");
+
+    // A table given as a file: shop_revenue prices its example with the menu.
+    let examples = integration_tests::repo_root().join("guests/shop_revenue/examples");
+    let menu = format!("menu={}", path(&examples.join("menu.tsv")));
+    let (input, expect) = (path(&examples.join("input.jsonl")), path(&examples.join("expected.json")));
+    let args =
+        ["test", "--guest", &path(&guest("shop_revenue")), "--input", &input, "--expect", &expect, "--table", &menu];
+    let out = host(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && stderr.contains("as expected"), "{stdout}{stderr}");
+    assert!(stdout.contains("#3     refused: \"soup\" is not on the menu"), "{stdout}");
 }

@@ -355,3 +355,131 @@ fn order_dedup_forgets_an_order_id_after_a_day_of_stream_time() {
     let timer = |id: &str| ("stream-time".to_string(), format!("seen/{id}"));
     assert_eq!(dump.timers, BTreeMap::from([(timer("a"), t0 + 49 * hour + 1), (timer("b"), t0 + 49 * hour)]));
 }
+
+/// The revenue job's topics: totals, alerts and the menu table.
+fn revenue_flags(env: &TestEnv) -> Vec<String> {
+    let mut flags = Vec::new();
+    for (flag, name) in [("--output-topic", "totals"), ("--output-topic", "alerts"), ("--table", "menu")] {
+        flags.extend([flag.to_string(), format!("{name}={}.{name}", env.name)]);
+    }
+    flags
+}
+
+fn create_revenue_topics(env: &TestEnv) {
+    let mut args = vec!["create-topics".to_string(), "--partitions".into(), "3".into()];
+    args.extend(env.topic_args());
+    args.extend(revenue_flags(env));
+    let out = env.host(&args);
+    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Revenue in cents per (shop, hour start) of `values` priced by `menu`, with the orders
+/// counted; orders with a drink off the menu (or malformed) are not.
+fn revenue(values: &[String], timestamps: &[i64], menu: &BTreeMap<&str, u64>) -> BTreeMap<(String, i64), (u64, u64)> {
+    let mut out: BTreeMap<(String, i64), (u64, u64)> = BTreeMap::new();
+    for (value, t) in values.iter().zip(timestamps) {
+        let Ok(order) = serde_json::from_str::<serde_json::Value>(value) else { continue };
+        let (Some(shop), Some(items)) = (order.get("shop_id").and_then(|s| s.as_u64()), order["items"].as_array())
+        else {
+            continue;
+        };
+        let priced: Option<u64> = items
+            .iter()
+            .map(|i| {
+                Some(menu.get(i["drink"].as_str()?)? * i["quantity"].as_u64().filter(|q| (1..=1_000_000).contains(q))?)
+            })
+            .sum();
+        if let Some(cents) = priced.filter(|_| !items.is_empty()) {
+            let entry = out.entry((shop.to_string(), t - t.rem_euclid(3_600_000))).or_default();
+            entry.0 += cents;
+            entry.1 += 1;
+        }
+    }
+    out
+}
+
+/// `shop_revenue` joins each order with the `menu` table (read to its end before the first
+/// order; a price changed while the host runs applies to the orders after it is read):
+/// under exactly-once through `kill -9`, read_committed, the newest total of every shop's
+/// hour is exact, the totals of each hour grow by exactly its orders, and each hour past
+/// 100.00 raised one alert.
+#[test]
+fn shop_revenue_joins_orders_with_the_menu_exactly_through_kill_9() {
+    let env = TestEnv::new("revenue");
+    create_revenue_topics(&env);
+    let menu_topic = format!("{}.menu", env.name);
+    let mut menu: BTreeMap<&str, u64> = orders::DRINKS.iter().map(|d| (*d, 300 + d.len() as u64 * 10)).collect();
+    menu.remove("chai"); // off the menu: orders with chai are refused
+    let rows: Vec<(&str, String)> = menu.iter().map(|(d, p)| (*d, p.to_string())).collect();
+    integration_tests::produce_rows(
+        &env.brokers,
+        &menu_topic,
+        &rows.iter().map(|(d, p)| (*d, p.as_str())).collect::<Vec<_>>(),
+    );
+
+    let hour = 3_600_000;
+    let base = now_ms() - now_ms().rem_euclid(hour) - 5 * hour;
+    let first = orders::generate(74, 3_000, 50);
+    let at = |i: usize| base + (i as i64 % 4) * hour + i as i64;
+    let timestamps: Vec<i64> = (0..first.values.len()).map(at).collect();
+    env.produce_at(&first.values.iter().cloned().enumerate().map(|(i, v)| (timestamps[i], v)).collect::<Vec<_>>());
+    let mut flags = revenue_flags(&env);
+    flags.extend(["--guarantee", "exactly-once", "--max-batch", "100", "--max-rate", "2000"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let total = first.values.len() as i64;
+    let mut host = env.spawn_host("shop_revenue", &flags);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "part of the input committed", || env.committed_total() >= total / 3);
+    host.kill9();
+    let mut host = env.spawn_host("shop_revenue", &flags);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    env.wait_committed(Duration::from_secs(60));
+
+    // The latte's price changes while the host runs; once its copy has it, later orders pay it.
+    integration_tests::produce_rows(&env.brokers, &menu_topic, &[("latte", "999")]);
+    let table_dir = env.state_dir().join("tables").join("menu").display().to_string();
+    wait_until(Duration::from_secs(30), "the new price read", || {
+        let out = env.host(&["dump", "--state-dir", &table_dir]);
+        String::from_utf8_lossy(&out.stdout).contains(r#""key":"latte","value":"999""#)
+    });
+    let second = orders::generate(75, 1_000, 0);
+    let later: Vec<i64> = (0..second.values.len()).map(|i| base + 4 * hour + i as i64).collect();
+    env.produce_at(&second.values.iter().cloned().enumerate().map(|(i, v)| (later[i], v)).collect::<Vec<_>>());
+    env.wait_committed(Duration::from_secs(60));
+    assert!(host.terminate().success());
+
+    let mut expected = revenue(&first.values, &timestamps, &menu);
+    menu.insert("latte", 999);
+    for (key, (cents, orders)) in revenue(&second.values, &later, &menu) {
+        let entry = expected.entry(key).or_default();
+        entry.0 += cents;
+        entry.1 += orders;
+    }
+    let totals = read_topic_with(&env.brokers, &format!("{}.totals", env.name), "read_committed");
+    let mut newest: BTreeMap<(String, i64), (u64, u64)> = BTreeMap::new();
+    let mut emitted: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for r in &totals {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        let key = (v["shop"].as_str().unwrap().to_owned(), v["hour_start_ms"].as_i64().unwrap());
+        let orders = v["orders"].as_u64().unwrap();
+        *emitted.entry(key.clone()).or_default() += 1;
+        newest.insert(key, (v["cents"].as_u64().unwrap(), orders));
+    }
+    assert_eq!(newest, expected, "the newest total of every shop's hour");
+    let counted: BTreeMap<(String, i64), u64> = expected.iter().map(|(k, (_, n))| (k.clone(), *n)).collect();
+    assert_eq!(emitted, counted, "one total per order, none twice");
+    let alerts = read_topic_with(&env.brokers, &format!("{}.alerts", env.name), "read_committed");
+    let alerted: BTreeSet<(String, i64)> = alerts
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (v["shop"].as_str().unwrap().to_owned(), v["hour_start_ms"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(alerts.len(), alerted.len(), "one alert per hour");
+    let over: BTreeSet<(String, i64)> =
+        expected.iter().filter(|(_, (c, _))| *c >= 10_000).map(|(k, _)| k.clone()).collect();
+    assert_eq!(alerted, over);
+    let dump = env.dump();
+    assert_eq!(env.restore_into(&env.dir.path().join("restored")), dump, "a restore equals the state");
+}

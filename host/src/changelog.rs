@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::kafka::Connection;
@@ -148,7 +148,9 @@ pub fn restore_partitions(
     // Written to the WAL without syncing; the final write (which removes the marker) syncs
     // the WAL, and with it every write before it. Until then a crash means starting over.
     let (mut report, positions) =
-        read_into(kafka, topic, only, &BTreeMap::new(), shutdown, |changes| store.apply(changes, false))?;
+        read_into(kafka, topic, only, &BTreeMap::new(), shutdown, decode_changelog, |changes| {
+            store.apply(changes, false)
+        })?;
     store.apply(position_changes(topic, &positions).chain([marker(None)]), true)?;
     (report.keys, report.keys_exact) = store.key_count()?;
     report.elapsed = started.elapsed();
@@ -172,19 +174,51 @@ pub fn replay_partitions(
     store: &Store,
     shutdown: &Shutdown,
 ) -> Result<RestoreReport> {
-    let started = Instant::now();
-    let from = store.changelog_positions(topic)?;
-    let (mut report, positions) =
-        read_into(kafka, topic, only, &from, shutdown, |changes| store.apply(changes, false))?;
-    store.apply(position_changes(topic, &positions), true)?;
-    report.elapsed = started.elapsed();
+    let report = replay(kafka, topic, only, store, shutdown, decode_changelog)?;
     tracing::info!(
         records_read = report.records_read,
-        from = ?from,
-        to = ?positions,
         seconds = report.elapsed.as_secs_f64(),
         "replayed the changelog's tail into state"
     );
+    Ok(report)
+}
+
+/// Brings a processor's table copy (`store`) up to the end of its compacted `topic`, from the
+/// positions it holds: every record's key and value as the table's row (a null value
+/// deletes it).
+pub fn replay_table(kafka: &Connection, topic: &str, store: &Store, shutdown: &Shutdown) -> Result<RestoreReport> {
+    replay(kafka, topic, None, store, shutdown, decode_table_row)
+}
+
+/// A table topic's record as a row of its copy (laid out as a processor's values are, so
+/// `host dump` reads a copy too); `None` for one without a key.
+pub fn decode_table_row(message: &BorrowedMessage<'_>) -> Option<Change> {
+    let key = crate::guest::processor::view::value_key(message.key()?);
+    Some(Change::Value { key, value: message.payload().map(<[u8]>::to_vec) })
+}
+
+fn decode_changelog(message: &BorrowedMessage<'_>) -> Option<Change> {
+    decode(message.key(), message.payload(), has_meta_header(message))
+}
+
+/// How a record of the topic read becomes a change (`None`: unreadable, counted and skipped).
+type Decode = fn(&BorrowedMessage<'_>) -> Option<Change>;
+
+fn replay(
+    kafka: &Connection,
+    topic: &str,
+    only: Option<i32>,
+    store: &Store,
+    shutdown: &Shutdown,
+    decode: Decode,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let from = store.changelog_positions(topic)?;
+    let (mut report, positions) =
+        read_into(kafka, topic, only, &from, shutdown, decode, |changes| store.apply(changes, false))?;
+    store.apply(position_changes(topic, &positions), true)?;
+    report.elapsed = started.elapsed();
+    tracing::debug!(topic, from = ?from, to = ?positions, "read to the end");
     Ok(report)
 }
 
@@ -205,6 +239,7 @@ fn read_into(
     only: Option<i32>,
     from: &BTreeMap<i32, i64>,
     shutdown: &Shutdown,
+    decode: Decode,
     mut write: impl FnMut(Vec<Change>) -> Result<()> + Send,
 ) -> Result<(RestoreReport, BTreeMap<i32, i64>)> {
     let consumer = topic_reader(kafka)?;
@@ -237,7 +272,7 @@ fn read_into(
             }
             Ok(())
         });
-        let read = read_loop(&consumer, topic, shutdown, &mut pending, &mut positions, to_read, &chunks);
+        let read = read_loop(&consumer, topic, shutdown, decode, &mut pending, &mut positions, to_read, &chunks);
         drop(chunks);
         let written = writer.join().map_err(|_| anyhow::anyhow!("the state writer thread panicked"))?;
         // A write error explains a read loop that stopped for want of a writer.
@@ -248,10 +283,12 @@ fn read_into(
 
 /// The reading half of `read_into`: polls until every pending partition is read to its end,
 /// sending decoded changes to the writer in chunks.
+#[allow(clippy::too_many_arguments)]
 fn read_loop(
     consumer: &HostConsumer,
     topic: &str,
     shutdown: &Shutdown,
+    decode: Decode,
     pending: &mut BTreeMap<i32, i64>,
     positions: &mut BTreeMap<i32, i64>,
     to_read: i64,
@@ -275,14 +312,16 @@ fn read_loop(
             Some(Err(e)) => bail!("reading changelog {topic}: {e}"),
             Some(Ok(message)) => {
                 report.records_read += 1;
-                match decode(message.key(), message.payload(), has_meta_header(&message)) {
+                match decode(&message) {
                     Some(change) => batch.push(change),
                     None => {
                         report.records_unreadable += 1;
                         tracing::warn!(
+                            topic,
                             partition = message.partition(),
                             offset = message.offset(),
-                            "changelog record is neither a counter (8-byte value) nor metadata: ignored"
+                            "unreadable record (a changelog record that is no counter, value or metadata; a table \
+                             record without a key): ignored"
                         );
                     }
                 }

@@ -186,6 +186,14 @@ pub struct TopicArgs {
           value_delimiter = ',', value_parser = parse_output_topic)]
     pub output_topics: Vec<(String, String)>,
 
+    /// A processor guest's table NAME (as its `describe` declares it) is the compacted TOPIC:
+    /// the host keeps a whole local copy, read to its end before the first record and kept up
+    /// to date while running. One flag per table (the environment variable takes them
+    /// comma-separated).
+    #[arg(long = "table", env = "STREAMHOST_TABLES", value_name = "NAME=TOPIC", value_delimiter = ',',
+          value_parser = parse_output_topic)]
+    pub tables: Vec<(String, String)>,
+
     /// With --scale-out: the repartition topic (as many partitions as the input).
     /// Default: the changelog topic's name plus `.repartition`.
     #[arg(
@@ -218,16 +226,19 @@ impl TopicArgs {
             dead_letter: self.dead_letter.clone(),
             repartition: self.scale_out.then(|| self.repartition_topic()),
             outputs: self.output_topics.clone(),
+            tables: self.tables.clone(),
             boards: true,
         }
     }
 }
 
-/// `NAME=TOPIC` of --output-topic.
+/// `NAME=TOPIC` of --output-topic and --table.
 fn parse_output_topic(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, topic)) if !name.is_empty() && !topic.is_empty() => Ok((name.to_owned(), topic.to_owned())),
-        _ => Err(format!("`{text}` is not NAME=TOPIC (e.g. --output-topic deduped=brew.orders.deduped)")),
+        _ => Err(format!(
+            "`{text}` is not NAME=TOPIC (e.g. --output-topic deduped=brew.orders.deduped, --table menu=brew.menu)"
+        )),
     }
 }
 
@@ -521,9 +532,14 @@ pub struct TestArgs {
     pub input: PathBuf,
 
     /// Expected outcome (JSON: any of "counts", "records_processed", "records_skipped",
-    /// "top"); a difference is shown and the exit code is 1. `--json` prints this format.
+    /// "top", and for a processor guest "state" and "emits"); a difference is shown and the
+    /// exit code is 1. `--json` prints this format.
     #[arg(long)]
     pub expect: Option<PathBuf>,
+
+    /// A processor guest's table NAME, from FILE: one row per line, the key, a tab, the value.
+    #[arg(long = "table", value_name = "NAME=FILE", value_parser = parse_output_topic)]
+    pub tables: Vec<(String, String)>,
 
     /// Entries on the board.
     #[arg(long, default_value_t = 10)]

@@ -497,6 +497,19 @@ pub fn produce_keyed(brokers: &str, topic: &str, values: &[(String, u64)]) {
     }
 }
 
+/// Produces keyed text records (a table's rows: key -> value), waiting for each.
+pub fn produce_rows(brokers: &str, topic: &str, rows: &[(&str, &str)]) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
+    let futures: Vec<_> = rows
+        .iter()
+        .map(|(k, v)| producer.send_result(FutureRecord::to(topic).key(*k).payload(*v)).expect("queue"))
+        .collect();
+    for f in futures {
+        f.now_or_never_blocking().expect("delivered");
+    }
+}
+
 trait BlockOn {
     fn now_or_never_blocking(self) -> Result<(), String>;
 }

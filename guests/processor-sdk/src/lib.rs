@@ -51,6 +51,15 @@ pub mod timers {
     }
 }
 
+/// Tables (host calls): look keys up in the compacted topics the run maps to the tables the
+/// guest declared (`host run --table NAME=TOPIC`).
+pub mod tables {
+    /// The newest value of `key` in table `name`; refused for an undeclared table.
+    pub fn lookup(name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        super::streamhost::processor::tables::lookup(name, key)
+    }
+}
+
 /// The `on-timer` of a processor that sets no timers.
 pub fn no_timers(_key: Vec<u8>, _at: i64, _kind: TimeKind) -> Result<(), String> {
     Ok(())
@@ -124,22 +133,33 @@ pub const WIT_VERSION: &str = "0.1.0";
 /// streamhost_processor_sdk::processor_guest!(Dedup, outputs = ["deduped"], state_version = 1, process = process);
 /// streamhost_processor_sdk::processor_guest!(Dedup, outputs = ["deduped"], state_version = 1, process = process,
 ///     on_timer = expire);
+/// streamhost_processor_sdk::processor_guest!(Revenue, outputs = ["totals"], tables = ["menu"], state_version = 1,
+///     process = process, on_timer = expire);
 /// ```
 #[macro_export]
 macro_rules! processor_guest {
     ($name:ident, outputs = [$($output:expr),* $(,)?], state_version = $version:expr, process = $process:path) => {
-        $crate::processor_guest!($name, outputs = [$($output),*], state_version = $version, process = $process,
-            on_timer = $crate::no_timers);
+        $crate::processor_guest!($name, outputs = [$($output),*], tables = [], state_version = $version,
+            process = $process, on_timer = $crate::no_timers);
     };
     ($name:ident, outputs = [$($output:expr),* $(,)?], state_version = $version:expr, process = $process:path,
      on_timer = $on_timer:path) => {
+        $crate::processor_guest!($name, outputs = [$($output),*], tables = [], state_version = $version,
+            process = $process, on_timer = $on_timer);
+    };
+    ($name:ident, outputs = [$($output:expr),* $(,)?], tables = [$($table:expr),* $(,)?], state_version = $version:expr,
+     process = $process:path, on_timer = $on_timer:path) => {
         // Constructed only by the export glue, which exists on wasm targets alone.
         #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
         struct $name;
 
         impl $crate::Guest for $name {
             fn describe() -> $crate::Description {
-                $crate::Description { outputs: vec![$($output.to_string()),*], state_version: $version }
+                $crate::Description {
+                    outputs: vec![$($output.to_string()),*],
+                    tables: vec![$($table.to_string()),*],
+                    state_version: $version,
+                }
             }
 
             fn process(input: $crate::InputRecord) -> Result<(), String> {

@@ -273,7 +273,36 @@ pub fn test_command(args: TestArgs) -> Result<bool> {
 /// state, as the host runs them (a refused record leaves nothing behind); what each did, the
 /// state at the end and every emit.
 fn test_processor(args: &TestArgs, mut guest: ProcessorGuest, records: &[&[u8]]) -> Result<bool> {
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    // The tables, each in a store of its own for the run (removed at the end).
+    let scratch = std::env::temp_dir().join(format!("streamhost-test-{}", std::process::id()));
+    let mut tables = BTreeMap::new();
+    for (name, file) in &args.tables {
+        let rows = std::fs::read_to_string(file).with_context(|| format!("reading table {name} from {file}"))?;
+        let store = crate::state::Store::open(&scratch.join(name))?;
+        let mut changes = Vec::new();
+        for (number, line) in rows.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+            let (key, value) =
+                line.split_once('\t').with_context(|| format!("{file} line {}: a row is KEY<tab>VALUE", number + 1))?;
+            let key = crate::guest::processor::view::value_key(key.as_bytes());
+            changes.push(crate::state::Change::Value { key, value: Some(value.into()) });
+        }
+        store.apply(changes, false)?;
+        tables.insert(name.clone(), store);
+    }
+    if !tables.is_empty() {
+        guest.set_tables(tables);
+    }
+    let passed = run_processor(args, &mut guest, records);
+    let _ = std::fs::remove_dir_all(&scratch);
+    passed
+}
+
+/// Bytes shown as text.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run_processor(args: &TestArgs, guest: &mut ProcessorGuest, records: &[&[u8]]) -> Result<bool> {
     let mut state: BTreeMap<String, String> = BTreeMap::new();
     let mut emits = Vec::new();
     let mut refused = 0;

@@ -139,38 +139,14 @@ impl RunConfig {
     pub fn check_processor(&self, description: &crate::guest::processor::Description) -> anyhow::Result<()> {
         if self.windows.is_some() {
             anyhow::bail!(
-                "--window counts a counting guest's deltas in windows; a processor guest keeps its own state                  (drop --window and its companions)"
+                "--window counts a counting guest's deltas in windows; a processor guest keeps its own state (drop --window and its companions)"
             );
         }
         if self.scale_out.is_some() {
             anyhow::bail!("--scale-out does not run processor guests yet: run one host per job");
         }
-        let declared: std::collections::BTreeSet<&str> = description.outputs.iter().map(String::as_str).collect();
-        let mapped: std::collections::BTreeSet<&str> = self.topics.outputs.iter().map(|(n, _)| n.as_str()).collect();
-        let missing: Vec<&str> = declared.difference(&mapped).copied().collect();
-        if !missing.is_empty() {
-            anyhow::bail!(
-                "the guest declares output{} {} but the run maps no topic to {}: add {}",
-                if missing.len() == 1 { "" } else { "s" },
-                missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
-                if missing.len() == 1 { "it" } else { "them" },
-                missing.iter().map(|n| format!("--output-topic {n}=TOPIC")).collect::<Vec<_>>().join(" ")
-            );
-        }
-        let unknown: Vec<&str> = mapped.difference(&declared).copied().collect();
-        if !unknown.is_empty() {
-            anyhow::bail!(
-                "--output-topic names output{} {} that the guest does not declare (it declares: {})",
-                if unknown.len() == 1 { "" } else { "s" },
-                unknown.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
-                if declared.is_empty() {
-                    "none".to_owned()
-                } else {
-                    declared.iter().copied().collect::<Vec<_>>().join(", ")
-                }
-            );
-        }
-        Ok(())
+        check_mapped("output", "--output-topic", &description.outputs, &self.topics.outputs)?;
+        check_mapped("table", "--table", &description.tables, &self.topics.tables)
     }
 
     /// Whether a guest swapped in (SIGHUP, a new file) may take over; if not, says why.
@@ -183,4 +159,37 @@ impl RunConfig {
             }
         }
     }
+}
+
+/// Refuses a run whose `flag NAME=TOPIC` mappings do not name exactly the `what`s (outputs,
+/// tables) the guest declares.
+fn check_mapped(what: &str, flag: &str, declared: &[String], mapped: &[(String, String)]) -> anyhow::Result<()> {
+    let declared: std::collections::BTreeSet<&str> = declared.iter().map(String::as_str).collect();
+    let mapped: std::collections::BTreeSet<&str> = mapped.iter().map(|(n, _)| n.as_str()).collect();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let names = |v: &[&str]| v.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let missing: Vec<&str> = declared.difference(&mapped).copied().collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the guest declares {what}{} {} but the run maps no topic to {}: add {}",
+            plural(missing.len()),
+            names(&missing),
+            if missing.len() == 1 { "it" } else { "them" },
+            missing.iter().map(|n| format!("{flag} {n}=TOPIC")).collect::<Vec<_>>().join(" ")
+        );
+    }
+    let unknown: Vec<&str> = mapped.difference(&declared).copied().collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "{flag} names {what}{} {} that the guest does not declare (it declares: {})",
+            plural(unknown.len()),
+            names(&unknown),
+            if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                declared.iter().copied().collect::<Vec<_>>().join(", ")
+            }
+        );
+    }
+    Ok(())
 }

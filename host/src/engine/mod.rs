@@ -19,4 +19,5 @@ pub mod records;
 pub mod repartitioned;
 pub mod stall;
 pub mod stats;
+pub mod tables;
 pub mod task;

@@ -32,6 +32,7 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Ta
 use crate::engine::config::{Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
 use crate::engine::records::skip_record;
+use crate::engine::tables::Tables;
 use crate::engine::task::{Durability, Task};
 use crate::guest::processor::thread::{ProcessorThread, StateNotices};
 use crate::guest::processor::{Header, InputRecord, ProcessorGuest};
@@ -103,7 +104,9 @@ pub fn run(
     let _ = http.store.set(store.shared());
     let applied = store.input_offsets(&args.topics.input)?;
     crate::engine::direct::check_input_not_behind_state(&args, store, &applied)?;
-    guest.set_state(store.shared(), args.max_state_ops);
+    // The tables, read to their ends before the first record.
+    let tables = Tables::open(&args.state_dir, &args.kafka, &args.topics.tables, shutdown)?;
+    guest.set_state(store.shared(), tables.stores(), args.max_state_ops);
     let guest = ProcessorThread::spawn(guest)?;
     let state = Values {
         submitted: applied.clone(),
@@ -130,7 +133,7 @@ pub fn run(
         "host running"
     );
     let dead_letter = args.topics.dead_letter.clone();
-    let mut processing = Processing { state, outputs, dead_letter, next_seq: 1 };
+    let mut processing = Processing { state, outputs, dead_letter, tables, next_seq: 1 };
     shutdown.working("processing");
     cycle::run(&mut engine, &mut processing, &consumer)?;
     shutdown.working("closing the Kafka consumer");
@@ -167,6 +170,8 @@ struct Processing {
     /// The guest's outputs, by name, to their topics.
     outputs: BTreeMap<String, String>,
     dead_letter: Option<String>,
+    /// The tables' copies: what their topics get is read between batches.
+    tables: Tables,
     /// The sequence number of the next batch submitted (the guest thread keeps the writes
     /// of each until the task says it is in the store).
     next_seq: u64,
@@ -281,6 +286,8 @@ impl<'c> Topology<'c> for Processing {
             let submitted = self.state.submitted.entry(*partition).or_insert(*next);
             *submitted = (*submitted).max(*next);
         }
+        // The batch sees the tables as read up to now.
+        self.read_tables(engine)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         engine.guest.submit(seq, records)?;
@@ -372,7 +379,12 @@ impl<'c> Topology<'c> for Processing {
         Ok(())
     }
 
-    fn idle(&mut self, _: &mut Engine<ProcessorThread>, _: &HostConsumer) {}
+    /// A quiet moment: the tables' topics are read on, so the next batch sees their news.
+    fn idle(&mut self, engine: &mut Engine<ProcessorThread>, _: &HostConsumer) {
+        if let Err(e) = self.read_tables(engine) {
+            tracing::warn!(error = %format!("{e:#}"), "reading the tables failed; trying again");
+        }
+    }
 
     /// A processor publishes no board.
     fn publish_board(&mut self, _: &mut Engine<ProcessorThread>, _: &HostConsumer) -> Result<()> {
@@ -400,6 +412,18 @@ impl<'c> Topology<'c> for Processing {
             records_skipped = self.state.totals.records_skipped,
             "stopped cleanly"
         );
+    }
+}
+
+impl Processing {
+    /// What the tables' topics got since the last look, to the guest thread (applied before
+    /// the next batch).
+    fn read_tables(&mut self, engine: &mut Engine<ProcessorThread>) -> Result<()> {
+        let updates = self.tables.poll()?;
+        if !updates.is_empty() {
+            engine.guest.update_tables(updates)?;
+        }
+        Ok(())
     }
 }
 

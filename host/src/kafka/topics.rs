@@ -24,6 +24,8 @@ pub struct Topics {
     pub repartition: Option<String>,
     /// A processor guest's outputs (`--output-topic NAME=TOPIC`): (name, topic).
     pub outputs: Vec<(String, String)>,
+    /// A processor guest's tables (`--table NAME=TOPIC`, compacted topics it reads): (name, topic).
+    pub tables: Vec<(String, String)>,
     /// Whether the job publishes boards to `output` (a counting guest's does; a processor's
     /// does not, and its run neither needs nor checks that topic).
     pub boards: bool,
@@ -41,6 +43,8 @@ pub(crate) enum Role {
     Output,
     DeadLetter,
     Repartition,
+    /// A processor's table: read, never written (created compacted).
+    Table,
 }
 
 impl Role {
@@ -51,6 +55,7 @@ impl Role {
             Role::Output => "output",
             Role::DeadLetter => "dead-letter",
             Role::Repartition => "repartition",
+            Role::Table => "table",
         }
     }
 }
@@ -61,6 +66,7 @@ pub(crate) fn roles(args: &Topics) -> Vec<(Role, String)> {
         topics.push((Role::Output, args.output.clone()));
     }
     topics.extend(args.outputs.iter().map(|(_, topic)| (Role::Output, topic.clone())));
+    topics.extend(args.tables.iter().map(|(_, topic)| (Role::Table, topic.clone())));
     if let Some(dlq) = &args.dead_letter {
         topics.push((Role::DeadLetter, dlq.clone()));
     }
@@ -120,7 +126,7 @@ pub fn check(kafka: &Connection, args: &Topics, create: bool, partitions: i32) -
     };
     let mut max_message_bytes = usize::MAX;
     for (role, topic) in &roles {
-        if *role != Role::Input {
+        if !matches!(role, Role::Input | Role::Table) {
             let limit = config_value(&admin, topic, "max.message.bytes", brokers)?;
             // Unknown: Kafka's default (1 MiB + 12 bytes of overhead).
             max_message_bytes = max_message_bytes.min(limit.parse().unwrap_or(1_048_588));
@@ -230,7 +236,7 @@ pub(crate) fn create_topics(
             let count = if matches!(role, Role::Input | Role::Changelog | Role::Repartition) { partitions } else { 1 };
             // -1: the broker's default replication factor.
             let mut topic = NewTopic::new(name, count, TopicReplication::Fixed(-1));
-            if *role == Role::Changelog {
+            if matches!(role, Role::Changelog | Role::Table) {
                 for (k, v) in CHANGELOG_CONFIG {
                     topic = topic.set(k, v);
                 }

@@ -31,7 +31,7 @@ mod bindings {
     });
 }
 
-use bindings::streamhost::processor::{output, state, timers, types};
+use bindings::streamhost::processor::{output, state, tables, timers, types};
 pub use types::{Header, InputRecord, TimeKind};
 use view::Clock;
 
@@ -51,10 +51,15 @@ pub(crate) fn is_processor(info: &LoadInfo) -> bool {
     info.exports.iter().any(|e| e.starts_with(&format!("{PACKAGE}/processor@")))
 }
 
+/// What tables' topics got since the last look: per table name, its rows and the positions
+/// they reach.
+pub type TableUpdates = Vec<(String, Vec<crate::state::Change>)>;
+
 /// What the guest needs from a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Description {
     pub outputs: Vec<String>,
+    pub tables: Vec<String>,
     pub state_version: u32,
 }
 
@@ -111,7 +116,11 @@ impl ProcessorGuest {
             .streamhost_processor_processor()
             .call_describe(&mut store)
             .map_err(|trap| anyhow!("guest {} trapped in describe: {}", path.display(), describe_trap(&trap)))?;
-        let description = Description { outputs: described.outputs, state_version: described.state_version };
+        let description = Description {
+            outputs: described.outputs,
+            tables: described.tables,
+            state_version: described.state_version,
+        };
         store.data_mut().view = View::new(&description.outputs, DEFAULT_STATE_OPS);
         Ok(ProcessorGuest { path: path.to_owned(), engine, pre, limits, store, live, description, traps: 0, info })
     }
@@ -124,11 +133,31 @@ impl ProcessorGuest {
         &self.description
     }
 
-    /// The store the guest's state lives in (until set: empty state, as `host test` has).
-    pub fn set_state(&mut self, store: crate::state::Store, max_state_ops: u64) {
+    /// The store the guest's state lives in (until set: empty state, as `host test` has), and
+    /// its tables' copies by name.
+    pub fn set_state(
+        &mut self,
+        store: crate::state::Store,
+        tables: std::collections::BTreeMap<String, crate::state::Store>,
+        max_state_ops: u64,
+    ) {
         let view = &mut self.store.data_mut().view;
         *view = View::new(&self.description.outputs, max_state_ops);
         view.set_base(store);
+        view.set_tables(tables);
+    }
+
+    /// The tables' copies alone (`host test`: state starts empty).
+    pub fn set_tables(&mut self, tables: std::collections::BTreeMap<String, crate::state::Store>) {
+        self.store.data_mut().view.set_tables(tables);
+    }
+
+    /// What the tables' topics got, applied between two batches.
+    pub fn update_tables(&mut self, updates: TableUpdates) -> Result<()> {
+        for (name, changes) in updates {
+            self.store.data_mut().view.update_table(&name, changes)?;
+        }
+        Ok(())
     }
 
     /// Runs every record through `process`, then the timers due (stream time as the records
@@ -318,6 +347,12 @@ impl state::Host for ProcessorState {
 
     fn range(&mut self, start: Vec<u8>, end: Option<Vec<u8>>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.view.range(&start, end.as_deref(), limit)
+    }
+}
+
+impl tables::Host for ProcessorState {
+    fn lookup(&mut self, name: String, key: Vec<u8>) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        self.view.lookup(&name, &key)
     }
 }
 

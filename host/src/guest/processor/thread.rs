@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 
-use super::{BatchEffects, InputRecord, ProcessorGuest};
+use super::{BatchEffects, InputRecord, ProcessorGuest, TableUpdates};
 
 enum Request {
     Process(u64, Vec<InputRecord>),
+    /// What the tables' topics got: applied between two batches.
+    Tables(TableUpdates),
     Applied(u64),
     Rewind,
 }
@@ -74,6 +76,12 @@ impl ProcessorThread {
                             next_timer.store(next.unwrap_or(i64::MAX), Ordering::Relaxed);
                             let _ = processed_tx.send((effects, started.elapsed().as_secs_f64() * 1000.0));
                         }
+                        Request::Tables(updates) => {
+                            if let Err(e) = guest.update_tables(updates) {
+                                // The copy is a cache of its topic: the next start reads it again.
+                                tracing::error!(error = %format!("{e:#}"), "updating a table's copy failed");
+                            }
+                        }
                         Request::Applied(seq) => guest.applied(seq),
                         Request::Rewind => guest.rewind(),
                     }
@@ -91,6 +99,11 @@ impl ProcessorThread {
     /// Queues batch `seq`; its effects come from [`ProcessorThread::receive`], in order.
     pub fn submit(&mut self, seq: u64, records: Vec<InputRecord>) -> Result<()> {
         if send(&self.requests, Request::Process(seq, records)) { Ok(()) } else { Err(stopped()) }
+    }
+
+    /// Hands what the tables' topics got to the guest thread: applied before the next batch.
+    pub fn update_tables(&mut self, updates: TableUpdates) -> Result<()> {
+        if send(&self.requests, Request::Tables(updates)) { Ok(()) } else { Err(stopped()) }
     }
 
     /// The effects of the oldest submitted batch, waiting for them if need be.

@@ -97,6 +97,8 @@ pub struct View {
     outputs: BTreeSet<String>,
     /// A store read that failed: the host cannot go on (the guest call is trapped).
     pub failure: Option<anyhow::Error>,
+    /// The copies of the tables the guest declared, by name.
+    tables: BTreeMap<String, Store>,
     /// Per clock, the earliest timer's due time when known (`Some(None)`: it has none),
     /// through every layer.
     earliest_known: [Option<Option<i64>>; 2],
@@ -121,6 +123,34 @@ impl View {
 
     pub fn set_base(&mut self, store: Store) {
         self.base = Some(store);
+    }
+
+    pub fn set_tables(&mut self, tables: BTreeMap<String, Store>) {
+        self.tables = tables;
+    }
+
+    /// The newest value of `key` in table `name`, as its copy holds it now.
+    pub fn lookup(&mut self, name: &str, key: &[u8]) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        self.spend(1)?;
+        let Some(table) = self.tables.get(name) else {
+            let declared: Vec<&str> = self.tables.keys().map(String::as_str).collect();
+            return Ok(Err(format!(
+                "table `{name}` is not declared (describe declares: {})",
+                if declared.is_empty() { "none".to_owned() } else { declared.join(", ") }
+            )));
+        };
+        match table.value(&value_key(key)) {
+            Ok(value) => Ok(Ok(value)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Applies what a table's topic got (between two batches).
+    pub fn update_table(&mut self, name: &str, changes: Vec<crate::state::Change>) -> Result<()> {
+        match self.tables.get(name) {
+            Some(table) => table.apply(changes, false),
+            None => Ok(()),
+        }
     }
 
     /// Counts `n` operations; past the budget, the call traps.

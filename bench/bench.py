@@ -21,6 +21,10 @@ Modes, each from its first consumed record until everything is committed:
           and of one shard of it (`--scale-out --partition 0`: a sixth of the keys).
   restart exactly-once restart with those keys in state, after a crash between a transaction's
           commit and its state write: time to ready (tail replayed) and to the first commit.
+  dedup   a processor guest (guests/order_dedup: keyed state, an emit per new order id, a
+          stream-time timer per order) over the same orders, at-least-once: what a host call
+          per state operation costs next to the counting world's one call per batch. Only
+          with --probe dedup for now (README, "Processors").
   latency wasm host at a fixed offered load; record timestamp -> changelog acknowledged
           (the run with the median p99 of BENCH_RUNS runs, each on fresh topics).
 With --peers (`make bench-peers`), on the same broker and data, one after another:
@@ -62,6 +66,7 @@ LANGUAGE_GUESTS = {lang: os.path.join(ROOT, "build", "guests", f"drink_count_{su
                    for lang, suffix in (("python", "py"), ("javascript", "js"))}
 EVENT_TIME_STEP_MS = 10
 WINDOW_FLAGS = {"window": ["--window", "1m"], "hopping": ["--window", "10m", "--advance", "1m"]}
+DEDUP = os.path.join(ROOT, "build", "guests", "order_dedup.wasm")
 BROKERS = os.environ.get("STREAMHOST_BROKERS", "127.0.0.1:9092")
 ORDERS = int(os.environ.get("BENCH_ORDERS", 1_000_000))
 RUNS = int(os.environ.get("BENCH_RUNS", 3))
@@ -353,7 +358,7 @@ def main():
         + ORDER_FLAGS)
 
     results = {"raw": [], "native": [], "wasm": [], "eos": [], "window": [], "hopping": [], "python": [], "javascript": [],
-               "scale1": [], "scale2": [], "scale3": []}
+               "scale1": [], "scale2": [], "scale3": [], "dedup": []}
     if PEERS:
         results.update({"kstreams": [], "go-seed": []})
         for path in (GO_SEED, KSTREAMS_CP.split(":")[0]):
@@ -374,6 +379,9 @@ def main():
                 r = pipeline(HOST, f"{mode}{i}", ["--guarantee", "exactly-once"])
             elif mode in WINDOW_FLAGS:
                 r = pipeline(HOST, f"{mode}{i}", WINDOW_FLAGS[mode])
+            elif mode == "dedup":
+                out = ["--output-topic", f"deduped=bench-{RUN_ID}.{mode}{i}.deduped", "--create-topics"]
+                r = pipeline(HOST, f"{mode}{i}", out, guest=DEDUP)
             elif mode in LANGUAGE_GUESTS:
                 if i > 0 and not PROBE:
                     continue  # one run: the gap to Rust is far larger than the noise
@@ -382,7 +390,7 @@ def main():
                 r = pipeline(NATIVE if mode == "native" else HOST, f"{mode}{i}")
             assert r["records"] == ORDERS, f"{mode} saw {r['records']} of {ORDERS} records"
             # Every mode counts the same records (windowed ones too: no record may be late here).
-            if "totals" in r and results["wasm"] and "totals" in results["wasm"][0]:
+            if "totals" in r and results["wasm"] and "totals" in results["wasm"][0] and mode != "dedup":
                 assert r["totals"] == results["wasm"][0]["totals"], f"{mode} counted {r['totals']}, wasm {results['wasm'][0]['totals']}"
             results[mode].append(r)
             log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s, {r['cpu']:.1f} CPU s, {r['rss']:.0f} MiB"

@@ -162,6 +162,47 @@ fn dedup_crash_at(step: &str, lose_state: bool) {
     assert_eq!(env.restore_into(&env.dir.path().join("restored")).values, env.dump().values);
 }
 
+/// Under exactly-once, a crash at every gap of the transaction (fault injection), with the
+/// state dir kept or lost: read_committed, every order id on the output exactly once.
+fn dedup_crash_under_exactly_once_at(step: &str, lose_state: bool) {
+    let env = TestEnv::new(&format!("dedup-eos-{step}{}", if lose_state { "-lost" } else { "" }));
+    create_dedup_topics(&env);
+    let input = input(76, 2_000);
+    env.produce(&input.values);
+    let mut flags = dedup_flags(&env);
+    flags.extend(["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    env.crash_with_fault("order_dedup", &flags, &format!("{step}:3"));
+    if lose_state {
+        std::fs::remove_dir_all(env.state_dir()).unwrap();
+    }
+    env.run_until_drained("order_dedup", &flags, Duration::from_secs(60));
+
+    let out = forwarded(&read_topic_with(&env.brokers, &deduped(&env), "read_committed"));
+    let twice: Vec<_> = out.iter().filter(|(_, v)| v.len() != 1).map(|(k, v)| (k, v.len())).collect();
+    assert!(twice.is_empty(), "forwarded other than once: {twice:?}");
+    let ids: BTreeSet<String> = out.keys().cloned().collect();
+    assert_eq!(ids, input.firsts.keys().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(seen_ids(&env), ids);
+    let dump = env.dump();
+    assert_eq!((dump.records_processed, dump.records_skipped), (input.accepted, input.refused));
+}
+
+#[test]
+fn dedup_crash_mid_transaction() {
+    dedup_crash_under_exactly_once_at("mid-transaction", false);
+}
+
+#[test]
+fn dedup_crash_after_commit_before_state() {
+    dedup_crash_under_exactly_once_at("after-changelog", false);
+}
+
+#[test]
+fn dedup_crash_after_commit_before_state_state_lost() {
+    dedup_crash_under_exactly_once_at("after-changelog", true);
+}
+
 #[test]
 fn dedup_crash_after_changelog() {
     dedup_crash_at("after-changelog", false);

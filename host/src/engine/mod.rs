@@ -13,6 +13,7 @@ pub mod cycle;
 pub mod direct;
 pub mod fault;
 pub mod log_limit;
+pub mod one_host;
 pub mod pace;
 pub mod processing;
 pub mod records;

@@ -1,8 +1,10 @@
 //! The processing topology of `host run` with a processor guest (`wit/processor`): input ->
 //! guest (keyed state and emits, through host calls) -> one state task, on one host. A batch,
-//! top to bottom: `submit` (to the guest thread, which reads state through every batch not
-//! yet in the store), then `send` (dead letters, emits, then the changelog of the values the
-//! batch wrote), then the committer makes it durable in the one order (`engine::committer`).
+//! top to bottom: `submit` (the tables' news, then the records, to the guest thread, which
+//! reads state through every batch not yet in the store and fires the timers that come due),
+//! then `send` (dead letters, emits, then the changelog of the values and timers the batch
+//! wrote), then the committer makes it durable in the one order (`engine::committer`). A
+//! wall-clock timer due while no record comes gets a batch without records (`tick_due`).
 //!
 //! # The guarantee
 //!
@@ -31,13 +33,13 @@ use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
 use crate::engine::config::{Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
+use crate::engine::one_host::{self, Started};
 use crate::engine::records::skip_record;
 use crate::engine::tables::Tables;
 use crate::engine::task::{Durability, Task};
 use crate::guest::processor::thread::{ProcessorThread, StateNotices};
 use crate::guest::processor::{Header, InputRecord, ProcessorGuest};
 use crate::kafka::clients::{HostConsumer, HostContext};
-use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Store, Totals, meta};
 
@@ -60,50 +62,13 @@ pub fn run(
     }
     let mut task = Task::open(&args.state_dir, Durability::Fsynced, &args.topics.changelog, None)?;
     check_state_is_a_processors(task.store(), description.state_version)?;
-    shutdown.starting("checking the topics");
-    let checked = crate::kafka::topics::check(&args.kafka, &args.topics, args.create_topics, args.partitions)?;
-    let transactional_id = args.transactional_id();
-    let producer = AckedProducer::for_run(
-        &args.kafka,
-        &args.topics.changelog,
-        transactional_id.as_deref(),
-        checked.max_message_bytes,
-        args.ack_timeout,
-        shutdown,
-    )?;
-
-    shutdown.starting("restoring state from the changelog");
-    let restored = task.restore_if_needed(&args.kafka, shutdown)?;
-    if let Some(report) = restored.as_ref().filter(|r| r.records_read > 0) {
-        tracing::info!(
-            keys = report.keys,
-            records = report.records_read,
-            "state was empty: restored it from the changelog"
-        );
-    }
-    let instance_id = crate::kafka::clients::instance_id(args.instance_id.as_deref(), &args.group, task.store().dir());
-    shutdown.starting("describing the consumer group");
-    let consumer =
-        crate::kafka::clients::input_consumer(&args.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)?;
-    // Closed only after a clean run; on an error the process exits like a crash.
-    let consumer = std::mem::ManuallyDrop::new(consumer);
-    crate::engine::direct::check_group_is_ours(&consumer, &args.group, instance_id.as_deref())?;
-    consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
-    if restored.is_none() {
-        shutdown.starting("catching up with the changelog");
-        let report = task.catch_up(&args.kafka, args.guarantee, shutdown)?;
-        if report.records_read > 0 {
-            tracing::info!(
-                records = report.records_read,
-                "state caught up with the changelog (a crash came after a commit)"
-            );
-        }
-    }
+    let Started { producer, consumer, transactional_id: _, instance_id: _ } =
+        one_host::start(&args, &mut task, shutdown)?;
 
     let store = task.store();
     let _ = http.store.set(store.shared());
     let applied = store.input_offsets(&args.topics.input)?;
-    crate::engine::direct::check_input_not_behind_state(&args, store, &applied)?;
+    one_host::check_input_not_behind_state(&args, store, &applied)?;
     // The tables, read to their ends before the first record.
     let tables = Tables::open(&args.state_dir, &args.kafka, &args.topics.tables, shutdown)?;
     guest.set_state(store.shared(), tables.stores(), args.max_state_ops);
@@ -235,7 +200,7 @@ impl<'c> Topology<'c> for Processing {
     }
 
     fn waiting(&self, consumer: &HostConsumer) -> i64 {
-        crate::engine::direct::lag(consumer, &self.state.applied).values().sum()
+        one_host::lag(consumer, &self.state.applied).values().sum()
     }
 
     /// One host per group: its partitions never move.

@@ -74,6 +74,9 @@ fn timer_by_time(clock: Clock, at: i64, key: &[u8]) -> Vec<u8> {
     [&[space::TIMER_BY_TIME, clock as u8][..], &encode_time(at), key].concat()
 }
 
+/// A key and its write (`None`: deleted) in one layer, as a range read meets it.
+type LayerEntry<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// A layer of writes: `None` deletes.
 type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -99,8 +102,8 @@ pub struct View {
     pub failure: Option<anyhow::Error>,
     /// The copies of the tables the guest declared, by name.
     tables: BTreeMap<String, Store>,
-    /// Per clock, the earliest timer's due time when known (`Some(None)`: it has none),
-    /// through every layer.
+    /// Per clock, a lower bound of the earliest timer's due time when known (`Some(None)`:
+    /// it has none), through every layer.
     earliest_known: [Option<Option<i64>>; 2],
 }
 
@@ -188,26 +191,52 @@ impl View {
     /// Store entries with `start <= key < end` through every layer, in key order, at most `limit`.
     fn read_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let bounds = (Bound::Included(start), Bound::Excluded(end));
-        let mut merged: Writes = BTreeMap::new();
-        // Oldest layer first, so newer ones overwrite.
-        for (k, (_, v)) in self.pending.range::<[u8], _>(bounds) {
-            merged.insert(k.clone(), v.clone());
-        }
-        for layer in [&self.batch, &self.record] {
-            for (k, v) in layer.range::<[u8], _>(bounds) {
-                merged.insert(k.clone(), v.clone());
+        // The layers merged lazily in key order (newest first for a key present in several):
+        // a read of the first few entries costs a seek per layer, however many writes they hold.
+        let mut layers: [Box<dyn Iterator<Item = LayerEntry<'_>> + '_>; 3] = [
+            Box::new(self.record.range::<[u8], _>(bounds).map(|(k, v)| (k.as_slice(), v.as_deref()))),
+            Box::new(self.batch.range::<[u8], _>(bounds).map(|(k, v)| (k.as_slice(), v.as_deref()))),
+            Box::new(self.pending.range::<[u8], _>(bounds).map(|(k, (_, v))| (k.as_slice(), v.as_deref()))),
+        ];
+        let mut heads: Vec<Option<LayerEntry<'_>>> = layers.iter_mut().map(|l| l.next()).collect();
+        let mut store = self.base.as_ref().map(|store| store.values_between(start, Some(end)).peekable());
+        let mut out = Vec::new();
+        let mut failed = None;
+        while out.len() < limit {
+            let stored = match store.as_mut().map(|s| s.peek()) {
+                Some(Some(Err(_))) => {
+                    failed = store.as_mut().and_then(|s| s.next()).and_then(|r| r.err());
+                    break;
+                }
+                Some(Some(Ok((k, _)))) => Some(&k[..]),
+                _ => None,
+            };
+            // The smallest key of any layer or the store.
+            let Some(key) = heads.iter().flatten().map(|(k, _)| *k).chain(stored).min() else { break };
+            let key = key.to_vec();
+            // The newest layer that has it decides; every source holding it moves on.
+            let mut value: Option<Option<Vec<u8>>> = None;
+            for (head, layer) in heads.iter_mut().zip(layers.iter_mut()) {
+                if head.is_some_and(|(k, _)| k == key.as_slice()) {
+                    let (_, v) = head.take().expect("checked");
+                    value.get_or_insert_with(|| v.map(<[u8]>::to_vec));
+                    *head = layer.next();
+                }
+            }
+            if stored.is_some_and(|k| k == key.as_slice())
+                && let Some(Some(Ok((_, v)))) = store.as_mut().map(|s| s.next())
+            {
+                value.get_or_insert_with(|| Some(v.into_vec()));
+            }
+            if let Some(Some(v)) = value {
+                out.push((key, v));
             }
         }
-        // At most `merged.len()` of the store's first entries are hidden by newer writes, so
-        // this many are enough for `limit` live ones.
-        let wanted = limit.saturating_add(merged.len());
-        if let Some(store) = &self.base {
-            let read: Result<Vec<crate::state::Entry>> = store.values_between(start, Some(end)).take(wanted).collect();
-            for (k, v) in read.map_err(|e| self.fail(e))? {
-                merged.entry(k.into_vec()).or_insert(Some(v.into_vec()));
-            }
+        drop((layers, store));
+        if let Some(e) = failed {
+            return Err(self.fail(e));
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
+        Ok(out)
     }
 
     pub fn get(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -255,9 +284,10 @@ impl View {
         self.clear_timer(&key, clock)?;
         self.record.insert(timer_by_key(clock, &key), Some(encode_time(at).to_vec()));
         self.record.insert(timer_by_time(clock, at, &key), Some(Vec::new()));
-        // A record's timers are not yet kept (it may be refused): the cache only learns of
-        // them as "maybe earlier", i.e. unknown.
-        self.earliest_known[clock as usize] = None;
+        // The bound only moves earlier (if this record is refused, it is merely early).
+        if let Some(bound) = &mut self.earliest_known[clock as usize] {
+            *bound = Some(bound.map_or(at, |b| b.min(at)));
+        }
         Ok(Ok(()))
     }
 
@@ -270,20 +300,26 @@ impl View {
     fn clear_timer(&mut self, key: &[u8], clock: Clock) -> wasmtime::Result<()> {
         let by_key = timer_by_key(clock, key);
         if let Some(at) = self.read(&by_key)?.as_deref().and_then(decode_time) {
+            // (A timer gone leaves the lower bound a bound.)
             self.record.insert(by_key, None);
             self.record.insert(timer_by_time(clock, at, key), None);
-            self.earliest_known[clock as usize] = None;
         }
         Ok(())
     }
 
     /// The earliest timer on `clock` due at or before `now`: (key, due time).
     pub fn next_due(&mut self, clock: Clock, now: i64) -> wasmtime::Result<Option<(Vec<u8>, i64)>> {
-        // The earliest is cached: a processor without timers reads nothing per record.
-        match self.earliest(clock)? {
-            Some(at) if at <= now => self.first_timer(clock, now),
-            _ => Ok(None),
+        // Below the cached bound nothing is due: a record that moves stream time reads
+        // nothing until the earliest timer's time (a processor without timers, never).
+        if self.earliest(clock)?.is_none_or(|bound| bound > now) {
+            return Ok(None);
         }
+        let found = self.first_timer(clock, now)?;
+        if found.is_none() {
+            // The bound was early (a timer since refused or gone): read it again next time.
+            self.earliest_known[clock as usize] = None;
+        }
+        Ok(found)
     }
 
     /// The earliest timer on `clock` due at or before `now`, read through the layers.
@@ -297,7 +333,8 @@ impl View {
         Ok(first.and_then(|(k, _)| Some((k[10..].to_vec(), decode_time(&k[2..])?))))
     }
 
-    /// The earliest time a timer on `clock` is due (`None`: it has none).
+    /// No timer on `clock` is due before this (`None`: it has none); exact when read, then
+    /// kept as a lower bound as timers come and go (so at worst early).
     pub fn earliest(&mut self, clock: Clock) -> wasmtime::Result<Option<i64>> {
         if let Some(known) = self.earliest_known[clock as usize] {
             return Ok(known);
@@ -361,7 +398,10 @@ impl View {
 
     /// The record was accepted: its writes and emits join the batch.
     pub fn keep_record(&mut self) {
-        self.batch.append(&mut self.record);
+        // (Not `BTreeMap::append`: it rebuilds the whole batch layer, per record.)
+        for (key, value) in std::mem::take(&mut self.record) {
+            self.batch.insert(key, value);
+        }
         self.batch_emits.append(&mut self.record_emits);
     }
 
@@ -491,7 +531,9 @@ mod tests {
         view.begin_record();
         view.cancel_timer(b"c".to_vec(), Clock::Wall).unwrap();
         view.keep_record();
-        assert_eq!(view.earliest(Clock::Wall).unwrap(), None);
+        assert_eq!(view.earliest(Clock::Wall).unwrap(), Some(50), "a bound: at worst early");
+        assert_eq!(view.next_due(Clock::Wall, i64::MAX).unwrap(), None);
+        assert_eq!(view.earliest(Clock::Wall).unwrap(), None, "exact again after a look");
         assert!(view.range(b"", None, 10).unwrap().is_empty(), "timers are not the guest's values");
         view.advance_stream_time(10).unwrap();
         view.advance_stream_time(5).unwrap();

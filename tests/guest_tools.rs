@@ -212,6 +212,13 @@ fn a_processor_guest_is_checked_and_tested_offline() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("emits: expected [deduped o-1], got [deduped o-1, deduped o-2, deduped o-3]"), "{stderr}");
 
+    // Controlled time: `@<ms>` lines move stream time past a day, so the id is forgotten.
+    let retention = path(&examples.join("retention.jsonl"));
+    let out = host(&["test", "--guest", &path(&guest("order_dedup")), "--input", &retention, "--json"]);
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = outcome["emits"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a", "b", "a"], "{outcome}");
+
     // A table given as a file: shop_revenue prices its example with the menu.
     let examples = integration_tests::repo_root().join("guests/shop_revenue/examples");
     let menu = format!("menu={}", path(&examples.join("menu.tsv")));

@@ -313,6 +313,9 @@ fn timers_fire_on_stream_time_and_wall_clock_and_survive_kill_9() {
     wait_until(Duration::from_secs(30), "the wall-clock timer fired", || env.dump().values.contains_key("fired/w"));
     assert!(now_ms() >= wall_at, "fired before its time");
     let metrics = integration_tests::http_get(&addr, "/metrics").1;
+    // `/state/{key}` answers a processor's values as `host dump` shows them.
+    let (status, body) = integration_tests::http_get(&addr, "/state/k");
+    assert_eq!((status, body.as_str()), (200, r#"{"key":"k","value_text":"v"}"#));
     let log = host.stderr_text();
     assert!(host.terminate().success());
 
@@ -481,7 +484,7 @@ fn shop_revenue_joins_orders_with_the_menu_exactly_through_kill_9() {
     let table_dir = env.state_dir().join("tables").join("menu").display().to_string();
     wait_until(Duration::from_secs(30), "the new price read", || {
         let out = env.host(&["dump", "--state-dir", &table_dir]);
-        String::from_utf8_lossy(&out.stdout).contains(r#""key":"latte","value":"999""#)
+        String::from_utf8_lossy(&out.stdout).contains(r#""key":"latte","value":999"#)
     });
     let second = orders::generate(75, 1_000, 0);
     let later: Vec<i64> = (0..second.values.len()).map(|i| base + 4 * hour + i as i64).collect();
@@ -523,4 +526,123 @@ fn shop_revenue_joins_orders_with_the_menu_exactly_through_kill_9() {
     assert_eq!(alerted, over);
     let dump = env.dump();
     assert_eq!(env.restore_into(&env.dir.path().join("restored")), dump, "a restore equals the state");
+}
+
+/// The dedup soak: 30,000 orders (a third of them again later) produced over ~15 s while the
+/// host is killed (-9) at random moments and restarted, with random batch sizes. Exactly-once:
+/// read_committed, every order id on the output exactly once; at-least-once: every id at
+/// least once, none invented. Either way the state holds every id once, and a restore equals it.
+fn dedup_soak(name: &str, exactly_once: bool) {
+    let mut random = integration_tests::random_source("dedup soak (random kill moments and batch sizes)");
+    let env = TestEnv::new(name);
+    create_dedup_topics(&env);
+    let input = input(77, 22_500);
+    let producer = integration_tests::produce_over_time(
+        &env.brokers,
+        &env.input,
+        &input.values,
+        2_000,
+        Duration::from_millis(1_000),
+    );
+    let mut mode = dedup_flags(&env);
+    if exactly_once {
+        mode.extend(["--guarantee", "exactly-once", "--commit-interval", "50ms"].map(String::from));
+    }
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    while kills < 8 || !producer.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(240), "soak took too long");
+        let batch = ["20", "200", "2000"][random(3) as usize];
+        let args: Vec<&str> = ["--max-batch", batch].into_iter().chain(mode.iter().map(String::as_str)).collect();
+        let host = env.spawn_host("order_dedup", &args);
+        std::thread::sleep(Duration::from_millis(500 + random(2_000)));
+        host.kill9();
+        kills += 1;
+    }
+    producer.join().unwrap();
+    eprintln!("dedup soak: {kills} kills in {:?}", started.elapsed());
+    let mode: Vec<&str> = mode.iter().map(String::as_str).collect();
+    env.run_until_drained("order_dedup", &mode, Duration::from_secs(180));
+
+    let isolation = if exactly_once { "read_committed" } else { "read_uncommitted" };
+    let out = forwarded(&read_topic_with(&env.brokers, &deduped(&env), isolation));
+    let ids: BTreeSet<String> = out.keys().cloned().collect();
+    assert_eq!(ids, input.firsts.keys().cloned().collect::<BTreeSet<_>>(), "no order lost, none invented");
+    if exactly_once {
+        let twice: Vec<_> = out.iter().filter(|(_, v)| v.len() != 1).map(|(k, v)| (k, v.len())).collect();
+        assert!(twice.is_empty(), "forwarded other than once: {twice:?}");
+        let dump = env.dump();
+        assert_eq!((dump.records_processed, dump.records_skipped), (input.accepted, input.refused));
+    }
+    assert_eq!(seen_ids(&env), ids);
+    assert_eq!(env.restore_into(&env.dir.path().join("restored")), env.dump());
+}
+
+#[test]
+fn dedup_random_kill_9_soak_under_exactly_once() {
+    dedup_soak("dedup-soak-eos", true);
+}
+
+#[test]
+fn dedup_random_kill_9_soak_under_at_least_once() {
+    dedup_soak("dedup-soak", false);
+}
+
+/// A timer whose call never returns is trapped at `--guest-timeout`: counted as a failed
+/// timer, what it did dropped, and the records after it processed.
+#[test]
+fn a_timer_that_loops_is_trapped_and_processing_goes_on() {
+    let env = TestEnv::new("proc-timer-loop");
+    create_out_topics(&env);
+    env.produce_at(&[
+        (1_000, "stream loop-a 2000".to_string()),
+        (3_000, "put k v".to_string()),
+        (3_001, "emit k".to_string()),
+    ]);
+    let mut flags = out_flags(&env);
+    flags.extend(["--guest-timeout", "300ms"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut host = env.spawn_host("test_processor", &flags);
+    host.wait_for_log("host running", Duration::from_secs(60));
+    env.wait_committed(Duration::from_secs(60));
+    let log = host.stderr_text();
+    assert!(host.terminate().success());
+    assert!(log.contains("a timer's call failed") && log.contains("deadline exceeded"), "{log}");
+    let dump = env.dump();
+    let keys: Vec<&str> = dump.values.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["k"], "the looping timer left nothing");
+    assert!(dump.timers.is_empty(), "{:?}", dump.timers);
+    let out = forwarded(&read_topic(&env.brokers, &out_topic(&env)));
+    assert_eq!(out, BTreeMap::from([("k".to_string(), vec!["v".to_string()])]));
+}
+
+/// A menu row that is no price refuses the orders that need it (dead-lettered, saying which
+/// row), and the others are priced: the partition keeps moving.
+#[test]
+fn a_menu_row_that_is_no_price_refuses_only_the_orders_that_need_it() {
+    let env = TestEnv::new("revenue-bad-row");
+    create_revenue_topics(&env);
+    let menu_topic = format!("{}.menu", env.name);
+    integration_tests::produce_rows(&env.brokers, &menu_topic, &[("latte", "450"), ("tea", "three")]);
+    let order = |id: &str, drink: &str| {
+        format!(r#"{{"order_id":"{id}","shop_id":1,"items":[{{"drink":"{drink}","quantity":1}}]}}"#)
+    };
+    env.produce_at(&[(1_000, order("1", "latte")), (1_001, order("2", "tea")), (1_002, order("3", "latte"))]);
+    let flags = revenue_flags(&env);
+    env.run_until_drained(
+        "shop_revenue",
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    );
+    let dump = env.dump();
+    assert_eq!((dump.records_processed, dump.records_skipped), (2, 1));
+    let dead = env.read(&env.dead_letter);
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].header("error").unwrap().contains("the menu's price of \"tea\" is `three`, not cents"),
+        "{:?}",
+        dead[0].header("error")
+    );
+    let hour: serde_json::Value = serde_json::from_slice(&dump.values["revenue/1/0"]).unwrap();
+    assert_eq!(hour["cents"], 900);
 }

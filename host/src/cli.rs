@@ -537,6 +537,12 @@ pub struct TestArgs {
     #[arg(long)]
     pub expect: Option<PathBuf>,
 
+    /// A processor guest: the wall clock (ms since the epoch) its wall-clock timers see.
+    /// Default: each record's timestamp (a line `@<ms> <value>` gives a record its timestamp;
+    /// the others keep the one before, 0 at first).
+    #[arg(long, value_name = "MS")]
+    pub now: Option<i64>,
+
     /// A processor guest's table NAME, from FILE: one row per line, the key, a tab, the value.
     #[arg(long = "table", value_name = "NAME=FILE", value_parser = parse_output_topic)]
     pub tables: Vec<(String, String)>,

@@ -426,19 +426,24 @@ pub fn parse_dump(text: &str) -> Dump {
     let mut dump = Dump::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("dump line {line}: {e}"));
-        assert!(v.get("key_hex").is_none(), "a key that is not text: {line}");
+        assert!(v.get("key_base64").is_none(), "a key that is not text: {line}");
         if let Some(clock) = v.get("timer") {
             let timer = (clock.as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned());
             dump.timers.insert(timer, v["at_ms"].as_i64().unwrap());
         } else if let Some(t) = v.get("stream_time_ms") {
             dump.stream_time_ms = t.as_i64();
-        } else if let (Some(key), Some(value)) = (v.get("key"), v.get("value").or(v.get("value_hex"))) {
-            let value = match v.get("value") {
-                Some(text) => text.as_str().unwrap().as_bytes().to_vec(),
-                None => (0..value.as_str().unwrap().len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&value.as_str().unwrap()[i..i + 2], 16).unwrap())
-                    .collect(),
+        } else if let Some(key) =
+            v.get("key").filter(|_| v.get("count").is_none() && v.get("window_start_ms").is_none())
+        {
+            // A processor's value: JSON as JSON (compared as its compact form), text, or base64.
+            let value = match (v.get("value"), v.get("value_text"), v.get("value_base64")) {
+                (Some(json), _, _) => serde_json::to_vec(json).unwrap(),
+                (_, Some(text), _) => text.as_str().unwrap().as_bytes().to_vec(),
+                (_, _, Some(b64)) => {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap()
+                }
+                _ => panic!("a dump line with a key and no count or value: {line}"),
             };
             dump.values.insert(key.as_str().unwrap().to_owned(), value);
         } else if let (Some(start), Some(key)) = (v.get("window_start_ms"), v.get("key")) {

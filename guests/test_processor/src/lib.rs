@@ -4,7 +4,8 @@
 //! `undeclared` emits to an output it did not declare; `big` puts a value over the limit;
 //! `budget` puts `y`, then reads until past the state-operation budget; `trap` puts `z`,
 //! then panics. A due timer emits `fired/K` -> `<clock> <at>` to `out` and puts the same,
-//! except for keys starting `fail`, whose timer puts `failed/K` and then returns an error.
+//! except for keys starting `fail`, whose timer puts `failed/K` and then returns an error, and
+//! keys starting `loop`, whose timer puts `looped/K` and then never returns.
 
 use streamhost_processor_sdk::{InputRecord, TimeKind, emit, state, timers};
 
@@ -48,6 +49,13 @@ fn on_timer(key: Vec<u8>, at: i64, kind: TimeKind) -> Result<(), String> {
         TimeKind::StreamTime => "stream-time",
         TimeKind::WallClock => "wall-clock",
     };
+    if key.starts_with("loop") {
+        state::put(format!("looped/{key}").as_bytes(), b"1")?;
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+    }
     if key.starts_with("fail") {
         state::put(format!("failed/{key}").as_bytes(), b"1")?;
         return Err(format!("timer {key} fails on purpose"));

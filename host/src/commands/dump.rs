@@ -7,12 +7,15 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::cli::DumpArgs;
+use base64::Engine as _;
+
+use crate::guest::processor;
 use crate::guest::processor::view::{Clock, decode_time, space};
 use crate::state::{Store, meta, shard_dirs};
 use crate::window;
 
 /// `host dump`: JSON lines `{"key", "count"}` in key order (a processor guest's state:
-/// `{"key", "value"}`, then its timers `{"timer", "key", "at_ms"}` and `{"stream_time_ms"}`),
+/// `{"key", "value"}` with the value as JSON, text or base64, then its timers `{"timer", "key", "at_ms"}` and `{"stream_time_ms"}`),
 /// then the totals. For a
 /// `--scale-out` state dir, every shard's, each line with its `"shard"`, and each shard's
 /// totals line with the next repartition offset it reflects (`"next_offset"`): a shard a
@@ -72,23 +75,25 @@ fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result
         });
         writeln!(out, "{}", tagged(line))?;
     }
-    // A processor guest's values (text as text, other bytes in hex: `key_hex`, `value_hex`),
-    // its timers and its stream time.
+    // A processor guest's values (JSON as JSON, else text, else base64: `value`,
+    // `value_text`, `value_base64`), its timers and its stream time.
     for item in store.values_between(&[], None) {
         let (key, value) = item?;
-        let text = |line: &mut serde_json::Value, name: &str, bytes: &[u8]| match std::str::from_utf8(bytes) {
-            Ok(t) => line[name] = t.into(),
-            Err(_) => line[format!("{name}_hex")] = hex(bytes).into(),
+        // Keys as text, else base64 (`key_base64`).
+        let key_field = |line: &mut serde_json::Value, bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(t) => line["key"] = t.into(),
+            Err(_) => line["key_base64"] = base64::engine::general_purpose::STANDARD.encode(bytes).into(),
         };
         let mut line = serde_json::json!({});
         match key.split_first() {
             Some((&space::VALUE, key)) => {
-                text(&mut line, "key", key);
-                text(&mut line, "value", &value);
+                key_field(&mut line, key);
+                let (field, shown) = processor::shown(&value);
+                line[field] = shown;
             }
             Some((&space::TIMER_BY_KEY, [clock, key @ ..])) => {
                 line["timer"] = if *clock == Clock::Stream as u8 { "stream-time" } else { "wall-clock" }.into();
-                text(&mut line, "key", key);
+                key_field(&mut line, key);
                 line["at_ms"] = decode_time(&value).into();
             }
             Some((&space::STREAM_TIME, _)) => line["stream_time_ms"] = decode_time(&value).into(),
@@ -109,8 +114,4 @@ fn dump_store(out: &mut impl Write, store: &Store, shard: Option<i32>) -> Result
     }
     writeln!(out, "{}", tagged(line))?;
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -103,6 +103,9 @@ pub fn check_command(args: CheckArgs) -> Result<()> {
             let d = guest.description();
             let outputs = if d.outputs.is_empty() { "none".to_owned() } else { d.outputs.join(", ") };
             println!("outputs  {outputs} (each mapped to a topic with --output-topic NAME=TOPIC)");
+            if !d.tables.is_empty() {
+                println!("tables   {} (each a compacted topic: --table NAME=TOPIC)", d.tables.join(", "));
+            }
             println!("state    version {}", d.state_version);
             (guest.info, format!("{}@{}", processor::PACKAGE, processor::VERSION))
         }
@@ -297,6 +300,19 @@ fn test_processor(args: &TestArgs, mut guest: ProcessorGuest, records: &[&[u8]])
     passed
 }
 
+/// A `host test` line of a processor: `@<ms> <value>` gives the record its timestamp.
+fn timed(line: &[u8]) -> (Option<i64>, &[u8]) {
+    let stamped = line.strip_prefix(b"@").and_then(|rest| {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let at = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        Some((at, &rest[space + 1..]))
+    });
+    match stamped {
+        Some((at, value)) => (Some(at), value),
+        None => (None, line),
+    }
+}
+
 /// Bytes shown as text.
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -306,17 +322,23 @@ fn run_processor(args: &TestArgs, guest: &mut ProcessorGuest, records: &[&[u8]])
     let mut state: BTreeMap<String, String> = BTreeMap::new();
     let mut emits = Vec::new();
     let mut refused = 0;
+    // Controlled time: a line `@<ms> <value>` is a record with that timestamp; the others
+    // keep the one before (0 at first). The wall clock is --now, else the record's time.
+    let mut timestamp = 0;
     for (index, record) in records.iter().enumerate() {
+        let (at, value) = timed(record);
+        timestamp = at.unwrap_or(timestamp);
         let input = InputRecord {
             key: None,
-            value: Some(record.to_vec()),
+            value: Some(value.to_vec()),
             headers: Vec::new(),
-            timestamp: 0,
+            timestamp,
             partition: 0,
             offset: index as i64,
         };
         // One record per batch, none ever in a store: each reads the ones before.
-        let effects = guest.process_batch(index as u64 + 1, std::slice::from_ref(&input), 0)?;
+        let now = args.now.unwrap_or(timestamp);
+        let effects = guest.process_batch(index as u64 + 1, std::slice::from_ref(&input), now)?;
         let mut shown = Vec::new();
         if let Some((_, reason)) = effects.rejected.first() {
             refused += 1;

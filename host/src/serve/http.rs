@@ -243,6 +243,13 @@ fn query_state(store: &Store, path: &str, query: &str) -> Result<Option<String>>
     let window = window_param(query)?;
     if let Some(key) = path.strip_prefix("/state/") {
         let key = decode_path(key);
+        // A processor's value (as `host dump` shows it), else a counter.
+        if let Some(value) = store.value(&crate::guest::processor::view::value_key(key.as_bytes()))? {
+            let (field, shown) = crate::guest::processor::shown(&value);
+            let mut answer = serde_json::json!({ "key": key });
+            answer[field] = shown;
+            return Ok(Some(answer.to_string()));
+        }
         let state_key = crate::window::counter_key(window, key.as_bytes());
         return Ok(match store.count(&state_key)? {
             0 => None,

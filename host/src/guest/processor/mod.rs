@@ -51,6 +51,20 @@ pub(crate) fn is_processor(info: &LoadInfo) -> bool {
     info.exports.iter().any(|e| e.starts_with(&format!("{PACKAGE}/processor@")))
 }
 
+/// A processor's value as people and programs read it (`host dump`, `/state/{key}`): the JSON
+/// itself when it is JSON, else text when it is UTF-8, else base64; with the field to put it
+/// under (`value`, `value_text`, `value_base64`).
+pub fn shown(bytes: &[u8]) -> (&'static str, serde_json::Value) {
+    use base64::Engine as _;
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return ("value", json);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => ("value_text", text.into()),
+        Err(_) => ("value_base64", base64::engine::general_purpose::STANDARD.encode(bytes).into()),
+    }
+}
+
 /// What tables' topics got since the last look: per table name, its rows and the positions
 /// they reach.
 pub type TableUpdates = Vec<(String, Vec<crate::state::Change>)>;

@@ -56,19 +56,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
+use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset};
 
 use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology, all_at_end};
 use crate::engine::fault::{self, Step};
-use crate::engine::one_host::{self, Started};
+use crate::engine::one_host::{self, InputProgress, Started};
 use crate::engine::records::{Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
@@ -114,10 +114,8 @@ pub fn run(
     let emitted_through = store.meta_i64(meta::EMITTED_THROUGH)?;
     let emit = args.emit();
     let mut state = Local {
-        submitted: applied.clone(),
-        applied,
+        input: InputProgress::new(&args.topics.input, applied),
         totals: store.totals()?,
-        input: args.topics.input.clone(),
         changelog: args.topics.changelog.clone(),
         emit,
         task,
@@ -191,15 +189,11 @@ struct Direct {
 /// and what the batches under way and the open transaction change in it.
 struct Local {
     task: Task,
-    input: String,
     changelog: String,
     emit: Emit,
-    /// Next input offset per partition that state already reflects (see the module doc).
-    applied: BTreeMap<i32, i64>,
-    /// Next input offset per partition given to the guest: `applied`, plus the batches on
-    /// their way to state. A record below it is skipped as already counted (or about to be:
-    /// batches are applied in order, and a failed one stops the host).
-    submitted: BTreeMap<i32, i64>,
+    /// Where state and the guest are in the input (a record already in state is skipped,
+    /// see the module doc).
+    input: InputProgress,
     totals: Totals,
     /// exactly-once: what the open transaction changes in state, once it commits.
     txn: Option<TxnChanges>,
@@ -318,8 +312,7 @@ impl<'c> Topology<'c> for Direct {
     }
 
     fn processed(&self) -> (Offsets, Metadata) {
-        let offsets = self.state.applied.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
-        (offsets, Metadata::new())
+        self.state.input.processed()
     }
 
     fn stopped(&self) {
@@ -371,10 +364,7 @@ impl Direct {
             groups[group].0.positions.push(index);
             groups[group].1.push(value);
         }
-        for (partition, next) in &next_offsets {
-            let submitted = self.state.submitted.entry(*partition).or_insert(*next);
-            *submitted = (*submitted).max(*next);
-        }
+        self.state.input.submitted(&next_offsets);
         let (groups, records): (Vec<Group>, Vec<Records>) = groups.into_iter().unzip();
         engine.guest.submit(records)?;
         let stream_times = self.state.stream_times.clone();
@@ -458,8 +448,7 @@ impl Direct {
         };
         self.send_changelog(engine.committer.producer(), &changes)?;
         let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
-        let offsets: Offsets =
-            batch.next_offsets.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
+        let offsets = self.state.input.offsets(&batch.next_offsets);
         let changelog_records = changes.len() as u64;
         if engine.committer.in_transaction() {
             // exactly-once: the batch joins the open transaction; state waits for its commit.
@@ -509,7 +498,7 @@ impl Direct {
         let (topic, n) = (self.args.topics.output.clone(), self.args.top_n);
         let state = &self.state;
         // The board reads state, so the stream times state holds.
-        let stream_times = state.task.store().stream_times(&state.input)?;
+        let stream_times = state.task.store().stream_times(&state.input.topic)?;
         let closing_blocked = state.closing_blocked(&stream_times);
         let windows = state.windows.as_ref().map(|spec| crate::board::Windows { spec, stream_times, closing_blocked });
         let (guest, metrics) = (&mut engine.guest, &engine.metrics);
@@ -572,10 +561,7 @@ impl Tasks<HostContext> for Local {
             let local = Change::written_under(Guarantee::AtLeastOnce.name());
             self.task.write(batch.changes.into_iter().chain([local]))?;
         }
-        for (partition, next) in &batch.next_offsets {
-            let applied = self.applied.entry(*partition).or_insert(*next);
-            *applied = (*applied).max(*next);
-        }
+        self.input.applied(&batch.next_offsets);
         Ok(())
     }
 
@@ -588,16 +574,12 @@ impl Tasks<HostContext> for Local {
         changes.extend(txn.meta);
         changes.extend(self.windows_change());
         changes.extend(self.totals_changes());
-        let mut next_offsets = self.applied.clone();
-        for (partition, next) in &txn.next_offsets {
-            let at = next_offsets.entry(*partition).or_insert(*next);
-            *at = (*at).max(*next);
-        }
+        let next_offsets = self.input.applied_with(&txn.next_offsets);
         changes.extend(next_offsets.iter().map(|(p, next)| self.input_offset_change(*p, *next)));
         changes.extend(changelog::position_changes(&self.changelog, positions));
         changes.push(Change::written_under(Guarantee::ExactlyOnce.name()));
         self.task.write(changes)?;
-        self.applied = next_offsets;
+        self.input.applied = next_offsets;
         Ok(())
     }
 
@@ -605,27 +587,16 @@ impl Tasks<HostContext> for Local {
     fn rewind(&mut self, consumer: &HostConsumer) -> Result<()> {
         self.txn = None;
         self.totals = self.task.store().totals()?;
-        self.submitted = self.applied.clone();
-        self.stream_times = self.task.store().stream_times(&self.input)?;
+        self.stream_times = self.task.store().stream_times(&self.input.topic)?;
         self.emitted_through = self.task.store().meta_i64(meta::EMITTED_THROUGH)?;
         self.kept_from = None;
-        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
-        for element in assignment.elements() {
-            let partition = element.partition();
-            let offset = self.applied.get(&partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
-            consumer
-                .seek(element.topic(), partition, offset, Duration::from_secs(10))
-                .with_context(|| format!("rewinding input partition {partition}"))?;
-        }
-        Ok(())
+        self.input.rewind(consumer)
     }
 }
 
 impl Local {
-    /// Already counted: a crash came between the state write and the offset commit, or a
-    /// rebalance re-delivered records of a batch under way.
     fn already_counted(&self, message: &BorrowedMessage<'_>) -> bool {
-        self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next)
+        self.input.already_counted(message)
     }
 
     /// A counter's newest value outside the batch being counted: the open transaction's,
@@ -669,11 +640,10 @@ impl Local {
         changes.extend(stream_times.iter().map(|(p, t)| self.stream_time_change(*p, *t)));
         changes.extend(self.windows_change());
         changes.extend(self.totals_changes());
+        let txn = self.txn.as_ref().map(|t| &t.next_offsets);
         for (partition, next) in next_offsets {
             // Never backwards: neither below state's nor below the open transaction's.
-            let txn_next = self.txn.as_ref().and_then(|t| t.next_offsets.get(partition)).copied();
-            let next = (*next).max(self.applied.get(partition).copied().unwrap_or(0)).max(txn_next.unwrap_or(0));
-            changes.push(self.input_offset_change(*partition, next));
+            changes.push(self.input_offset_change(*partition, self.input.not_behind(*partition, *next, txn)));
         }
         changes
     }
@@ -686,7 +656,7 @@ impl Local {
     }
 
     fn input_offset_change(&self, partition: i32, next: i64) -> Change {
-        Change::u64(&meta::input_offset(&self.input, partition), next as u64)
+        Change::u64(&meta::input_offset(&self.input.topic, partition), next as u64)
     }
 
     /// With --window, the windows state is counted in (in every batch: a restore from the
@@ -697,7 +667,7 @@ impl Local {
     }
 
     fn stream_time_change(&self, partition: i32, time: Millis) -> Change {
-        Change::u64(&meta::stream_time(&self.input, partition), time as u64)
+        Change::u64(&meta::stream_time(&self.input.topic, partition), time as u64)
     }
 
     /// --window: the first window start kept in state once the partitions are at
@@ -758,6 +728,6 @@ impl Local {
     }
 
     fn lag(&self, consumer: &HostConsumer) -> BTreeMap<i32, i64> {
-        one_host::lag(consumer, &self.applied)
+        self.input.lag(consumer)
     }
 }

@@ -12,14 +12,101 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset};
 
 use crate::changelog;
+use crate::engine::committer::{Metadata, Offsets};
 use crate::engine::config::RunConfig;
 use crate::engine::task::Task;
 use crate::kafka::clients::HostConsumer;
 use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::state::Store;
+
+/// Where a one-host run is in its input: per partition, the next offset state reflects
+/// (`applied`), and the next one given to the guest (`submitted`: `applied` plus the batches on
+/// their way to state). A record below `submitted` is already counted (or about to be:
+/// batches are applied in order, and a failed one stops the host).
+pub struct InputProgress {
+    pub topic: String,
+    pub applied: BTreeMap<i32, i64>,
+    pub submitted: BTreeMap<i32, i64>,
+}
+
+impl InputProgress {
+    /// From what state reflects.
+    pub fn new(topic: &str, applied: BTreeMap<i32, i64>) -> InputProgress {
+        InputProgress { topic: topic.to_owned(), submitted: applied.clone(), applied }
+    }
+
+    /// Already counted: a crash came between the state write and the offset commit, or a
+    /// rebalance re-delivered records of a batch under way.
+    pub fn already_counted(&self, message: &BorrowedMessage<'_>) -> bool {
+        self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next)
+    }
+
+    /// A batch reaching `next_offsets` went to the guest.
+    pub fn submitted(&mut self, next_offsets: &BTreeMap<i32, i64>) {
+        raise(&mut self.submitted, next_offsets);
+    }
+
+    /// A batch (or transaction) reaching `next_offsets` is in state.
+    pub fn applied(&mut self, next_offsets: &BTreeMap<i32, i64>) {
+        raise(&mut self.applied, next_offsets);
+    }
+
+    /// `applied` raised by `next_offsets`: what state will reflect once they are in it.
+    pub fn applied_with(&self, next_offsets: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        let mut applied = self.applied.clone();
+        raise(&mut applied, next_offsets);
+        applied
+    }
+
+    /// `next` for `partition`, never below what state or the open transaction (`txn`) holds.
+    pub fn not_behind(&self, partition: i32, next: i64, txn: Option<&BTreeMap<i32, i64>>) -> i64 {
+        let txn_next = txn.and_then(|t| t.get(&partition)).copied().unwrap_or(0);
+        next.max(self.applied.get(&partition).copied().unwrap_or(0)).max(txn_next)
+    }
+
+    /// `next_offsets` as the group commits them.
+    pub fn offsets(&self, next_offsets: &BTreeMap<i32, i64>) -> Offsets {
+        next_offsets.iter().map(|(p, next)| ((self.topic.clone(), *p), *next)).collect()
+    }
+
+    /// Every offset state reflects, for the last commit at a stop (state holds the rest).
+    pub fn processed(&self) -> (Offsets, Metadata) {
+        (self.offsets(&self.applied), Metadata::new())
+    }
+
+    /// Back to what state reflects: the batches under way are forgotten and every assigned
+    /// partition is read again from state's offset.
+    pub fn rewind(&mut self, consumer: &HostConsumer) -> Result<()> {
+        self.submitted = self.applied.clone();
+        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
+        for element in assignment.elements() {
+            let partition = element.partition();
+            let offset = self.applied.get(&partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            consumer
+                .seek(element.topic(), partition, offset, Duration::from_secs(10))
+                .with_context(|| format!("rewinding input partition {partition}"))?;
+        }
+        Ok(())
+    }
+
+    /// Records waiting on each assigned partition (see [`lag`]).
+    pub fn lag(&self, consumer: &HostConsumer) -> BTreeMap<i32, i64> {
+        lag(consumer, &self.applied)
+    }
+}
+
+/// Raises `offsets` to `next_offsets` where they are behind (offsets never go back).
+fn raise(offsets: &mut BTreeMap<i32, i64>, next_offsets: &BTreeMap<i32, i64>) {
+    for (partition, next) in next_offsets {
+        let at = offsets.entry(*partition).or_insert(*next);
+        *at = (*at).max(*next);
+    }
+}
 
 /// A one-host run's clients, ready for the loop.
 pub struct Started {

@@ -22,18 +22,17 @@
 //! exactly-once, read_committed consumers see each once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset};
 
 use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets, Positions, Sent, StepTimer, Tasks, Timings};
 use crate::engine::config::{Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, Topology, all_at_end};
-use crate::engine::one_host::{self, Started};
+use crate::engine::one_host::{self, InputProgress, Started};
 use crate::engine::records::skip_record;
 use crate::engine::tables::Tables;
 use crate::engine::task::{Durability, Task};
@@ -74,10 +73,8 @@ pub fn run(
     guest.set_state(store.shared(), tables.stores(), args.max_state_ops);
     let guest = ProcessorThread::spawn(guest)?;
     let state = Values {
-        submitted: applied.clone(),
-        applied,
+        input: InputProgress::new(&args.topics.input, applied),
         totals: store.totals()?,
-        input: args.topics.input.clone(),
         changelog: args.topics.changelog.clone(),
         state_version: description.state_version,
         notices: guest.notices(),
@@ -146,14 +143,10 @@ struct Processing {
 /// doc), with what the open transaction wrote.
 struct Values {
     task: Task,
-    input: String,
     changelog: String,
     state_version: u32,
-    /// Next input offset per partition that state reflects.
-    applied: BTreeMap<i32, i64>,
-    /// Next input offset per partition given to the guest (`applied` plus the batches on
-    /// their way): a record below it is already processed.
-    submitted: BTreeMap<i32, i64>,
+    /// Where state and the guest are in the input.
+    input: InputProgress,
     totals: Totals,
     /// Tells the guest thread which batches are in the store.
     notices: StateNotices,
@@ -200,7 +193,7 @@ impl<'c> Topology<'c> for Processing {
     }
 
     fn waiting(&self, consumer: &HostConsumer) -> i64 {
-        one_host::lag(consumer, &self.state.applied).values().sum()
+        self.state.input.lag(consumer).values().sum()
     }
 
     /// One host per group: its partitions never move.
@@ -241,16 +234,13 @@ impl<'c> Topology<'c> for Processing {
         let mut records = Vec::with_capacity(messages.len());
         for (index, message) in messages.iter().enumerate() {
             next_offsets.insert(message.partition(), message.offset() + 1);
-            if self.state.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next) {
+            if self.state.input.already_counted(message) {
                 continue;
             }
             fresh.push(index);
             records.push(input_record(message));
         }
-        for (partition, next) in &next_offsets {
-            let submitted = self.state.submitted.entry(*partition).or_insert(*next);
-            *submitted = (*submitted).max(*next);
-        }
+        self.state.input.submitted(&next_offsets);
         // The batch sees the tables as read up to now.
         self.read_tables(engine)?;
         let seq = self.next_seq;
@@ -304,8 +294,7 @@ impl<'c> Topology<'c> for Processing {
             if changed { self.state.changes(effects.writes.iter().cloned(), &batch.next_offsets) } else { Vec::new() };
         changelog::send(producer, &self.state.changelog, &changes)?;
         let timestamps: Vec<i64> = batch.messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
-        let offsets: Offsets =
-            batch.next_offsets.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
+        let offsets = self.state.input.offsets(&batch.next_offsets);
         let changelog_records = changes.len() as u64;
         if engine.committer.in_transaction() {
             let txn = self.state.txn.get_or_insert_default();
@@ -367,8 +356,7 @@ impl<'c> Topology<'c> for Processing {
     }
 
     fn processed(&self) -> (Offsets, Metadata) {
-        let offsets = self.state.applied.iter().map(|(p, next)| ((self.state.input.clone(), *p), *next)).collect();
-        (offsets, Metadata::new())
+        self.state.input.processed()
     }
 
     fn stopped(&self) {
@@ -429,28 +417,21 @@ impl Tasks<HostContext> for Values {
             let local = Change::written_under(Guarantee::AtLeastOnce.name());
             self.task.write(batch.changes.into_iter().chain([local]))?;
         }
-        for (partition, next) in &batch.next_offsets {
-            let applied = self.applied.entry(*partition).or_insert(*next);
-            *applied = (*applied).max(*next);
-        }
+        self.input.applied(&batch.next_offsets);
         self.notices.applied(batch.seq);
         Ok(())
     }
 
     fn apply_transaction(&mut self, positions: &Positions) -> Result<()> {
         let txn = self.txn.take().unwrap_or_default();
-        let mut next_offsets = self.applied.clone();
-        for (partition, next) in &txn.next_offsets {
-            let at = next_offsets.entry(*partition).or_insert(*next);
-            *at = (*at).max(*next);
-        }
+        let next_offsets = self.input.applied_with(&txn.next_offsets);
         let mut changes: Vec<Change> =
             txn.values.into_iter().map(|(key, value)| Change::Value { key, value }).collect();
         changes.extend(self.meta_changes(&next_offsets));
         changes.extend(changelog::position_changes(&self.changelog, positions));
         changes.push(Change::written_under(Guarantee::ExactlyOnce.name()));
         self.task.write(changes)?;
-        self.applied = next_offsets;
+        self.input.applied = next_offsets;
         self.notices.applied(txn.last_seq);
         Ok(())
     }
@@ -458,17 +439,8 @@ impl Tasks<HostContext> for Values {
     fn rewind(&mut self, consumer: &HostConsumer) -> Result<()> {
         self.txn = None;
         self.totals = self.task.store().totals()?;
-        self.submitted = self.applied.clone();
         self.notices.rewind();
-        let assignment = consumer.assignment().context("reading the consumer's assignment")?;
-        for element in assignment.elements() {
-            let partition = element.partition();
-            let offset = self.applied.get(&partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
-            consumer
-                .seek(element.topic(), partition, offset, Duration::from_secs(10))
-                .with_context(|| format!("rewinding input partition {partition}"))?;
-        }
-        Ok(())
+        self.input.rewind(consumer)
     }
 }
 
@@ -481,12 +453,9 @@ impl Values {
         next_offsets: &BTreeMap<i32, i64>,
     ) -> Vec<Change> {
         let mut changes: Vec<Change> = writes.map(|(key, value)| Change::Value { key, value }).collect();
-        let mut offsets = BTreeMap::new();
-        for (partition, next) in next_offsets {
-            let txn_next = self.txn.as_ref().and_then(|t| t.next_offsets.get(partition)).copied();
-            let next = (*next).max(self.applied.get(partition).copied().unwrap_or(0)).max(txn_next.unwrap_or(0));
-            offsets.insert(*partition, next);
-        }
+        let txn = self.txn.as_ref().map(|t| &t.next_offsets);
+        let offsets: BTreeMap<i32, i64> =
+            next_offsets.iter().map(|(p, next)| (*p, self.input.not_behind(*p, *next, txn))).collect();
         changes.extend(self.meta_changes(&offsets));
         changes
     }
@@ -498,7 +467,7 @@ impl Values {
             Change::u64(meta::PROCESSOR_STATE_VERSION, u64::from(self.state_version)),
         ];
         changes.extend(
-            next_offsets.iter().map(|(p, next)| Change::u64(&meta::input_offset(&self.input, *p), *next as u64)),
+            next_offsets.iter().map(|(p, next)| Change::u64(&meta::input_offset(&self.input.topic, *p), *next as u64)),
         );
         changes
     }

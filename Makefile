@@ -45,7 +45,7 @@ guests: deps $(GUEST_OUT)/drink_count_py.wasm $(GUEST_OUT)/drink_count_js.wasm #
 
 # The drink count in Python (componentize-py, from PyPI) and JavaScript (componentize-js,
 # from npm): rebuilt only when their sources change; the tools install on first use.
-$(GUEST_OUT)/drink_count_py.wasm: scripts/build-python-guest.sh wit/counter.wit guests/python/drink_count/app.py guests/python/drink_count/drinks.py
+$(GUEST_OUT)/drink_count_py.wasm: scripts/build-python-guest.sh wit/counter.wit guests/python/drink_count/app.py guests/python/drink_count/drinks.py wit/processor/processor.wit guests/python/order_dedup/app.py
 	scripts/build-python-guest.sh $(GUEST_OUT)
 
 $(GUEST_OUT)/drink_count_js.wasm: scripts/build-js-guest.sh wit/counter.wit guests/js/package-lock.json guests/js/componentize.mjs $(wildcard guests/js/drink_count/*.js)

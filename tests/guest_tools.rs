@@ -213,11 +213,17 @@ fn a_processor_guest_is_checked_and_tested_offline() {
     assert!(stderr.contains("emits: expected [deduped o-1], got [deduped o-1, deduped o-2, deduped o-3]"), "{stderr}");
 
     // Controlled time: `@<ms>` lines move stream time past a day, so the id is forgotten.
+    // The Python order dedup (componentize-py) passes the same cases.
     let retention = path(&examples.join("retention.jsonl"));
-    let out = host(&["test", "--guest", &path(&guest("order_dedup")), "--input", &retention, "--json"]);
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let keys: Vec<&str> = outcome["emits"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["a", "b", "a"], "{outcome}");
+    for implementation in ["order_dedup", "order_dedup_py"] {
+        let out = host(&["test", "--guest", &path(&guest(implementation)), "--input", &retention, "--json"]);
+        let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let keys: Vec<&str> = outcome["emits"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, ["a", "b", "a"], "{implementation}: {outcome}");
+    }
+    let out = host_test(&guest("order_dedup_py"), &examples.join("input.jsonl"), &examples.join("expected.json"));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && stderr.contains("as expected"), "order_dedup_py: {stdout}{stderr}");
 
     // A table given as a file: shop_revenue prices its example with the menu.
     let examples = integration_tests::repo_root().join("guests/shop_revenue/examples");

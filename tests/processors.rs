@@ -268,6 +268,16 @@ fn create_out_topics(env: &TestEnv) {
     assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Event time zero of the tests that set their records' timestamps: a whole hour two hours
+/// ago (recent, so that the topics' retention, which goes by record timestamps, keeps them).
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let start = now_ms() - 2 * 3_600_000;
+        start - start.rem_euclid(3_600_000)
+    })
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -286,17 +296,18 @@ fn timers_fire_on_stream_time_and_wall_clock_and_survive_kill_9() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut host = env.spawn_host("test_processor", &flags);
     host.wait_for_log("host running", Duration::from_secs(60));
+    let t = |ms: i64| t0() + ms;
     env.produce_at(&[
-        (1_000, "stream a 5000".to_string()),
-        (1_000, "stream fail-x 3000".to_string()),
-        (1_000, format!("wall w {wall_at}")),
+        (t(1_000), format!("stream a {}", t(5_000))),
+        (t(1_000), format!("stream fail-x {}", t(3_000))),
+        (t(1_000), format!("wall w {wall_at}")),
     ]);
     env.wait_committed(Duration::from_secs(60));
     let timers = env.dump().timers;
     let timer = |clock: &str, key: &str| (clock.to_string(), key.to_string());
     let expected = BTreeMap::from([
-        (timer("stream-time", "a"), 5_000),
-        (timer("stream-time", "fail-x"), 3_000),
+        (timer("stream-time", "a"), t(5_000)),
+        (timer("stream-time", "fail-x"), t(3_000)),
         (timer("wall-clock", "w"), wall_at),
     ]);
     assert_eq!(timers, expected);
@@ -309,7 +320,7 @@ fn timers_fire_on_stream_time_and_wall_clock_and_survive_kill_9() {
     flags.extend(["--http", &addr]);
     let mut host = env.spawn_host("test_processor", &flags);
     host.wait_for_log("host running", Duration::from_secs(60));
-    env.produce_at(&[(6_000, "put k v".to_string())]);
+    env.produce_at(&[(t(6_000), "put k v".to_string())]);
     wait_until(Duration::from_secs(30), "the wall-clock timer fired", || env.dump().values.contains_key("fired/w"));
     assert!(now_ms() >= wall_at, "fired before its time");
     let metrics = integration_tests::http_get(&addr, "/metrics").1;
@@ -321,7 +332,7 @@ fn timers_fire_on_stream_time_and_wall_clock_and_survive_kill_9() {
 
     let out = forwarded(&read_topic_with(&env.brokers, &out_topic(&env), "read_committed"));
     let expected_out = BTreeMap::from([
-        ("fired/a".to_string(), vec!["stream-time 5000".to_string()]),
+        ("fired/a".to_string(), vec![format!("stream-time {}", t(5_000))]),
         ("fired/w".to_string(), vec![format!("wall-clock {wall_at}")]),
     ]);
     assert_eq!(out, expected_out);
@@ -329,7 +340,7 @@ fn timers_fire_on_stream_time_and_wall_clock_and_survive_kill_9() {
     let keys: Vec<&str> = dump.values.keys().map(String::as_str).collect();
     assert_eq!(keys, ["fired/a", "fired/w", "k"], "a failed timer leaves nothing");
     assert!(dump.timers.is_empty(), "{:?}", dump.timers);
-    assert_eq!(dump.stream_time_ms, Some(6_000));
+    assert_eq!(dump.stream_time_ms, Some(t(6_000)));
     assert!(log.contains("a timer's call failed") && log.contains("timer fail-x fails on purpose"), "{log}");
     assert!(metrics.contains("streamhost_timer_failures_total 1"), "{metrics}");
     assert!(metrics.contains("streamhost_timers_fired_total 3"), "{metrics}");
@@ -595,9 +606,9 @@ fn a_timer_that_loops_is_trapped_and_processing_goes_on() {
     let env = TestEnv::new("proc-timer-loop");
     create_out_topics(&env);
     env.produce_at(&[
-        (1_000, "stream loop-a 2000".to_string()),
-        (3_000, "put k v".to_string()),
-        (3_001, "emit k".to_string()),
+        (t0() + 1_000, format!("stream loop-a {}", t0() + 2_000)),
+        (t0() + 3_000, "put k v".to_string()),
+        (t0() + 3_001, "emit k".to_string()),
     ]);
     let mut flags = out_flags(&env);
     flags.extend(["--guest-timeout", "300ms"].map(String::from));
@@ -627,7 +638,8 @@ fn a_menu_row_that_is_no_price_refuses_only_the_orders_that_need_it() {
     let order = |id: &str, drink: &str| {
         format!(r#"{{"order_id":"{id}","shop_id":1,"items":[{{"drink":"{drink}","quantity":1}}]}}"#)
     };
-    env.produce_at(&[(1_000, order("1", "latte")), (1_001, order("2", "tea")), (1_002, order("3", "latte"))]);
+    let t = |ms: i64| t0() + ms;
+    env.produce_at(&[(t(1_000), order("1", "latte")), (t(1_001), order("2", "tea")), (t(1_002), order("3", "latte"))]);
     let flags = revenue_flags(&env);
     env.run_until_drained(
         "shop_revenue",
@@ -643,6 +655,33 @@ fn a_menu_row_that_is_no_price_refuses_only_the_orders_that_need_it() {
         "{:?}",
         dead[0].header("error")
     );
-    let hour: serde_json::Value = serde_json::from_slice(&dump.values["revenue/1/0"]).unwrap();
+    let hour: serde_json::Value = serde_json::from_slice(&dump.values[&format!("revenue/1/{}", t0())]).unwrap();
     assert_eq!(hour["cents"], 900);
+}
+
+/// The Python order dedup (guests/python/order_dedup, componentize-py) on the broker, under
+/// exactly-once: read_committed, every order id exactly once with its first value, as the Rust one.
+#[test]
+fn order_dedup_in_python_forwards_each_order_exactly_once() {
+    let env = TestEnv::new("dedup-py");
+    create_dedup_topics(&env);
+    let input = input(78, 600);
+    env.produce(&input.values);
+    let mut flags = dedup_flags(&env);
+    flags.extend(["--guarantee", "exactly-once"].map(String::from));
+    env.run_until_drained(
+        "order_dedup_py",
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(120),
+    );
+    let out = forwarded(&read_topic_with(&env.brokers, &deduped(&env), "read_committed"));
+    let firsts: BTreeMap<String, String> = out
+        .into_iter()
+        .map(|(k, mut v)| {
+            assert_eq!(v.len(), 1, "{k} forwarded {} times", v.len());
+            (k, v.remove(0))
+        })
+        .collect();
+    assert_eq!(firsts, input.firsts);
+    assert_eq!(seen_ids(&env), input.firsts.keys().cloned().collect());
 }

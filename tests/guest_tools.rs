@@ -113,7 +113,7 @@ fn test_catches_a_guest_that_breaks_the_batch_contract() {
 }
 
 /// `host new-guest` writes a crate that builds into a component which fits the host and
-/// passes its own example through `host test`.
+/// passes its own example through `host test`, for either world.
 #[test]
 fn a_new_guest_builds_and_passes_its_example() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,6 +142,29 @@ fn a_new_guest_builds_and_passes_its_example() {
 
     let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
+    let tested = host_test(&wasm, &crate_dir.join("examples/input.jsonl"), &crate_dir.join("examples/expected.json"));
+    assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
+
+    // A processor (`--world processor`): its crate builds and passes its own example too.
+    let crate_dir = dir.path().join("my_totals");
+    let out = host(&["new-guest", "my_totals", "--world", "processor", "--dir", &path(&crate_dir)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = host(&["new-guest", "py_totals", "--world", "processor", "--lang", "python"]);
+    assert!(text(&out.stderr).contains("--world processor makes a Rust crate only for now"), "{}", text(&out.stderr));
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("running cargo");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let wasm = target.join("wasm32-unknown-unknown/release/my_totals.wasm");
+    let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
+    assert!(
+        text(&check.stdout).contains("fits     this host (WIT streamhost:processor@0.1.0)"),
+        "{}",
+        text(&check.stdout)
+    );
     let tested = host_test(&wasm, &crate_dir.join("examples/input.jsonl"), &crate_dir.join("examples/expected.json"));
     assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
 }

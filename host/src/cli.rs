@@ -125,10 +125,28 @@ pub struct NewGuestArgs {
     #[arg(long, value_enum, default_value_t = GuestLang::Rust)]
     pub lang: GuestLang,
 
-    /// Rust only: the guest SDK to depend on (a path). Default: the SDK of the source tree
-    /// this host was built from.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../guests/sdk"))]
-    pub sdk: PathBuf,
+    /// The world: counting (`wit/counter.wit`: counters and a board) or processor
+    /// (`wit/processor`: keyed state, emits, timers, tables; Rust for now).
+    #[arg(long, value_enum, default_value_t = GuestWorld::Counting)]
+    pub world: GuestWorld,
+
+    /// Rust only: the SDK to depend on (a path). Default: the SDK of the world in the source
+    /// tree this host was built from (guests/sdk or guests/processor-sdk).
+    #[arg(long)]
+    pub sdk: Option<PathBuf>,
+}
+
+impl NewGuestArgs {
+    /// `--sdk`, else the world's SDK in the source tree this host was built from.
+    pub fn sdk(&self) -> PathBuf {
+        let tree = concat!(env!("CARGO_MANIFEST_DIR"), "/../guests");
+        self.sdk.clone().unwrap_or_else(|| {
+            PathBuf::from(tree).join(match self.world {
+                GuestWorld::Counting => "sdk",
+                GuestWorld::Processor => "processor-sdk",
+            })
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -461,6 +479,12 @@ impl WindowArgs {
             })
             .transpose()
     }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GuestWorld {
+    Counting,
+    Processor,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

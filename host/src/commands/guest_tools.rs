@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CheckArgs, GuestLang, NewGuestArgs, TestArgs};
+use crate::cli::{CheckArgs, GuestLang, GuestWorld, NewGuestArgs, TestArgs};
 use crate::guest::processor::view::{Clock, decode_time, space};
 use crate::guest::processor::{self, InputRecord, ProcessorGuest};
 use crate::guest::{AnyGuest, Records};
@@ -39,18 +39,37 @@ pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
         ("examples/input.jsonl", include_str!("../../templates/guest/input.jsonl").to_owned()),
         ("examples/expected.json", include_str!("../../templates/guest/expected.json").to_owned()),
     ];
+    if args.world == GuestWorld::Processor && args.lang != GuestLang::Rust {
+        bail!(
+            "--world processor makes a Rust crate only for now; a processor in Python is in the host's \
+             source tree (guests/python/order_dedup, built by scripts/build-python-guest.sh) to start from"
+        );
+    }
     let (build, wasm) = match args.lang {
         GuestLang::Rust => {
-            let sdk = std::fs::canonicalize(&args.sdk).with_context(|| {
-                format!("the guest SDK is not at {} (give its path with --sdk)", args.sdk.display())
+            let sdk_path = args.sdk();
+            let sdk = std::fs::canonicalize(&sdk_path).with_context(|| {
+                format!("the guest SDK is not at {} (give its path with --sdk)", sdk_path.display())
             })?;
             let sdk = sdk.display().to_string();
-            files.extend([
-                ("Cargo.toml", fill(include_str!("../../templates/guest/Cargo.toml.in"), &sdk)),
-                (".cargo/config.toml", fill(include_str!("../../templates/guest/config.toml.in"), &sdk)),
-                ("src/lib.rs", fill(include_str!("../../templates/guest/lib.rs.in"), &sdk)),
-                ("README.md", fill(include_str!("../../templates/guest/README.md.in"), &sdk)),
-            ]);
+            files.push((".cargo/config.toml", fill(include_str!("../../templates/guest/config.toml.in"), &sdk)));
+            match args.world {
+                GuestWorld::Counting => files.extend([
+                    ("Cargo.toml", fill(include_str!("../../templates/guest/Cargo.toml.in"), &sdk)),
+                    ("src/lib.rs", fill(include_str!("../../templates/guest/lib.rs.in"), &sdk)),
+                    ("README.md", fill(include_str!("../../templates/guest/README.md.in"), &sdk)),
+                ]),
+                GuestWorld::Processor => {
+                    // The same example records; what a processor makes of them.
+                    files.retain(|(file, _)| *file != "examples/expected.json");
+                    files.extend([
+                        ("examples/expected.json", include_str!("../../templates/processor/expected.json").to_owned()),
+                        ("Cargo.toml", fill(include_str!("../../templates/processor/Cargo.toml.in"), &sdk)),
+                        ("src/lib.rs", fill(include_str!("../../templates/processor/lib.rs.in"), &sdk)),
+                        ("README.md", fill(include_str!("../../templates/processor/README.md.in"), &sdk)),
+                    ])
+                }
+            }
             ("cargo build --release", format!("target/wasm32-unknown-unknown/release/{name}.wasm"))
         }
         GuestLang::Python => {

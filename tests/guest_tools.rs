@@ -130,15 +130,7 @@ fn a_new_guest_builds_and_passes_its_example() {
     let target = std::env::var("GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/streamhost/target-guests"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "--release", "--quiet"])
-        .current_dir(&crate_dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("running cargo");
-    assert!(built.status.success(), "{}", text(&built.stderr));
-    let wasm = target.join("wasm32-unknown-unknown/release/my_events.wasm");
+    let wasm = build_crate(&crate_dir, &target, "my_events");
 
     let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
@@ -151,14 +143,7 @@ fn a_new_guest_builds_and_passes_its_example() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = host(&["new-guest", "py_totals", "--world", "processor", "--lang", "python"]);
     assert!(text(&out.stderr).contains("--world processor makes a Rust crate only for now"), "{}", text(&out.stderr));
-    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet"])
-        .current_dir(&crate_dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("running cargo");
-    assert!(built.status.success(), "{}", text(&built.stderr));
-    let wasm = target.join("wasm32-unknown-unknown/release/my_totals.wasm");
+    let wasm = build_crate(&crate_dir, &target, "my_totals");
     let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
     assert!(
         text(&check.stdout).contains("fits     this host (WIT streamhost:processor@0.1.0)"),
@@ -167,6 +152,18 @@ fn a_new_guest_builds_and_passes_its_example() {
     );
     let tested = host_test(&wasm, &crate_dir.join("examples/input.jsonl"), &crate_dir.join("examples/expected.json"));
     assert!(tested.status.success(), "{}{}", text(&tested.stdout), text(&tested.stderr));
+}
+
+/// Builds the guest crate in `dir` (release, into `target`); its component `NAME.wasm`.
+fn build_crate(dir: &Path, target: &Path, name: &str) -> PathBuf {
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .expect("running cargo");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    target.join(format!("wasm32-unknown-unknown/release/{name}.wasm"))
 }
 
 /// The tools `make guests` installed outside the clone (componentize-py, componentize-js).

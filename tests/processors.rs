@@ -16,13 +16,19 @@ fn dedup_flags(env: &TestEnv) -> Vec<String> {
     vec!["--output-topic".into(), format!("deduped={}", deduped(env))]
 }
 
-/// The job's topics (the output one too), with `host create-topics`.
-fn create_dedup_topics(env: &TestEnv) {
-    let mut args = vec!["create-topics".to_string(), "--partitions".into(), "3".into()];
+/// This test's topics with `partitions` partitions, and those `flags` name (a processor's
+/// outputs and tables), with `host create-topics`.
+fn create_topics_with(env: &TestEnv, partitions: u32, flags: &[String]) {
+    let mut args = vec!["create-topics".to_string(), "--partitions".into(), partitions.to_string()];
     args.extend(env.topic_args());
-    args.extend(dedup_flags(env));
+    args.extend(flags.iter().cloned());
     let out = env.host(&args);
     assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The job's topics (the output one too), with `host create-topics`.
+fn create_dedup_topics(env: &TestEnv) {
+    create_topics_with(env, 3, &dedup_flags(env));
 }
 
 /// Orders where one in three comes again later (a retrying producer), and the malformed
@@ -261,11 +267,7 @@ fn out_flags(env: &TestEnv) -> Vec<String> {
 }
 
 fn create_out_topics(env: &TestEnv) {
-    let mut args = vec!["create-topics".to_string(), "--partitions".into(), "1".into()];
-    args.extend(env.topic_args());
-    args.extend(out_flags(env));
-    let out = env.host(&args);
-    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+    create_topics_with(env, 1, &out_flags(env));
 }
 
 /// Event time zero of the tests that set their records' timestamps: a whole hour two hours
@@ -421,11 +423,7 @@ fn revenue_flags(env: &TestEnv) -> Vec<String> {
 }
 
 fn create_revenue_topics(env: &TestEnv) {
-    let mut args = vec!["create-topics".to_string(), "--partitions".into(), "3".into()];
-    args.extend(env.topic_args());
-    args.extend(revenue_flags(env));
-    let out = env.host(&args);
-    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+    create_topics_with(env, 3, &revenue_flags(env));
 }
 
 /// Revenue in cents per (shop, hour start) of `values` priced by `menu`, with the orders

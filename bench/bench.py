@@ -23,14 +23,22 @@ Modes, each from its first consumed record until everything is committed:
           commit and its state write: time to ready (tail replayed) and to the first commit.
   dedup   a processor guest (guests/order_dedup: keyed state, an emit per new order id, a
           stream-time timer per order) over the same orders, at-least-once: what a host call
-          per state operation costs next to the counting world's one call per batch. Only
-          with --probe dedup for now (README, "Processors").
+          per state operation costs next to the counting world's one call per batch.
+  revenue the processor guests/shop_revenue over the same orders: a `menu` table lookup per
+          item (50 drinks priced by `loadgen menu`), JSON state per shop and hour, a running
+          total emitted per order, alerts; at-least-once.
+  state-calls  ns per processor host call (state get / put) across the boundary: the
+          test_processor guest makes the same call 100,000 times in one `process` call over a
+          store of BENCH_KEYS values (bench/native/src/bin/state-calls.rs).
   latency wasm host at a fixed offered load; record timestamp -> changelog acknowledged
           (the run with the median p99 of BENCH_RUNS runs, each on fresh topics).
 With --peers (`make bench-peers`), on the same broker and data, one after another:
   kstreams  the same drink count in Kafka Streams (bench/peers/kstreams), its defaults:
             at-least-once, 30 s commit interval, record caching on; 2 stream threads.
   go-seed   the tutorial's Go design (bench/peers/go-seed): franz-go + Pebble, the seed's loop.
+  kstreams-dedup  the order dedup in Kafka Streams' Processor API (OrderDedupStreams: two
+            persistent KeyValueStores, a stream-time punctuator), at-least-once,
+            commit.interval.ms=100; next to the `dedup` row.
 A peer's time runs from the first record it reports consuming to the moment the driver sees
 its group's commits reach the end of the input (polled every 50 ms).
 
@@ -60,13 +68,14 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, os.environ.get("BENCH_PROFILE", "release"))
-HOST, NATIVE, LOADGEN = (os.path.join(BIN, b) for b in ("host", "host-native", "loadgen"))
+HOST, NATIVE, LOADGEN, STATE_CALLS = (os.path.join(BIN, b) for b in ("host", "host-native", "loadgen", "state-calls"))
 GUEST = os.path.join(ROOT, "build", "guests", "drink_count.wasm")
 LANGUAGE_GUESTS = {lang: os.path.join(ROOT, "build", "guests", f"drink_count_{suffix}.wasm")
                    for lang, suffix in (("python", "py"), ("javascript", "js"))}
 EVENT_TIME_STEP_MS = 10
 WINDOW_FLAGS = {"window": ["--window", "1m"], "hopping": ["--window", "10m", "--advance", "1m"]}
-DEDUP = os.path.join(ROOT, "build", "guests", "order_dedup.wasm")
+DEDUP, REVENUE, TEST_PROCESSOR = (os.path.join(ROOT, "build", "guests", f"{g}.wasm")
+                                  for g in ("order_dedup", "shop_revenue", "test_processor"))
 BROKERS = os.environ.get("STREAMHOST_BROKERS", "127.0.0.1:9092")
 ORDERS = int(os.environ.get("BENCH_ORDERS", 1_000_000))
 RUNS = int(os.environ.get("BENCH_RUNS", 3))
@@ -128,6 +137,27 @@ def topics(name, partitions=6):
              "--output", f"bench-{RUN_ID}.{name}.board"]
     run([HOST, "create-topics", "--partitions", str(partitions)] + flags)
     return flags
+
+
+def processor_flags(mode, name):
+    """The outputs (and for `revenue` the menu table, filled) of a processor mode's run."""
+    topic = f"bench-{RUN_ID}.{name}"
+    if mode == "dedup":
+        return ["--output-topic", f"deduped={topic}.deduped", "--create-topics"]
+    flags = ["--output-topic", f"totals={topic}.totals", "--output-topic", f"alerts={topic}.alerts",
+             "--table", f"menu={topic}.menu"]
+    run([HOST, "create-topics", "--brokers", BROKERS, "--input", f"bench-{RUN_ID}.orders", "--changelog",
+         f"{topic}.changelog", "--output", f"{topic}.board"] + flags)
+    run([LOADGEN, "--brokers", BROKERS, "--topic", f"{topic}.menu", "menu"])
+    return flags
+
+
+def state_calls():
+    """ns per processor host call, from bench/native's state-calls (its own medians)."""
+    m = run([STATE_CALLS, "--guest", TEST_PROCESSOR, "--keys", str(KEYS)])
+    r = json.loads(m.out.strip().splitlines()[-1])
+    log("state calls: " + ", ".join(f"{k} {v}" for k, v in r.items()))
+    return r
 
 
 def summary(stderr):
@@ -324,6 +354,15 @@ def run_peers(input_topic, round_no):
                                         "--brokers", BROKERS, "--input", input_topic, "--output", board,
                                         "--app-id", app, "--state-dir", state], app, input_topic)
     shutil.rmtree(state, ignore_errors=True)
+    state = os.path.join(WORK, f"ksdedup-{round_no}")
+    app = f"bench-{RUN_ID}-ksdedup{round_no}"
+    out["kstreams-dedup"] = peer("kstreams-dedup", ["java", "-Xmx2g", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                                                    "-cp", KSTREAMS_CP, "streamhost.bench.OrderDedupStreams",
+                                                    "--brokers", BROKERS, "--input", input_topic,
+                                                    "--output", topics(f"ksdedup{round_no}")[7],
+                                                    "--app-id", app, "--state-dir", state,
+                                                    "--commit-interval-ms", "100"], app, input_topic)
+    shutil.rmtree(state, ignore_errors=True)
     name = f"goseed{round_no}"
     flags = topics(name)
     state = os.path.join(WORK, name)
@@ -348,7 +387,7 @@ def machine():
 
 
 def main():
-    for path in (HOST, NATIVE, LOADGEN, GUEST, *LANGUAGE_GUESTS.values()):
+    for path in (HOST, NATIVE, LOADGEN, STATE_CALLS, GUEST, *LANGUAGE_GUESTS.values(), DEDUP, REVENUE, TEST_PROCESSOR):
         if not os.path.exists(path):
             raise SystemExit(f"bench: {path} is missing (make bench builds it)")
     input_topic = f"bench-{RUN_ID}.orders"
@@ -358,9 +397,9 @@ def main():
         + ORDER_FLAGS)
 
     results = {"raw": [], "native": [], "wasm": [], "eos": [], "window": [], "hopping": [], "python": [], "javascript": [],
-               "scale1": [], "scale2": [], "scale3": [], "dedup": []}
+               "scale1": [], "scale2": [], "scale3": [], "dedup": [], "revenue": []}
     if PEERS:
-        results.update({"kstreams": [], "go-seed": []})
+        results.update({"kstreams": [], "go-seed": [], "kstreams-dedup": []})
         for path in (GO_SEED, KSTREAMS_CP.split(":")[0]):
             if not os.path.exists(path):
                 raise SystemExit(f"bench: {path} is missing (make bench-peers builds it)")
@@ -369,8 +408,9 @@ def main():
             for mode, r in run_peers(input_topic, i).items():
                 results[mode].append(r)
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
-        every = ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript", "scale1", "scale2", "scale3")
-        for mode in [m for m in PROBE if m != "restart"] if PROBE else every:
+        every = ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript", "scale1", "scale2", "scale3",
+                 "dedup", "revenue")
+        for mode in [m for m in PROBE if m not in ("restart", "state-calls")] if PROBE else every:
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
             elif mode.startswith("scale"):
@@ -379,9 +419,9 @@ def main():
                 r = pipeline(HOST, f"{mode}{i}", ["--guarantee", "exactly-once"])
             elif mode in WINDOW_FLAGS:
                 r = pipeline(HOST, f"{mode}{i}", WINDOW_FLAGS[mode])
-            elif mode == "dedup":
-                out = ["--output-topic", f"deduped=bench-{RUN_ID}.{mode}{i}.deduped", "--create-topics"]
-                r = pipeline(HOST, f"{mode}{i}", out, guest=DEDUP)
+            elif mode in ("dedup", "revenue"):
+                guest = DEDUP if mode == "dedup" else REVENUE
+                r = pipeline(HOST, f"{mode}{i}", processor_flags(mode, f"{mode}{i}"), guest=guest)
             elif mode in LANGUAGE_GUESTS:
                 if i > 0 and not PROBE:
                     continue  # one run: the gap to Rust is far larger than the noise
@@ -398,8 +438,10 @@ def main():
                    + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s" for k, v in r["steps"].items())
                    if "steps" in r else ""))
     if PROBE:
-        for mode in (m for m in PROBE if m != "restart"):
+        for mode in (m for m in PROBE if m not in ("restart", "state-calls")):
             log(f"probe {mode}: median {med(results[mode], 'rate'):,.0f} records/s")
+        if "state-calls" in PROBE:
+            state_calls()
         if "restart" in PROBE:
             # The exactly-once restart with KEYS keys in state, as the full run measures it.
             keys_topic = f"bench-{RUN_ID}.keys.changelog"
@@ -438,6 +480,7 @@ def main():
     log(f"restore of one shard: {restore['shard']['keys']} keys in {restore['shard']['seconds']:.2f} s")
     restart = eos_restart(state, keys_topic)
     shutil.rmtree(state, ignore_errors=True)
+    calls = state_calls()
     if PEERS:
         restart["kstreams"] = kstreams_restart()["first_record"]
 
@@ -474,11 +517,11 @@ def main():
     lat, m = runs[len(runs) // 2]
     lat["p99s"] = [r[0]["latency_p99_ms"] for r in runs]
 
-    write_results(results, restore, keys_raw, lat, m, restart)
+    write_results(results, restore, keys_raw, lat, m, restart, calls)
 
 
 
-def write_results(results, restore, keys_raw, lat, lat_m, restart):
+def write_results(results, restore, keys_raw, lat, lat_m, restart, calls):
     cpu, cores, mem, rustc, host, kafka = machine()
     raw_rate, native_rate, wasm_rate = (med(results[k], "rate") for k in ("raw", "native", "wasm"))
     wasm_mid = sorted(results["wasm"], key=lambda r: r["rate"])[len(results["wasm"]) // 2]
@@ -515,12 +558,21 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
         row("python", results["python"], "host pipeline, the drink count in Python (componentize-py 0.25.1; one run)"),
         row("javascript", results["javascript"], "host pipeline, the drink count in JavaScript (componentize-js 0.23.0; "
             "one run)"),
+        row("dedup", results["dedup"], "processor guests/order_dedup: per order a `process` call, a state get, a put, a "
+            "stream-time timer (day retention) and an emit to its output topic; at-least-once"),
+        row("revenue", results["revenue"], "processor guests/shop_revenue: per order a `menu` table lookup per item, "
+            "the shop-hour's JSON state read and written, a timer, the running total emitted (and alerts); "
+            "at-least-once"),
     ] + ([
         row("kstreams", results["kstreams"], "Kafka Streams 4.1.1: flatMap, groupByKey().aggregate, RocksDB store + "
             "changelog, top-N punctuator; defaults (at-least-once, commit.interval.ms=30000, caching on), "
             "num.stream.threads=2, -Xmx2g; time includes waiting for its next commit"),
         row("go-seed", results["go-seed"], "the tutorial's design: franz-go + Pebble, ProduceSync per poll, "
             "Pebble batch with Sync, CommitUncommittedOffsets; one changelog record per delta"),
+        row("kstreams-dedup", results["kstreams-dedup"], "the order dedup in Kafka Streams 4.1.1's Processor API: "
+            "two persistent KeyValueStores (id -> first seen; expiry time/id) with changelogs and caching, a "
+            "stream-time punctuator every minute forgetting the ids whose day is over, forward to the output; "
+            "at-least-once, commit.interval.ms=100, num.stream.threads=2, -Xmx2g; compare with `dedup`"),
     ] if PEERS else []) + [
         row("scale1", results["scale1"], "`--scale-out`, 1 host: the job re-keyed through the repartition topic "
             "(stage A: guest -> repartition; stage B: shards -> changelog), at-least-once"),
@@ -561,6 +613,13 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
         f"over {lat['records']:,} records (the median-p99 run of {len(lat['p99s'])}; p99 of each run: "
         f"{', '.join(str(p) for p in lat['p99s'])} ms); host CPU {lat_m.cpu:.1f} s, peak RSS {lat_m.rss_mib:.0f} MiB.",
         "",
+        "One processor host call, across the WebAssembly boundary and through the host's layers "
+        f"(`state-calls`: the test processor makes the same call {calls['calls']:,} times in one `process` call, "
+        f"over a store of {calls['keys']:,} values in RocksDB; medians; the `process` call itself taken off): "
+        f"a get of a stored key {calls['get_stored_ns']} ns, of an absent key {calls['get_absent_ns']} ns, of a key "
+        f"the batch wrote {calls['get_own_write_ns']} ns; a put {calls['put_ns']} ns; one `process` call with an "
+        f"empty body {calls['process_call_ns'] / 1000:.1f} µs.",
+        "",
         "## Targets",
         "",
         "| target | result |",
@@ -583,6 +642,9 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart):
                f"wasm >= 2 x Kafka Streams: {wasm_rate / med(results['kstreams'], 'rate'):.2f} x"),
         target(wasm_rate >= 2 * med(results["go-seed"], "rate"),
                f"wasm >= 2 x the Go design: {wasm_rate / med(results['go-seed'], 'rate'):.2f} x"),
+        target(med(results["dedup"], "rate") > med(results["kstreams-dedup"], "rate"),
+               "the order dedup as a processor guest ahead of the same in Kafka Streams' Processor API: "
+               f"{med(results['dedup'], 'rate') / med(results['kstreams-dedup'], 'rate'):.2f} x"),
     ] if PEERS else []) + [
         "",
         "Where a target is missed, `bench/PROFILE.md` shows why, with a profile and the command that took it.",

@@ -5,6 +5,7 @@
 //! - `keys`: a changelog with N distinct counter keys (the restore benchmark);
 //! - `distinct-orders`: N orders of one item each, every one a different drink (a store of
 //!   N keys for the peers' restart benchmark);
+//! - `menu`: a price per drink (the `shop_revenue` processor's `menu` table);
 //! - `delete-topics`: every topic whose name starts with `--topic` (a benchmark's leftovers).
 //!
 //! Orders are JSON: `{"order_id": "...", "shop_id": N, "items": [{"drink": "latte", "quantity": 2}, ...]}`.
@@ -163,6 +164,9 @@ enum Command {
         #[arg(long)]
         count: u64,
     },
+    /// A menu table: one row per drink name (key) with its price in cents as decimal text
+    /// (value), 250 to 525 cents, the same every time.
+    Menu,
     /// Deletes every topic whose name starts with `--topic` (used as a prefix here).
     DeleteTopics,
 }
@@ -286,11 +290,24 @@ fn main() -> Result<()> {
             producer.flush(Duration::from_secs(120)).context("flushing orders")?;
             eprintln!("loadgen: produced {count} orders of distinct drinks to {}", cli.topic);
         }
+        Command::Menu => {
+            let producer = producer(&cli.brokers, "none", 20)?;
+            for (i, drink) in DRINKS.iter().enumerate() {
+                send(&producer, &cli.topic, drink.as_bytes(), menu_price(i).to_string().as_bytes());
+            }
+            producer.flush(Duration::from_secs(60)).context("flushing the menu")?;
+            eprintln!("loadgen: priced {} drinks in {}", DRINKS.len(), cli.topic);
+        }
         Command::DeleteTopics => delete_topics(&cli.brokers, &cli.topic)?,
         Command::Drain { group } => drain(&cli.brokers, &cli.topic, &group)?,
         Command::WaitCommitted { group, timeout } => wait_committed(&cli.brokers, &cli.topic, &group, timeout)?,
     }
     Ok(())
+}
+
+/// The price of the i-th drink, in cents.
+fn menu_price(i: usize) -> u64 {
+    250 + 25 * (i as u64 % 12)
 }
 
 fn delete_topics(brokers: &str, prefix: &str) -> Result<()> {

@@ -6,6 +6,8 @@
 //! then panics. A due timer emits `fired/K` -> `<clock> <at>` to `out` and puts the same,
 //! except for keys starting `fail`, whose timer puts `failed/K` and then returns an error, and
 //! keys starting `loop`, whose timer puts `looped/K` and then never returns.
+//! For the benchmark of one host call (`bench/native`, `state-calls`): `gets N K` reads K
+//! N times, `puts N K` writes K N times, `noop` does nothing.
 
 use streamhost_processor_sdk::{InputRecord, TimeKind, emit, state, timers};
 
@@ -22,6 +24,19 @@ fn process(input: InputRecord) -> Result<(), String> {
         }
         ["stream", key, at] => timers::set(key.as_bytes(), parse(at)?, TimeKind::StreamTime),
         ["wall", key, at] => timers::set(key.as_bytes(), parse(at)?, TimeKind::WallClock),
+        ["gets", n, key] => {
+            for _ in 0..count(n)? {
+                std::hint::black_box(state::get(key.as_bytes()));
+            }
+            Ok(())
+        }
+        ["puts", n, key] => {
+            for i in 0..count(n)? {
+                state::put(key.as_bytes(), &i.to_be_bytes())?;
+            }
+            Ok(())
+        }
+        ["noop"] => Ok(()),
         ["undeclared"] => emit("elsewhere", None, Some(b"x")),
         ["big"] => state::put(b"big", &vec![0u8; 600 * 1024]),
         ["budget"] => {
@@ -36,6 +51,10 @@ fn process(input: InputRecord) -> Result<(), String> {
         }
         _ => Err(format!("unknown command `{text}`")),
     }
+}
+
+fn count(n: &str) -> Result<u64, String> {
+    n.parse().map_err(|_| format!("`{n}` is not a count"))
 }
 
 fn parse(at: &str) -> Result<i64, String> {

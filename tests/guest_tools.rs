@@ -141,8 +141,13 @@ fn a_new_guest_builds_and_passes_its_example() {
     let crate_dir = dir.path().join("my_totals");
     let out = host(&["new-guest", "my_totals", "--world", "processor", "--dir", &path(&crate_dir)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = host(&["new-guest", "py_totals", "--world", "processor", "--lang", "python"]);
-    assert!(text(&out.stderr).contains("--world processor makes a Rust crate only for now"), "{}", text(&out.stderr));
+    // What the project builds from comes along: the host's WIT and the SDK's sources (no
+    // path into the host's source tree).
+    assert!(crate_dir.join("wit/processor/processor.wit").exists());
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains(r#"path = "vendor/streamhost-processor-sdk""#), "{manifest}");
+    let sdk = std::fs::read_to_string(crate_dir.join("vendor/streamhost-processor-sdk/Cargo.toml")).unwrap();
+    assert!(!sdk.contains(".workspace"), "the vendored SDK stands alone: {sdk}");
     let wasm = build_crate(&crate_dir, &target, "my_totals");
     let check = host(&["check", "--guest", &path(&wasm), "--guest-cache", "none"]);
     assert!(
@@ -173,18 +178,20 @@ fn tools_cache() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/streamhost"))
 }
 
-/// `host new-guest --lang python|js` writes a project that builds (with the same pinned
-/// tools as the repo's own Python and JavaScript guests) into a component that passes its
-/// own example through `host test`.
+/// `host new-guest --lang python|js`, of either world, writes a project that builds (with
+/// the same pinned tools as the repo's own Python and JavaScript guests) into a component
+/// that passes its own example through `host test`.
 #[test]
 fn new_python_and_javascript_guests_build_and_pass_their_example() {
     let dir = tempfile::tempdir().unwrap();
-    for (lang, build) in [("python", ["./build.sh"].as_slice()), ("js", ["npm", "run", "build", "--silent"].as_slice())]
-    {
-        let project = dir.path().join(format!("events_{lang}"));
-        let out = host(&["new-guest", &format!("events_{lang}"), "--lang", lang, "--dir", &path(&project)]);
+    let languages = [("python", ["./build.sh"].as_slice()), ("js", ["npm", "run", "build", "--silent"].as_slice())];
+    let worlds = [("counting", "wit/counter.wit"), ("processor", "wit/processor/processor.wit")];
+    for ((lang, build), (world, wit)) in languages.into_iter().flat_map(|l| worlds.map(|w| (l, w))) {
+        let name = format!("{world}_{lang}");
+        let project = dir.path().join(&name);
+        let out = host(&["new-guest", &name, "--lang", lang, "--world", world, "--dir", &path(&project)]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert!(project.join("wit/counter.wit").exists(), "{lang}: the host's WIT comes along");
+        assert!(project.join(wit).exists(), "{name}: the host's WIT comes along");
         // Instead of `npm install` / a new venv: the tools `make guests` installed.
         let cache = tools_cache();
         if lang == "js" {
@@ -196,10 +203,13 @@ fn new_python_and_javascript_guests_build_and_pass_their_example() {
             .env("COMPONENTIZE_PY", cache.join("py-venv/bin/componentize-py"))
             .output()
             .expect("running the build");
-        assert!(built.status.success(), "{lang}: {}{}", text(&built.stdout), text(&built.stderr));
-        let wasm = project.join(format!("events_{lang}.wasm"));
+        assert!(built.status.success(), "{name}: {}{}", text(&built.stdout), text(&built.stderr));
+        let wasm = project.join(format!("{name}.wasm"));
+        let check = host(&["check", "--guest", &path(&wasm)]);
+        let world_line = if world == "processor" { "streamhost:processor@0.1.0" } else { "streamhost:counter@" };
+        assert!(text(&check.stdout).contains(world_line), "{name}: {}{}", text(&check.stdout), text(&check.stderr));
         let tested = host_test(&wasm, &project.join("examples/input.jsonl"), &project.join("examples/expected.json"));
-        assert!(tested.status.success(), "{lang}: {}{}", text(&tested.stdout), text(&tested.stderr));
+        assert!(tested.status.success(), "{name}: {}{}", text(&tested.stdout), text(&tested.stderr));
     }
 }
 

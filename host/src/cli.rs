@@ -126,27 +126,16 @@ pub struct NewGuestArgs {
     pub lang: GuestLang,
 
     /// The world: counting (`wit/counter.wit`: counters and a board) or processor
-    /// (`wit/processor`: keyed state, emits, timers, tables; Rust for now).
+    /// (`wit/processor`: keyed state, emits, timers, tables), in any of the languages.
     #[arg(long, value_enum, default_value_t = GuestWorld::Counting)]
     pub world: GuestWorld,
 
-    /// Rust only: the SDK to depend on (a path). Default: the SDK of the world in the source
-    /// tree this host was built from (guests/sdk or guests/processor-sdk).
+    /// Rust only: depend on the SDK at this path (a checkout's `guests/sdk` or
+    /// `guests/processor-sdk`, for working on the SDK itself). Default: the SDK comes along in
+    /// the project's `vendor/`, with the host's WIT in `wit/`: the project builds with only
+    /// the Rust toolchain.
     #[arg(long)]
     pub sdk: Option<PathBuf>,
-}
-
-impl NewGuestArgs {
-    /// `--sdk`, else the world's SDK in the source tree this host was built from.
-    pub fn sdk(&self) -> PathBuf {
-        let tree = concat!(env!("CARGO_MANIFEST_DIR"), "/../guests");
-        self.sdk.clone().unwrap_or_else(|| {
-            PathBuf::from(tree).join(match self.world {
-                GuestWorld::Counting => "sdk",
-                GuestWorld::Processor => "processor-sdk",
-            })
-        })
-    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -20,7 +20,68 @@ use crate::guest::processor::{self, InputRecord, ProcessorGuest};
 use crate::guest::{AnyGuest, Records};
 use crate::{WIT_PACKAGE, WIT_VERSION};
 
-/// `host new-guest`: writes a guest project from the templates in `host/templates/`.
+/// What a guest project of one world needs from the host: its WIT (written into the
+/// project, where the SDK's `generate!` finds it), the world's name, and the Rust SDK's
+/// sources (vendored into the project, so that it builds with only the toolchain).
+struct WorldKit {
+    world: &'static str,
+    /// The WIT's path in the project (and in the host's tree) and its text.
+    wit_file: &'static str,
+    wit: &'static str,
+    /// The SDK crate's name, manifest (inheriting from `guests/Cargo.toml`) and source.
+    sdk_crate: &'static str,
+    sdk_manifest: &'static str,
+    sdk_lib: &'static str,
+}
+
+/// The guests' workspace manifest, whose package fields and dependencies the SDKs inherit.
+const GUESTS_WORKSPACE: &str = include_str!("../../../guests/Cargo.toml");
+
+fn world_kit(world: GuestWorld) -> WorldKit {
+    match world {
+        GuestWorld::Counting => WorldKit {
+            world: "counting-guest",
+            wit_file: "wit/counter.wit",
+            wit: include_str!("../../../wit/counter.wit"),
+            sdk_crate: "streamhost-guest-sdk",
+            sdk_manifest: include_str!("../../../guests/sdk/Cargo.toml"),
+            sdk_lib: include_str!("../../../guests/sdk/src/lib.rs"),
+        },
+        GuestWorld::Processor => WorldKit {
+            world: "processor-guest",
+            wit_file: "wit/processor/processor.wit",
+            wit: include_str!("../../../wit/processor/processor.wit"),
+            sdk_crate: "streamhost-processor-sdk",
+            sdk_manifest: include_str!("../../../guests/processor-sdk/Cargo.toml"),
+            sdk_lib: include_str!("../../../guests/processor-sdk/src/lib.rs"),
+        },
+    }
+}
+
+/// An SDK manifest made standalone: every `KEY.workspace = true` replaced by the line
+/// `KEY = ...` of the guests' workspace manifest (its `[workspace.package]` or
+/// `[workspace.dependencies]`).
+fn standalone_manifest(member: &str, workspace: &str) -> Result<String> {
+    let mut out = String::new();
+    for line in member.lines() {
+        match line.strip_suffix(".workspace = true") {
+            Some(key) => {
+                let inherited = workspace
+                    .lines()
+                    .find(|l| l.split_once(" = ").is_some_and(|(k, _)| k == key))
+                    .with_context(|| format!("the guests' workspace manifest has no `{key}`"))?;
+                out.push_str(inherited);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `host new-guest`: writes a guest project from the templates in `host/templates/`, with
+/// the world's WIT and (Rust) its SDK, so that it builds on a machine with only the host
+/// binary and the language's toolchain.
 pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
     let name = &args.name;
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -32,70 +93,96 @@ pub fn new_guest_command(args: NewGuestArgs) -> Result<()> {
     if dir.exists() {
         bail!("{} already exists; choose another --dir", dir.display());
     }
-    let fill = |template: &str, sdk: &str| template.replace("{{name}}", name).replace("{{sdk}}", sdk);
-    // Every language's project gets the same example, and (but Rust, whose SDK carries it)
-    // the host's WIT.
-    let mut files: Vec<(&str, String)> = vec![
-        ("examples/input.jsonl", include_str!("../../templates/guest/input.jsonl").to_owned()),
-        ("examples/expected.json", include_str!("../../templates/guest/expected.json").to_owned()),
+    let kit = world_kit(args.world);
+    let wit_dir = Path::new(kit.wit_file).parent().expect("a WIT file is in a folder").display().to_string();
+    let processor = args.world == GuestWorld::Processor;
+    let fill = |template: &str, sdk: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{sdk}}", sdk)
+            .replace("{{wit}}", &wit_dir)
+            .replace("{{world}}", kit.world)
+    };
+    // Every project gets the same example records and the host's WIT; what is expected of
+    // the example depends on the world.
+    let expected = if processor {
+        include_str!("../../templates/processor/expected.json")
+    } else {
+        include_str!("../../templates/guest/expected.json")
+    };
+    let mut files: Vec<(String, String)> = vec![
+        ("examples/input.jsonl".into(), include_str!("../../templates/guest/input.jsonl").to_owned()),
+        ("examples/expected.json".into(), expected.to_owned()),
+        (kit.wit_file.into(), kit.wit.to_owned()),
     ];
-    if args.world == GuestWorld::Processor && args.lang != GuestLang::Rust {
-        bail!(
-            "--world processor makes a Rust crate only for now; a processor in Python is in the host's \
-             source tree (guests/python/order_dedup, built by scripts/build-python-guest.sh) to start from"
-        );
-    }
+    let mut add = |file: &str, text: String| files.push((file.to_owned(), text));
     let (build, wasm) = match args.lang {
         GuestLang::Rust => {
-            let sdk_path = args.sdk();
-            let sdk = std::fs::canonicalize(&sdk_path).with_context(|| {
-                format!("the guest SDK is not at {} (give its path with --sdk)", sdk_path.display())
-            })?;
-            let sdk = sdk.display().to_string();
-            files.push((".cargo/config.toml", fill(include_str!("../../templates/guest/config.toml.in"), &sdk)));
-            match args.world {
-                GuestWorld::Counting => files.extend([
-                    ("Cargo.toml", fill(include_str!("../../templates/guest/Cargo.toml.in"), &sdk)),
-                    ("src/lib.rs", fill(include_str!("../../templates/guest/lib.rs.in"), &sdk)),
-                    ("README.md", fill(include_str!("../../templates/guest/README.md.in"), &sdk)),
-                ]),
-                GuestWorld::Processor => {
-                    // The same example records; what a processor makes of them.
-                    files.retain(|(file, _)| *file != "examples/expected.json");
-                    files.extend([
-                        ("examples/expected.json", include_str!("../../templates/processor/expected.json").to_owned()),
-                        ("Cargo.toml", fill(include_str!("../../templates/processor/Cargo.toml.in"), &sdk)),
-                        ("src/lib.rs", fill(include_str!("../../templates/processor/lib.rs.in"), &sdk)),
-                        ("README.md", fill(include_str!("../../templates/processor/README.md.in"), &sdk)),
-                    ])
+            // `--sdk`: a checkout's SDK (for working on it); else the SDK comes along.
+            let sdk = match &args.sdk {
+                Some(path) => std::fs::canonicalize(path)
+                    .with_context(|| format!("the guest SDK is not at {} (--sdk)", path.display()))?
+                    .display()
+                    .to_string(),
+                None => {
+                    let vendored = format!("vendor/{}", kit.sdk_crate);
+                    add(&format!("{vendored}/Cargo.toml"), standalone_manifest(kit.sdk_manifest, GUESTS_WORKSPACE)?);
+                    add(&format!("{vendored}/src/lib.rs"), kit.sdk_lib.to_owned());
+                    vendored
                 }
+            };
+            add(".cargo/config.toml", fill(include_str!("../../templates/guest/config.toml.in"), &sdk));
+            if processor {
+                add("Cargo.toml", fill(include_str!("../../templates/processor/Cargo.toml.in"), &sdk));
+                add("src/lib.rs", fill(include_str!("../../templates/processor/lib.rs.in"), &sdk));
+                add("README.md", fill(include_str!("../../templates/processor/README.md.in"), &sdk));
+            } else {
+                add("Cargo.toml", fill(include_str!("../../templates/guest/Cargo.toml.in"), &sdk));
+                add("src/lib.rs", fill(include_str!("../../templates/guest/lib.rs.in"), &sdk));
+                add("README.md", fill(include_str!("../../templates/guest/README.md.in"), &sdk));
             }
             ("cargo build --release", format!("target/wasm32-unknown-unknown/release/{name}.wasm"))
         }
         GuestLang::Python => {
-            files.extend([
-                ("app.py", fill(include_str!("../../templates/guest-python/app.py.in"), "")),
-                ("build.sh", fill(include_str!("../../templates/guest-python/build.sh.in"), "")),
-                ("README.md", fill(include_str!("../../templates/guest-python/README.md.in"), "")),
-                (".gitignore", ".venv/\n.build/\n*.wasm\n".to_owned()),
-                ("wit/counter.wit", include_str!("../../../wit/counter.wit").to_owned()),
-            ]);
+            let (app, readme) = if processor {
+                (
+                    include_str!("../../templates/processor-python/app.py.in"),
+                    include_str!("../../templates/processor-python/README.md.in"),
+                )
+            } else {
+                (
+                    include_str!("../../templates/guest-python/app.py.in"),
+                    include_str!("../../templates/guest-python/README.md.in"),
+                )
+            };
+            add("app.py", fill(app, ""));
+            add("README.md", fill(readme, ""));
+            add("build.sh", fill(include_str!("../../templates/guest-python/build.sh.in"), ""));
+            add(".gitignore", ".venv/\n.build/\n*.wasm\n".to_owned());
             ("./build.sh", format!("{name}.wasm"))
         }
         GuestLang::Js => {
-            files.extend([
-                ("guest.js", fill(include_str!("../../templates/guest-js/guest.js.in"), "")),
-                ("build.mjs", fill(include_str!("../../templates/guest-js/build.mjs.in"), "")),
-                ("package.json", fill(include_str!("../../templates/guest-js/package.json.in"), "")),
-                ("README.md", fill(include_str!("../../templates/guest-js/README.md.in"), "")),
-                (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
-                ("wit/counter.wit", include_str!("../../../wit/counter.wit").to_owned()),
-            ]);
+            let (guest, readme) = if processor {
+                (
+                    include_str!("../../templates/processor-js/guest.js.in"),
+                    include_str!("../../templates/processor-js/README.md.in"),
+                )
+            } else {
+                (
+                    include_str!("../../templates/guest-js/guest.js.in"),
+                    include_str!("../../templates/guest-js/README.md.in"),
+                )
+            };
+            add("guest.js", fill(guest, ""));
+            add("README.md", fill(readme, ""));
+            add("build.mjs", fill(include_str!("../../templates/guest-js/build.mjs.in"), ""));
+            add("package.json", fill(include_str!("../../templates/guest-js/package.json.in"), ""));
+            add(".gitignore", "node_modules/\n*.wasm\n".to_owned());
             ("npm install && npm run build", format!("{name}.wasm"))
         }
     };
     for (file, text) in files {
-        let path = dir.join(file);
+        let path = dir.join(&file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }

@@ -230,7 +230,8 @@ fn dedup_crash_after_commit() {
 }
 
 /// A run that does not give the guest what it declares is refused at start-up, saying what
-/// to add; so is a counting guest's state dir, and a flag only counting guests take.
+/// to add; so is a counting guest's state dir, a flag only counting guests take, and a
+/// processor's flag given to a counting guest.
 #[test]
 fn processor_misconfigurations_are_refused_naming_the_fix() {
     let env = TestEnv::new("dedup-refused");
@@ -250,11 +251,20 @@ fn processor_misconfigurations_are_refused_naming_the_fix() {
     let err = refused(&["--output-topic", &topic, "--window", "1h"]);
     assert!(err.contains("--window counts a counting guest's deltas"), "{err}");
 
-    // A counting guest's state dir.
+    // A counting guest's state dir (and its board topic, which a processor's topics lack).
+    create_topics_with(&env, 3, &[]);
     env.produce(&orders::generate(73, 10, 0).values);
     env.run_until_drained("drink_count", &[], Duration::from_secs(60));
     let err = refused(&["--output-topic", &topic]);
     assert!(err.contains("holds a counting guest's counters"), "{err}");
+
+    // A processor's flag given to a counting guest.
+    let mut args = env.run_args("drink_count");
+    args.extend(["--output-topic".to_string(), topic.clone()]);
+    let out = env.host(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a counting guest with --output-topic must be refused");
+    assert!(err.contains("--output-topic deduped=...: guest") && err.contains("is a counting guest"), "{err}");
 }
 
 /// `test_processor`'s output topic.

@@ -8,6 +8,13 @@ use host::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     host::init_logging(cli.log_format);
+    if !matches!(cli.command, Command::Run(_)) {
+        // A printing command piped into `head` ends quietly when the reader goes, as a Unix
+        // tool does (Rust ignores SIGPIPE, so the next print would panic). `run` keeps it
+        // ignored: its stdout going away must not kill it mid-batch.
+        // SAFETY: at start-up, before any thread exists; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run(args) => host::commands::run::run(*args),
         Command::Restore(args) => host::commands::restore::restore_command(args),

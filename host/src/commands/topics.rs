@@ -10,9 +10,12 @@ use crate::kafka::topics::{Role, admin, create_topics, options, partitions_for, 
 /// `host create-topics`.
 pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
     let admin = admin(&args.topics.kafka.connection())?;
-    let roles = roles(&args.topics.topics());
+    let mut wanted = args.topics.topics();
+    // Outputs or tables named: a processor's topics, which have no board topic.
+    wanted.boards = wanted.outputs.is_empty() && wanted.tables.is_empty();
+    let roles = roles(&wanted);
     let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
-    let partitions = partitions_for(&admin, &args.topics.kafka.brokers, &args.topics.topics(), args.partitions)?;
+    let partitions = partitions_for(&admin, &args.topics.kafka.brokers, &wanted, args.partitions)?;
     create_topics(&admin, &topics, partitions)
 }
 

@@ -120,8 +120,18 @@ impl RunConfig {
         self.windows.as_ref().is_some_and(|w| w.event_time == EventTime::Guest)
     }
 
-    /// Refuses a guest this run cannot count with: `--event-time guest` needs its `event-time`.
+    /// Refuses a guest this run cannot count with: `--event-time guest` needs its `event-time`;
+    /// outputs and tables are a processor's.
     pub fn check_guest(&self, guest: &dyn Counter) -> anyhow::Result<()> {
+        if let Some((flag, (name, _))) = (self.topics.outputs.first().map(|o| ("--output-topic", o)))
+            .or_else(|| self.topics.tables.first().map(|t| ("--table", t)))
+        {
+            anyhow::bail!(
+                "{flag} {name}=...: guest {} is a counting guest, which has no outputs or tables (its boards go \
+                 to --output); drop {flag}, or run a processor guest (wit/processor)",
+                guest.describe()
+            );
+        }
         if self.needs_guest_event_time() && !guest.has_event_time() {
             anyhow::bail!(
                 "--event-time guest: guest {} does not export {}/event-time (WIT 0.2.1). Rebuild it with the \

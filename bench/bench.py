@@ -167,6 +167,26 @@ def summary(stderr):
     raise SystemExit("bench: no run summary in the host's log:\n" + stderr[-3000:])
 
 
+def dump_summary(state):
+    """Keys in state, the windows they are in, and the totals line of `host dump`, read from
+    a file line by line: this process must stay small, since a child's peak RSS as the kernel
+    reports it is at least this process's at the fork (Linux keeps the high-water mark of the
+    memory image a child replaces at exec), and a processor's dump has a line per key."""
+    path = os.path.join(WORK, "dump")
+    with open(path, "w") as out:
+        subprocess.run([HOST, "dump", "--state-dir", state], stdout=out, stderr=subprocess.DEVNULL, check=True)
+    lines, windows, windowed, last = 0, set(), 0, ""
+    with open(path) as dump:
+        for line in dump:
+            lines += 1
+            last = line
+            if '"window_start_ms"' in line:
+                windowed += 1
+                windows.add(json.loads(line)["window_start_ms"])
+    os.remove(path)
+    return (windowed if windowed else lines - 1), len(windows), json.loads(last)
+
+
 def pipeline(binary, name, extra=(), guest=GUEST):
     flags = topics(name)
     state = os.path.join(WORK, f"state-{name}")
@@ -175,11 +195,7 @@ def pipeline(binary, name, extra=(), guest=GUEST):
              "--instance-id", "none", "--log-format", "json"] + flags + list(extra),
             env={"RUST_LOG": "info,host::pipeline=debug,host::engine::committer=debug,host::engine::direct=debug"})
     # What state holds at the end: counters, and the windows they are in.
-    dump = run([HOST, "dump", "--state-dir", state]).out.splitlines()
-    windowed = [json.loads(l) for l in dump if '"window_start_ms"' in l]
-    state_keys = len(windowed) if windowed else len(dump) - 1
-    state_windows = len({w["window_start_ms"] for w in windowed})
-    totals = json.loads(dump[-1])
+    state_keys, state_windows, totals = dump_summary(state)
     shutil.rmtree(state, ignore_errors=True)
     s = summary(m.err)
     # Where the time goes: the per-batch step timings (debug log). The guest runs on its own

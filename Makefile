@@ -19,7 +19,7 @@ APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g+
 # The board page's end-to-end test drives a headless browser.
 TEST_APT_PACKAGES := chromium
 
-.PHONY: bench bench-peers help deps build guests kafka-up kafka-down topic-create-all topic-delete-all seed-orders run restore dump demo demo-scale-out test test-unit clean-state
+.PHONY: bench bench-peers help deps build guests kafka-up kafka-down cluster-up cluster-down test-cluster topic-create-all topic-delete-all seed-orders run restore dump demo demo-scale-out test test-unit clean-state
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ kafka-up: ## fetch (first time) and start a local single-node Kafka broker
 kafka-down: ## stop the local broker
 	scripts/kafka.sh down
 
+cluster-up: deps ## fetch (first time) and start a three-broker KRaft cluster on 127.0.0.1:29092-29094
+	scripts/kafka.sh cluster up
+
+cluster-down: ## stop the three-broker cluster
+	scripts/kafka.sh cluster down
+
 topic-create-all: build kafka-up ## create input, changelog (compacted) and output topics
 	$(HOST) create-topics
 
@@ -85,8 +91,12 @@ demo-scale-out: build guests kafka-up ## three --scale-out hosts share one job; 
 	scripts/demo-scale-out.sh $(HOST) $(LOADGEN) $(GUEST)
 
 test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
-test: build guests kafka-up ## all tests: unit, guest, and integration against the real broker
+test: build guests kafka-up cluster-up ## all tests: unit, guest, integration against the real broker, and the cluster's faults
 	scripts/test.sh
+	scripts/test-cluster.sh
+
+test-cluster: build guests cluster-up ## broker faults (leader kills, controller kill, rolling restart) against the three-broker cluster
+	scripts/test-cluster.sh
 
 bench: deps guests kafka-up ## benchmark (release build): raw / native / wasm / restore / latency -> bench/RESULTS.md
 	cargo build --release --workspace --bins

@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Runs a single-node Apache Kafka broker (KRaft, no Docker) from jars fetched with Maven.
+# Runs Apache Kafka (KRaft, no Docker) from jars fetched with Maven: a single node for the
+# tests and the demo, or a three-node cluster for the cluster tests (`make test-cluster`).
 #   scripts/kafka.sh up     fetch the jars if missing, format storage once, start, wait until it answers (idempotent)
 #   scripts/kafka.sh down   stop the broker this script started
 #   scripts/kafka.sh status say whether it answers
+#   scripts/kafka.sh cluster up|down|status         three nodes (each broker + controller), clients on
+#                                                   127.0.0.1:29092-29094; up waits until every partition
+#                                                   is led and fully in sync (idempotent)
+#   scripts/kafka.sh cluster kill N                 kill -9 node N (1-3)
+#   scripts/kafka.sh cluster stop N | start N       stop node N cleanly / start it again and wait for it
+#   scripts/kafka.sh cluster rolling-restart        stop and start each node in turn, waiting for full sync
+#   scripts/kafka.sh cluster leader TOPIC PARTITION the node leading a partition (and isr: its in-sync replicas)
+#   scripts/kafka.sh cluster config TOPIC NAME      a topic's config value
+#   scripts/kafka.sh cluster coordinator GROUP      the node coordinating a consumer group
+#   scripts/kafka.sh cluster controller             the node that is the active controller
+#   scripts/kafka.sh cluster ready                  wait until every partition is led and fully in sync
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DATA (build/kafka),
+#      KAFKA_CLUSTER_DATA (build/kafka-cluster), KAFKA_CLUSTER_HEAP (-Xmx512m per node),
 #      STREAMHOST_CACHE ($HOME/.cache/streamhost: jars live there, outside the clone), KAFKA_HEAP (-Xmx1g).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,12 +26,12 @@ DATA=${KAFKA_DATA:-$here/build/kafka}
 CACHE=${STREAMHOST_CACHE:-$HOME/.cache/streamhost}
 VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")
 LIBS=$CACHE/kafka-$VERSION/libs
-PIDFILE=$DATA/broker.pid
 
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 fetch() {
   [ -f "$LIBS/.complete" ] && return 0
+  command -v mvn >/dev/null || { echo "kafka: mvn not found (Maven is needed to fetch the broker)" >&2; exit 1; }
   echo "kafka: fetching Apache Kafka $VERSION jars with Maven into $LIBS"
   mkdir -p "$LIBS"
   (cd "$here/kafka" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS")
@@ -30,58 +43,157 @@ java_cmd() {
     -Dlog4j2.configurationFile="$here/kafka/log4j2.yaml" -cp "$LIBS/*" "$@"
 }
 
-# In the background, the subshell execs java, so the recorded pid is the broker's own.
-start_broker() {
-  (exec java ${KAFKA_HEAP:--Xmx1g} -XX:+UseG1GC -Dkafka.logs.dir="$DATA" \
-    -Dlog4j2.configurationFile="$here/kafka/log4j2.yaml" -cp "$LIBS/*" kafka.Kafka "$DATA/server.properties") \
-    > "$DATA/broker.out" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
+# --- A broker process: its config, pid file and logs in one dir ----------------------------
+broker_pid() { cat "$1/broker.pid" 2>/dev/null; }
+broker_running() { local pid; pid=$(broker_pid "$1") && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+# start_in DIR HEAP: in the background, the subshell execs java, so the pid is the broker's own.
+start_in() {
+  local dir=$1 heap=$2
+  # A fresh log, so the readiness check sees this start's banner, not an old one.
+  [ -f "$dir/broker.log" ] && mv "$dir/broker.log" "$dir/broker.log.prev"
+  (exec java $heap -XX:+UseG1GC -Dkafka.logs.dir="$dir" \
+    -Dlog4j2.configurationFile="$here/kafka/log4j2.yaml" -cp "$LIBS/*" kafka.Kafka "$dir/server.properties") \
+    > "$dir/broker.out" 2>&1 < /dev/null &
+  echo $! > "$dir/broker.pid"
 }
 
+# wait_in DIR PORT NAME: until the broker answers and has logged its start, or it exits.
+wait_in() {
+  local dir=$1 port=$2 name=$3
+  for _ in $(seq 1 120); do
+    if answers "$port" && grep -q "Kafka Server started" "$dir/broker.log" 2>/dev/null; then return 0; fi
+    if ! broker_running "$dir"; then
+      echo "kafka: $name exited during start-up; last lines of $dir/broker.out:" >&2
+      tail -20 "$dir/broker.out" >&2; exit 1
+    fi
+    sleep 1
+  done
+  echo "kafka: $name did not answer within 120 s; see $dir/broker.log" >&2; exit 1
+}
+
+# stop_in DIR NAME: SIGTERM (a clean shutdown), kill -9 after 60 s.
+stop_in() {
+  local dir=$1 name=$2 pid
+  if broker_running "$dir"; then
+    pid=$(broker_pid "$dir"); kill "$pid"
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -9 "$pid" 2>/dev/null || true
+    echo "kafka: $name stopped"
+  else
+    echo "kafka: $name (started by this script) is not running"
+  fi
+  rm -f "$dir/broker.pid"
+}
+
+# format_in DIR CLUSTER_ID: formats the storage of DIR's config once.
+format_in() {
+  [ -f "$1/log/meta.properties" ] && return 0
+  java_cmd kafka.tools.StorageTool format -t "$2" -c "$1/server.properties" >/dev/null
+}
+
+# --- The single node ----------------------------------------------------------------------
 up() {
-  if answers; then echo "kafka: already answering on 127.0.0.1:$PORT"; return 0; fi
+  if answers "$PORT"; then echo "kafka: already answering on 127.0.0.1:$PORT"; return 0; fi
   command -v java >/dev/null || { echo "kafka: java not found (Java 17+ is needed)" >&2; exit 1; }
-  command -v mvn >/dev/null || { echo "kafka: mvn not found (Maven is needed to fetch the broker)" >&2; exit 1; }
   fetch
   mkdir -p "$DATA"
   sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA@|$DATA|g" \
     "$here/kafka/server.properties.in" > "$DATA/server.properties"
-  if [ ! -f "$DATA/log/meta.properties" ]; then
-    java_cmd kafka.tools.StorageTool format -t "$(java_cmd kafka.tools.StorageTool random-uuid)" \
-      -c "$DATA/server.properties" >/dev/null
-  fi
-  # A fresh log, so the readiness check below sees this start's banner, not an old one.
-  [ -f "$DATA/broker.log" ] && mv "$DATA/broker.log" "$DATA/broker.log.prev"
+  [ -f "$DATA/log/meta.properties" ] || format_in "$DATA" "$(java_cmd kafka.tools.StorageTool random-uuid)"
   echo "kafka: starting broker $VERSION on 127.0.0.1:$PORT (data in $DATA, log in $DATA/broker.log)"
-  start_broker
-  for _ in $(seq 1 120); do
-    if answers && grep -q "Kafka Server started" "$DATA/broker.log" 2>/dev/null; then
-      echo "kafka: up"; return 0
-    fi
-    if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-      echo "kafka: broker exited during start-up; last lines of $DATA/broker.out:" >&2
-      tail -20 "$DATA/broker.out" >&2; exit 1
-    fi
-    sleep 1
-  done
-  echo "kafka: broker did not answer within 120 s; see $DATA/broker.log" >&2; exit 1
+  start_in "$DATA" "${KAFKA_HEAP:--Xmx1g}"
+  wait_in "$DATA" "$PORT" broker
+  echo "kafka: up"
 }
 
-down() {
-  if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-    pid=$(cat "$PIDFILE"); kill "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -9 "$pid" 2>/dev/null || true
-    echo "kafka: stopped"
-  else
-    echo "kafka: no broker started by this script is running"
-  fi
-  rm -f "$PIDFILE"
+# --- The three-node cluster -----------------------------------------------------------------
+CLUSTER_DATA=${KAFKA_CLUSTER_DATA:-$here/build/kafka-cluster}
+CLUSTER_HEAP=${KAFKA_CLUSTER_HEAP:--Xmx512m}
+NODES="1 2 3"
+CLUSTER_BROKERS=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094
+# Node N: clients on 29091+N, replication on 29291+N, the controller quorum on 29191+N.
+node_port() { echo $((29091 + $1)); }
+node_dir() { echo "$CLUSTER_DATA/$1"; }
+
+check_node() {
+  case "${1:-}" in 1|2|3) ;; *) echo "kafka cluster: node must be 1, 2 or 3 (got '${1:-}')" >&2; exit 2 ;; esac
+}
+
+# The Admin API's answers (scripts/ClusterTool.java, run from source with the broker's jars).
+tool() {
+  mkdir -p "$CLUSTER_DATA/tool"
+  CLUSTER_BROKERS=$CLUSTER_BROKERS java -Dkafka.logs.dir="$CLUSTER_DATA/tool" \
+    -Dlog4j2.configurationFile="$here/kafka/log4j2.yaml" -cp "$LIBS/*" "$here/scripts/ClusterTool.java" "$@"
+}
+
+node_config() {
+  local n=$1 dir voters
+  dir=$(node_dir "$n")
+  voters=$(for v in $NODES; do printf '%s@127.0.0.1:%s,' "$v" $((29191 + v)); done)
+  mkdir -p "$dir"
+  sed -e "s|@NODE@|$n|g" -e "s|@VOTERS@|${voters%,}|g" -e "s|@PORT@|$(node_port "$n")|g" \
+    -e "s|@ADVERTISED_PORT@|$(node_port "$n")|g" -e "s|@INTERNAL_PORT@|$((29291 + n))|g" \
+    -e "s|@CONTROLLER_PORT@|$((29191 + n))|g" -e "s|@DATA@|$dir|g" \
+    "$here/kafka/cluster.properties.in" > "$dir/server.properties"
+}
+
+# start_node N: starts node N unless it runs, and waits for it.
+start_node() {
+  local dir
+  dir=$(node_dir "$1")
+  node_config "$1"
+  broker_running "$dir" || start_in "$dir" "$CLUSTER_HEAP"
+  wait_in "$dir" "$(node_port "$1")" "node $1"
+}
+
+cluster_up() {
+  command -v java >/dev/null || { echo "kafka: java not found (Java 17+ is needed)" >&2; exit 1; }
+  fetch
+  local id
+  id=$(java_cmd kafka.tools.StorageTool random-uuid)
+  for n in $NODES; do node_config "$n"; format_in "$(node_dir "$n")" "$id"; done
+  echo "kafka cluster: starting nodes $NODES ($VERSION) on $CLUSTER_BROKERS (data in $CLUSTER_DATA)"
+  # All at once: a node waits for a quorum of controllers before it answers.
+  for n in $NODES; do broker_running "$(node_dir "$n")" || start_in "$(node_dir "$n")" "$CLUSTER_HEAP"; done
+  for n in $NODES; do start_node "$n"; done
+  tool ready 3
+}
+
+cluster() {
+  local what=${1:-}
+  shift || true
+  case "$what" in
+    up) cluster_up ;;
+    down) for n in $NODES; do stop_in "$(node_dir "$n")" "node $n"; done ;;
+    status)
+      for n in $NODES; do
+        if answers "$(node_port "$n")"; then echo "node $n: answering on 127.0.0.1:$(node_port "$n")"; else echo "node $n: down"; fi
+      done ;;
+    kill)
+      check_node "${1:-}"
+      if broker_running "$(node_dir "$1")"; then
+        kill -9 "$(broker_pid "$(node_dir "$1")")"; rm -f "$(node_dir "$1")/broker.pid"
+        echo "kafka cluster: node $1 killed (-9)"
+      else
+        echo "kafka cluster: node $1 is not running"
+      fi ;;
+    stop) check_node "${1:-}"; stop_in "$(node_dir "$1")" "node $1" ;;
+    start) check_node "${1:-}"; fetch; start_node "$1"; echo "kafka cluster: node $1 up" ;;
+    rolling-restart)
+      for n in $NODES; do stop_in "$(node_dir "$n")" "node $n"; start_node "$n"; tool ready 3; done ;;
+    leader|isr|config|coordinator) tool "$what" "$@" ;;
+    controller) tool controller ;;
+    ready) tool ready 3 ;;
+    *) echo "usage: $0 cluster up|down|status|kill N|stop N|start N|rolling-restart|leader T P|isr T P|config T NAME|coordinator G|controller|ready" >&2
+       exit 2 ;;
+  esac
 }
 
 case "${1:-}" in
   up) up ;;
-  down) down ;;
-  status) if answers; then echo "kafka: answering on 127.0.0.1:$PORT"; else echo "kafka: not answering"; exit 1; fi ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  down) stop_in "$DATA" broker ;;
+  status) if answers "$PORT"; then echo "kafka: answering on 127.0.0.1:$PORT"; else echo "kafka: not answering"; exit 1; fi ;;
+  cluster) shift; cluster "$@" ;;
+  *) echo "usage: $0 up|down|status|cluster ..." >&2; exit 2 ;;
 esac

@@ -257,6 +257,35 @@ pub struct CreateTopicsArgs {
     /// Partitions of the input and changelog topics when creating them.
     #[arg(long, env = "STREAMHOST_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
+
+    /// Replicas of every partition of the topics created (e.g. 3 on a three-broker cluster).
+    /// Default: the brokers' `default.replication.factor`. A changelog replicated less than
+    /// an existing input is refused.
+    #[arg(long, env = "STREAMHOST_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: Option<i32>,
+
+    /// `min.insync.replicas` of the topics created: how many replicas an `acks=all` write
+    /// (every write the host makes) must reach before it is acknowledged. Default, with
+    /// --replication-factor N: N - 1 (at least 1), so one broker may be down; else the
+    /// brokers' default.
+    #[arg(long, env = "STREAMHOST_MIN_INSYNC_REPLICAS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub min_insync_replicas: Option<i32>,
+}
+
+impl CreateTopicsArgs {
+    /// How the topics are to be replicated, refusing a minimum the replicas cannot reach.
+    pub fn replication(&self) -> anyhow::Result<crate::kafka::topics::Replication> {
+        let min_insync = self.min_insync_replicas.or(self.replication_factor.map(|n| (n - 1).max(1)));
+        if let (Some(factor), Some(min)) = (self.replication_factor, min_insync)
+            && min > factor
+        {
+            bail!(
+                "--min-insync-replicas {min} is more than --replication-factor {factor}: no write could ever be \
+                 acknowledged; use at most {factor}"
+            );
+        }
+        Ok(crate::kafka::topics::Replication { factor: self.replication_factor, min_insync })
+    }
 }
 
 impl RunArgs {

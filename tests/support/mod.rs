@@ -463,6 +463,8 @@ pub fn produce(brokers: &str, topic: &str, values: &[Option<Vec<u8>>]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
+        // A retry after a broker fault (the cluster tests) must not write an order twice.
+        .set("enable.idempotence", "true")
         // The poison tests send 1 MiB records (the test broker takes up to 4 MiB).
         .set("message.max.bytes", "4000000")
         .create()

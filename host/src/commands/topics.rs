@@ -5,7 +5,7 @@ use futures::executor::block_on;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::cli::{CreateTopicsArgs, TopicArgs};
-use crate::kafka::topics::{Role, admin, create_topics, options, partitions_for, roles};
+use crate::kafka::topics::{Role, admin, check_replication, create_topics, exists, options, partitions_for, roles};
 
 /// `host create-topics`.
 pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
@@ -14,9 +14,19 @@ pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
     // Outputs or tables named: a processor's topics, which have no board topic.
     wanted.boards = wanted.outputs.is_empty() && wanted.tables.is_empty();
     let roles = roles(&wanted);
+    let brokers = &args.topics.kafka.brokers;
+    let mut missing = Vec::new();
+    for (role, topic) in &roles {
+        if !exists(&admin, topic, brokers)? {
+            missing.push((*role, topic.as_str()));
+        }
+    }
+    let replication = args.replication()?;
+    // Before anything is created: a changelog weaker than an existing input is refused.
+    check_replication(&admin, &wanted, Some((replication, &missing)), brokers)?;
+    let partitions = partitions_for(&admin, brokers, &wanted, args.partitions)?;
     let topics: Vec<(Role, &str)> = roles.iter().map(|(r, t)| (*r, t.as_str())).collect();
-    let partitions = partitions_for(&admin, &args.topics.kafka.brokers, &wanted, args.partitions)?;
-    create_topics(&admin, &topics, partitions)
+    create_topics(&admin, &topics, partitions, replication)
 }
 
 /// `host delete-topics`.

@@ -253,12 +253,19 @@ impl Committer {
         let committed = if carries_batches && fault::due(Step::AbortTransaction) {
             Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
         } else {
-            self.producer.commit(&offsets, &group)
+            self.producer.commit(&offsets, group)
         };
         match committed {
             Ok(()) => {}
             Err(TxnError::Abortable(reason)) => {
                 self.abort(consumer, tasks, &reason)?;
+                return Ok(false);
+            }
+            // A new producer aborted it already: rewind as after an abort.
+            Err(TxnError::Replaced(reason)) => {
+                tracing::warn!(reason, "the transaction was aborted; the input is rewound to the last commit");
+                self.metrics.transactions_aborted.inc();
+                tasks.rewind(consumer)?;
                 return Ok(false);
             }
             Err(e) => return Err(e.stopping()),

@@ -14,18 +14,24 @@ use crate::engine::fault::{self, Step};
 /// How often a silent input's lag is looked at (a broker round trip per partition).
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// A gap between two polls longer than this is time the loop spent elsewhere (a commit
+/// waiting on Kafka, a producer being replaced), which is not the input's silence.
+const AWAY: Duration = Duration::from_secs(1);
+
 pub struct Watchdog {
     timeout: Duration,
     /// When records last arrived, or the input was last seen with nothing waiting.
     last_progress: Instant,
     last_check: Instant,
+    last_poll: Instant,
     /// Fault injection: the input is treated as delivering nothing from now on.
     stalled_by_fault: bool,
 }
 
 impl Watchdog {
     pub fn new(timeout: Duration) -> Self {
-        Watchdog { timeout, last_progress: Instant::now(), last_check: Instant::now(), stalled_by_fault: false }
+        let now = Instant::now();
+        Watchdog { timeout, last_progress: now, last_check: now, last_poll: now, stalled_by_fault: false }
     }
 
     /// True once `stall-consumer` fault injection stopped the input: the loop then polls nothing.
@@ -37,6 +43,13 @@ impl Watchdog {
     /// nothing for `--stall-timeout`; asked at most every few seconds). If so, the caller
     /// counts them and tells [`Watchdog::looked`].
     pub fn due(&mut self, delivered: bool) -> bool {
+        let now = Instant::now();
+        let away = now.duration_since(self.last_poll);
+        self.last_poll = now;
+        if away > AWAY {
+            // Not counted: it was never before the previous poll, so this stays in the past.
+            self.last_progress += away;
+        }
         if delivered {
             self.last_progress = Instant::now();
             self.stalled_by_fault |= fault::due(Step::StallConsumer);
@@ -66,5 +79,25 @@ impl Watchdog {
              intact and a restart resumes as after a crash (--stall-timeout sets the limit; 0 turns this off)",
             humantime::format_duration(self.timeout)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop blocked elsewhere for longer than the timeout (a commit waiting on Kafka) has not
+    /// seen a silent input; a loop that kept polling for that long has.
+    #[test]
+    fn time_away_from_polling_is_not_silence() {
+        let long_ago = Instant::now() - Duration::from_secs(70);
+        let mut away = Watchdog::new(Duration::from_secs(60));
+        (away.last_progress, away.last_poll, away.last_check) = (long_ago, long_ago, long_ago);
+        assert!(!away.due(false), "70 s blocked in a commit, then the first poll");
+
+        let mut polling = Watchdog::new(Duration::from_secs(60));
+        (polling.last_progress, polling.last_check) = (long_ago, long_ago);
+        polling.last_poll = Instant::now() - Duration::from_millis(10);
+        assert!(polling.due(false), "70 s of polls that delivered nothing");
     }
 }

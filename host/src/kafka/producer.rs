@@ -11,7 +11,7 @@
 //! because a dead letter that can never be written must not stall the partition.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -80,11 +80,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub struct AckedProducer {
-    inner: BaseProducer<AckContext>,
+    /// Shared with a helper thread only while offsets are sent (see `send_offsets`).
+    inner: Arc<BaseProducer<AckContext>>,
     /// Longest wait for acknowledgements before giving up (see `wait_acks`).
     ack_timeout: Duration,
     /// Once a stop is requested, waits on Kafka end sooner (see `shutdown::Shutdown::give_up_at`).
     stop: Shutdown,
+    /// What made this producer, to make another in its place (see `send_offsets`).
+    recipe: Recipe,
+}
+
+#[derive(Clone)]
+struct Recipe {
+    kafka: Connection,
+    changelog: String,
+    transactional_id: Option<String>,
+    max_message_bytes: usize,
 }
 
 /// A transaction failure, by what the caller must do about it.
@@ -94,6 +105,9 @@ pub enum TxnError {
     Abortable(String),
     /// Stop: another producer with the same transactional id took over.
     Fenced(String),
+    /// The transaction is gone: its producer was replaced by a new one with the same
+    /// transactional id, which aborted it. Rewind the input to the last commit, go on.
+    Replaced(String),
     /// Stop: the producer cannot go on.
     Fatal(String),
     /// A stop is under way and Kafka did not answer in time: the transaction is left open, for
@@ -115,6 +129,7 @@ impl std::fmt::Display for TxnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TxnError::Abortable(e) => write!(f, "transaction must be aborted: {e}"),
+            TxnError::Replaced(e) => write!(f, "transaction aborted by a new producer: {e}"),
             TxnError::Fenced(e) => write!(f, "fenced by another host with the same transactional id: {e}"),
             TxnError::Fatal(e) => write!(f, "fatal producer error: {e}"),
             TxnError::Unfinished(e) => write!(f, "{e}"),
@@ -146,44 +161,53 @@ fn classify(what: &str, error: &KafkaError) -> TxnError {
     }
 }
 
-impl AckedProducer {
-    /// Runs a transactional call (given how long it may block) until it succeeds, for at most
-    /// `--ack-timeout`, in short slices: a call that times out is retriable (librdkafka
-    /// resumes it), and between slices a stop requested meanwhile is noticed, so that a stop
-    /// during a broker outage gives up when its time for Kafka is over instead of waiting the
-    /// whole timeout out. Other retriable errors are retried a few times; the rest are
-    /// classified by what the caller must do.
-    fn retrying(&self, what: &str, mut call: impl FnMut(Duration) -> Result<(), KafkaError>) -> Result<(), TxnError> {
-        let deadline = Instant::now() + self.ack_timeout;
-        let mut attempts = 0;
-        loop {
-            let slice = CALL_SLICE.min(self.stop.wait_limit(deadline.saturating_duration_since(Instant::now())));
-            let error = match call(slice) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            // A fencing or a fatal error says more than that the stop's time is up.
-            let final_error = matches!(classify(what, &error), TxnError::Fenced(_) | TxnError::Fatal(_));
-            if self.stop.giving_up() && !final_error {
-                return Err(TxnError::Unfinished(format!(
-                    "stopping with the transaction open: {what} did not finish in the stop's time for Kafka \
-                     ({error}); the next start aborts it, and counts its records again"
-                )));
-            }
-            let KafkaError::Transaction(rd) = &error else { return Err(classify(what, &error)) };
-            let timed_out = rd.code() == RDKafkaErrorCode::OperationTimedOut;
-            if !rd.is_retriable() || rd.txn_requires_abort() || Instant::now() >= deadline {
+/// Runs a transactional call (given how long it may block) until it succeeds, for at most
+/// `ack_timeout`, in short slices: a call that times out is retriable (librdkafka resumes
+/// it), and between slices a stop requested meanwhile is noticed, so that a stop during a
+/// broker outage gives up when its time for Kafka is over instead of waiting the whole
+/// timeout out. Other retriable errors are retried a few times; the rest are classified by
+/// what the caller must do.
+fn retrying(
+    ack_timeout: Duration,
+    stop: &Shutdown,
+    what: &str,
+    mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
+) -> Result<(), TxnError> {
+    let deadline = Instant::now() + ack_timeout;
+    let mut attempts = 0;
+    loop {
+        let slice = CALL_SLICE.min(stop.wait_limit(deadline.saturating_duration_since(Instant::now())));
+        let error = match call(slice) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // A fencing or a fatal error says more than that the stop's time is up.
+        let final_error = matches!(classify(what, &error), TxnError::Fenced(_) | TxnError::Fatal(_));
+        if stop.giving_up() && !final_error {
+            return Err(TxnError::Unfinished(format!(
+                "stopping with the transaction open: {what} did not finish in the stop's time for Kafka \
+                 ({error}); the next start aborts it, and counts its records again"
+            )));
+        }
+        let KafkaError::Transaction(rd) = &error else { return Err(classify(what, &error)) };
+        let timed_out = rd.code() == RDKafkaErrorCode::OperationTimedOut;
+        if !rd.is_retriable() || rd.txn_requires_abort() || Instant::now() >= deadline {
+            return Err(classify(what, &error));
+        }
+        if !timed_out {
+            attempts += 1;
+            if attempts >= 10 {
                 return Err(classify(what, &error));
             }
-            if !timed_out {
-                attempts += 1;
-                if attempts >= 10 {
-                    return Err(classify(what, &error));
-                }
-                tracing::warn!(attempt = attempts, error = %format!("{what}: {error}"), "retrying");
-                std::thread::sleep(Duration::from_millis(100 * attempts));
-            }
+            tracing::warn!(attempt = attempts, error = %format!("{what}: {error}"), "retrying");
+            std::thread::sleep(Duration::from_millis(100 * attempts));
         }
+    }
+}
+
+impl AckedProducer {
+    fn retrying(&self, what: &str, call: impl FnMut(Duration) -> Result<(), KafkaError>) -> Result<(), TxnError> {
+        retrying(self.ack_timeout, &self.stop, what, call)
     }
 
     /// A producer for the pipeline; `transactional_id` makes it transactional (then call
@@ -204,8 +228,14 @@ impl AckedProducer {
             // librdkafka's floor is 1000 bytes.
             config.set("message.max.bytes", max_message_bytes.clamp(1000, 1 << 30).to_string());
         }
-        let inner = config.create_with_context(context).context("creating the Kafka producer")?;
-        Ok(AckedProducer { inner, ack_timeout, stop })
+        let inner = Arc::new(config.create_with_context(context).context("creating the Kafka producer")?);
+        let recipe = Recipe {
+            kafka: kafka.clone(),
+            changelog: changelog.to_owned(),
+            transactional_id: transactional_id.map(str::to_owned),
+            max_message_bytes,
+        };
+        Ok(AckedProducer { inner, ack_timeout, stop, recipe })
     }
 
     /// The producer of `host run` (on `kafka`, which may add to the run's own settings):
@@ -245,17 +275,85 @@ impl AckedProducer {
 
     /// Commits the open transaction with the input offsets of everything in it: waits for
     /// every record's acknowledgement first (see `drain`), then adds the offsets, then commits.
-    pub fn commit(&self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+    pub fn commit(&mut self, offsets: &TopicPartitionList, group: ConsumerGroupMetadata) -> Result<(), TxnError> {
         self.wait_acks().map_err(|e| match e.downcast::<Unfinished>() {
             Ok(Unfinished(what)) => TxnError::Unfinished(what),
             Err(e) => TxnError::Abortable(format!("{e:#}")),
         })?;
         if offsets.count() > 0 {
-            self.retrying("adding input offsets to the transaction", |timeout| {
-                self.inner.send_offsets_to_transaction(offsets, group, timeout)
-            })?;
+            self.send_offsets(offsets, group)?;
         }
         self.retrying("committing the transaction", |timeout| self.inner.commit_transaction(timeout))
+    }
+
+    /// Adds the input offsets to the transaction, bounded by `--ack-timeout` (plus a little).
+    /// librdkafka's call can wait for ever for the group coordinator when that broker has left
+    /// the cluster's metadata (a killed broker: confluentinc/librdkafka#5511; the call's own
+    /// timeout is not checked there, #5456), so it runs on a helper thread. Past the bound the
+    /// producer is given up for a new one with the same transactional id, whose
+    /// initialisation fences the old one and aborts its transaction (the helper thread and
+    /// the old producer are left to the stuck call: a one-off leak per such event), and the
+    /// caller rewinds as after an abort.
+    fn send_offsets(&mut self, offsets: &TopicPartitionList, group: ConsumerGroupMetadata) -> Result<(), TxnError> {
+        const WHAT: &str = "adding input offsets to the transaction";
+        let (done, result) = std::sync::mpsc::channel();
+        let (inner, offsets, ack_timeout, stop) =
+            (Arc::clone(&self.inner), offsets.clone(), self.ack_timeout, self.stop.clone());
+        std::thread::Builder::new()
+            .name("txn-offsets".into())
+            .spawn(move || {
+                let sent = retrying(ack_timeout, &stop, WHAT, |timeout| {
+                    inner.send_offsets_to_transaction(&offsets, &group, timeout)
+                });
+                let _ = done.send(sent);
+            })
+            .map_err(|e| TxnError::Fatal(format!("{WHAT}: starting its thread: {e}")))?;
+        let deadline = Instant::now() + self.ack_timeout + Duration::from_secs(5);
+        loop {
+            match result.recv_timeout(Duration::from_millis(100)) {
+                Ok(sent) => return sent,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(TxnError::Fatal(format!("{WHAT}: its thread ended without an answer")));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.stop.giving_up() {
+                return Err(TxnError::Unfinished(format!(
+                    "stopping with the transaction open: {WHAT} did not finish in the stop's time for Kafka; \
+                     the next start aborts it, and counts its records again"
+                )));
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        let why = format!(
+            "{WHAT} got no answer within {:?} (--ack-timeout; librdkafka can wait for ever for a group \
+             coordinator whose broker left the cluster, confluentinc/librdkafka#5511)",
+            self.ack_timeout
+        );
+        tracing::warn!(reason = %why, "replacing the transactional producer");
+        self.replace().map_err(|e| TxnError::Fatal(format!("{why}; making a new producer: {e:#}")))?;
+        Err(TxnError::Replaced(why))
+    }
+
+    /// A new producer in this one's place, its transactions initialised (which fences the old
+    /// one and aborts its open transaction), knowing the changelog positions the old one had
+    /// reached.
+    fn replace(&mut self) -> Result<()> {
+        let Recipe { kafka, changelog, transactional_id, max_message_bytes } = self.recipe.clone();
+        let positions = self.changelog_positions();
+        let fresh = Self::for_run(
+            &kafka,
+            &changelog,
+            transactional_id.as_deref(),
+            max_message_bytes,
+            self.ack_timeout,
+            &self.stop,
+        )?;
+        lock(&fresh.inner.context().changelog_positions).extend(positions);
+        *self = fresh;
+        Ok(())
     }
 
     /// Aborts the open transaction; its records are never seen by read_committed readers.

@@ -95,7 +95,8 @@ pub struct Checked {
     pub shards: Option<i32>,
 }
 
-/// Refuses to start on a missing topic (unless `create`) or a changelog that is not compacted.
+/// Refuses to start on a missing topic (unless `create`), a changelog that is not compacted,
+/// or state replicated less than its input.
 pub fn check(kafka: &Connection, args: &Topics, create: bool, partitions: i32) -> Result<Checked> {
     let admin = admin(kafka)?;
     let brokers = &kafka.brokers;
@@ -117,9 +118,10 @@ pub fn check(kafka: &Connection, args: &Topics, create: bool, partitions: i32) -
             );
         }
         let partitions = partitions_for(&admin, brokers, args, partitions)?;
-        create_topics(&admin, &missing, partitions)?;
+        create_topics(&admin, &missing, partitions, Replication::DEFAULT)?;
     }
     check_compacted(&admin, &args.changelog, brokers)?;
+    check_replication(&admin, args, None, brokers)?;
     let shards = match &args.repartition {
         Some(repartition) => Some(check_partitioned_like_input(&admin, args, repartition)?),
         None => None,
@@ -223,11 +225,86 @@ fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, broke
     Ok(())
 }
 
+/// How new topics are replicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas per partition (`None`: the broker's `default.replication.factor`).
+    pub factor: Option<i32>,
+    /// `min.insync.replicas`: how many replicas an `acks=all` write must reach (`None`: the
+    /// broker's default).
+    pub min_insync: Option<i32>,
+}
+
+impl Replication {
+    /// The brokers' defaults.
+    pub const DEFAULT: Replication = Replication { factor: None, min_insync: None };
+}
+
+/// How an existing topic is replicated: replicas of its first partition, and its
+/// `min.insync.replicas` (1 when the broker does not say).
+fn replication_of(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<(i32, i32)> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("asking for the replicas of `{topic}`"))?;
+    let replicas = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| t.partitions().first())
+        .map_or(0, |p| p.replicas().len() as i32);
+    let min_insync = config_value(admin, topic, "min.insync.replicas", brokers)?.parse().unwrap_or(1);
+    Ok((replicas, min_insync))
+}
+
+/// Refuses state kept less durably than its input: with `acks=all`, a changelog (or
+/// repartition topic) with fewer replicas or a lower `min.insync.replicas` than the input
+/// could lose writes it acknowledged to one broker's loss while the input keeps the records
+/// they came from, and a restore would then miss them. `planned` is what topics about to be
+/// created get (`host create-topics`); existing topics are asked.
+pub(crate) fn check_replication(
+    admin: &AdminClient<DefaultClientContext>,
+    args: &Topics,
+    planned: Option<(Replication, &[(Role, &str)])>,
+    brokers: &str,
+) -> Result<()> {
+    let of = |topic: &str| -> Result<Option<(i32, i32)>> {
+        if let Some((replication, new)) = planned
+            && new.iter().any(|(_, t)| *t == topic)
+        {
+            // Created with the brokers' defaults: as replicated as any other topic so created.
+            let Some(factor) = replication.factor else { return Ok(None) };
+            return Ok(Some((factor, replication.min_insync.unwrap_or(1))));
+        }
+        replication_of(admin, topic, brokers).map(Some)
+    };
+    let Some((input_replicas, input_isr)) = of(&args.input)? else { return Ok(()) };
+    let state = std::iter::once((Role::Changelog, args.changelog.as_str()))
+        .chain(args.repartition.as_deref().map(|r| (Role::Repartition, r)));
+    for (role, topic) in state {
+        let Some((replicas, isr)) = of(topic)? else { continue };
+        if replicas < input_replicas || isr < input_isr {
+            bail!(
+                "{} topic `{topic}` is replicated less than input `{}`: {replicas} replicas with \
+                 min.insync.replicas={isr}, against {input_replicas} with {input_isr}. With acks=all, a write it \
+                 acknowledged could be lost with one broker while the input still holds the records it came from, \
+                 and a restore would miss it. Create the job's topics with `host create-topics \
+                 --replication-factor {input_replicas}` (new names, or after `host delete-topics`)",
+                role.name(),
+                args.input
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn create_topics(
     admin: &AdminClient<DefaultClientContext>,
     topics: &[(Role, &str)],
     partitions: i32,
+    replication: Replication,
 ) -> Result<()> {
+    let min_insync = replication.min_insync.map(|n| n.to_string());
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(role, name)| {
@@ -235,7 +312,10 @@ pub(crate) fn create_topics(
             // (as in Kafka Streams, state is partitioned like its input).
             let count = if matches!(role, Role::Input | Role::Changelog | Role::Repartition) { partitions } else { 1 };
             // -1: the broker's default replication factor.
-            let mut topic = NewTopic::new(name, count, TopicReplication::Fixed(-1));
+            let mut topic = NewTopic::new(name, count, TopicReplication::Fixed(replication.factor.unwrap_or(-1)));
+            if let Some(min_insync) = &min_insync {
+                topic = topic.set("min.insync.replicas", min_insync);
+            }
             if matches!(role, Role::Changelog | Role::Table) {
                 for (k, v) in CHANGELOG_CONFIG {
                     topic = topic.set(k, v);

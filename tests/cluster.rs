@@ -1,0 +1,209 @@
+//! Against a real three-broker cluster (`make test-cluster` starts it with `scripts/kafka.sh
+//! cluster up`): topics with replication factor 3 and min.insync.replicas 2, and broker faults
+//! while orders arrive, under both guarantees. A fault hits the whole cluster, so these tests
+//! run one at a time (`--test-threads 1`), each on topics, a group and a state dir of its own.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration_tests::{HostProcess, TestEnv, orders, produce_over_time, repo_root};
+
+fn cluster_brokers() -> String {
+    std::env::var("STREAMHOST_CLUSTER_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094".into())
+}
+
+/// `scripts/kafka.sh cluster ARGS...`: its stdout (it must succeed).
+fn cluster(args: &[&str]) -> String {
+    let out = Command::new(repo_root().join("scripts/kafka.sh"))
+        .arg("cluster")
+        .args(args)
+        .output()
+        .expect("running scripts/kafka.sh cluster");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kafka.sh cluster {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("cluster {args:?}: {}", stdout.trim());
+    stdout
+}
+
+/// The node leading `topic`'s `partition`.
+fn leader(topic: &str, partition: i32) -> String {
+    let node = cluster(&["leader", topic, &partition.to_string()]).trim().to_owned();
+    assert!(["1", "2", "3"].contains(&node.as_str()), "partition {topic}/{partition} has no leader: {node}");
+    node
+}
+
+/// Every partition led and fully in sync again: the next test starts from a whole cluster,
+/// even when this one failed midway.
+struct HealCluster;
+
+impl Drop for HealCluster {
+    fn drop(&mut self) {
+        for node in ["1", "2", "3"] {
+            let _ = Command::new(repo_root().join("scripts/kafka.sh")).args(["cluster", "start", node]).output();
+        }
+        let _ = Command::new(repo_root().join("scripts/kafka.sh")).args(["cluster", "ready"]).output();
+    }
+}
+
+/// A fault, applied to the running job's cluster (`env` names its topics).
+type Fault = fn(&TestEnv);
+
+/// The job's topics, replicated 3 times with min.insync.replicas 2 (`host create-topics`).
+fn create_replicated_topics(env: &TestEnv, partitions: u32) {
+    let mut args = vec!["create-topics".to_string(), "--partitions".into(), partitions.to_string()];
+    args.extend(["--replication-factor".to_string(), "3".into()]);
+    args.extend(env.topic_args());
+    let out = env.host(&args);
+    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Orders arrive over ~10 s while a host counts them under `guarantee`; once it has committed
+/// some, `fault` strikes. The host must ride it out (no restart, no manual step) and end with
+/// exact counts, and a restore from the changelog must equal its state.
+fn counts_exactly_through(test: &str, guarantee: &str, fault: Fault) {
+    let _heal = HealCluster;
+    let env = TestEnv::on_brokers(test, &cluster_brokers());
+    create_replicated_topics(&env, 3);
+    let expected = orders::generate(91, 40_000, 50);
+    let producing = produce_over_time(&env.brokers, &env.input, &expected.values, 400, Duration::from_millis(100));
+    let args = ["--guarantee", guarantee, "--max-batch", "500"];
+    let mut host = env.spawn_host("drink_count", &args);
+    integration_tests::wait_until(Duration::from_secs(90), "some progress", || env.committed_total() > 4_000);
+    fault(&env);
+    producing.join().expect("the producer thread");
+    wait_drained(&env, &mut host, expected.values.len() as i64, Duration::from_secs(180));
+    assert!(host.is_running(), "the host rode out the fault:\n{}", host.stderr_text());
+    assert!(host.terminate().success(), "the host stops cleanly after the fault");
+
+    let dump = env.dump();
+    assert_eq!(dump.counts, expected.counts, "counts after the fault ({guarantee})");
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    let restored = env.restore_into(&env.dir.path().join("restored"));
+    assert_eq!(restored, dump, "a restore from the replicated changelog equals the state");
+}
+
+/// Waits until the group has committed `total` input records, failing early if the host exits.
+fn wait_drained(env: &TestEnv, host: &mut HostProcess, total: i64, timeout: Duration) {
+    let started = Instant::now();
+    while env.committed_total() < total {
+        assert!(host.is_running(), "the host exited during the fault:\n{}", host.stderr_text());
+        assert!(
+            started.elapsed() < timeout,
+            "{} of {total} committed after {timeout:?}:\n{}",
+            env.committed_total(),
+            host.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `kill -9` of the broker leading changelog partition 0; started again 10 s later.
+fn kill_changelog_leader(env: &TestEnv) {
+    kill_and_restart(&leader(&env.changelog, 0));
+}
+
+/// `kill -9` of the broker leading input partition 0; started again 10 s later.
+fn kill_input_leader(env: &TestEnv) {
+    kill_and_restart(&leader(&env.input, 0));
+}
+
+/// `kill -9` of the broker coordinating the host's consumer group (under exactly-once, the
+/// one `send_offsets_to_transaction` needs); started again 10 s later.
+fn kill_group_coordinator(env: &TestEnv) {
+    let node = cluster(&["coordinator", &env.group]).trim().to_owned();
+    kill_and_restart(&node);
+}
+
+/// `kill -9` of the active controller; started again 10 s later.
+fn kill_controller(_env: &TestEnv) {
+    let node = cluster(&["controller"]).trim().to_owned();
+    kill_and_restart(&node);
+}
+
+fn kill_and_restart(node: &str) {
+    cluster(&["kill", node]);
+    std::thread::sleep(Duration::from_secs(10));
+    cluster(&["start", node]);
+}
+
+/// Each broker stopped and started in turn, the next only once every partition is in sync.
+fn rolling_restart(_env: &TestEnv) {
+    cluster(&["rolling-restart"]);
+}
+
+#[test]
+fn changelog_leader_killed_under_exactly_once() {
+    counts_exactly_through("cl-leader-eos", "exactly-once", kill_changelog_leader);
+}
+
+#[test]
+fn changelog_leader_killed_under_at_least_once() {
+    counts_exactly_through("cl-leader-alo", "at-least-once", kill_changelog_leader);
+}
+
+#[test]
+fn input_leader_killed_under_exactly_once() {
+    counts_exactly_through("in-leader-eos", "exactly-once", kill_input_leader);
+}
+
+#[test]
+fn input_leader_killed_under_at_least_once() {
+    counts_exactly_through("in-leader-alo", "at-least-once", kill_input_leader);
+}
+
+#[test]
+fn group_coordinator_killed_under_exactly_once() {
+    counts_exactly_through("coord-eos", "exactly-once", kill_group_coordinator);
+}
+
+#[test]
+fn group_coordinator_killed_under_at_least_once() {
+    counts_exactly_through("coord-alo", "at-least-once", kill_group_coordinator);
+}
+
+#[test]
+fn controller_killed_under_exactly_once() {
+    counts_exactly_through("controller-eos", "exactly-once", kill_controller);
+}
+
+#[test]
+fn controller_killed_under_at_least_once() {
+    counts_exactly_through("controller-alo", "at-least-once", kill_controller);
+}
+
+#[test]
+fn rolling_restart_under_exactly_once() {
+    counts_exactly_through("rolling-eos", "exactly-once", rolling_restart);
+}
+
+#[test]
+fn rolling_restart_under_at_least_once() {
+    counts_exactly_through("rolling-alo", "at-least-once", rolling_restart);
+}
+
+/// `host create-topics --replication-factor 3` makes min.insync.replicas 2; a changelog
+/// replicated less than its input is refused before anything is created, naming the fix.
+#[test]
+fn a_changelog_replicated_less_than_its_input_is_refused() {
+    let env = TestEnv::on_brokers("weak-changelog", &cluster_brokers());
+    create_replicated_topics(&env, 1);
+    assert_eq!(cluster(&["isr", &env.changelog, "0"]).trim().split(',').count(), 3, "3 replicas, all in sync");
+    assert_eq!(cluster(&["config", &env.changelog, "min.insync.replicas"]).trim(), "2");
+
+    let weak = format!("{}.changelog-rf1", env.name);
+    let args = ["create-topics", "--partitions", "1", "--replication-factor", "1", "--brokers", &env.brokers];
+    let topics = ["--input", &env.input, "--changelog", &weak, "--output", &env.output];
+    let out = env.host(&[&args[..], &topics[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a changelog with 1 replica next to an input with 3 must be refused");
+    assert!(err.contains("is replicated less than input") && err.contains("--replication-factor 3"), "{err}");
+    let exists = Command::new(repo_root().join("scripts/kafka.sh"))
+        .args(["cluster", "config", &weak, "min.insync.replicas"])
+        .output()
+        .unwrap();
+    assert!(!exists.status.success(), "nothing was created");
+
+    let out = env.host(&["create-topics", "--replication-factor", "2", "--min-insync-replicas", "3"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is more than --replication-factor 2"));
+}

@@ -120,6 +120,32 @@ check_node() {
   case "${1:-}" in 1|2|3) ;; *) echo "kafka cluster: node must be 1, 2 or 3 (got '${1:-}')" >&2; exit 2 ;; esac
 }
 
+# A node that answers but was not started with this data dir (another checkout's cluster on
+# the same ports): a fault aimed at it through this script would silently miss.
+foreign() { ! broker_running "$(node_dir "$1")" && answers "$(node_port "$1")"; }
+
+check_ours() {
+  if foreign "$1"; then
+    echo "kafka cluster: port $(node_port "$1") answers, but not a node started with data in $CLUSTER_DATA" \
+      "(another checkout's cluster?): 'scripts/kafka.sh cluster up' here takes the ports over" >&2
+    exit 1
+  fi
+}
+
+# The test cluster's ports are this script's: a cluster another checkout left running on
+# them (a CI clone's) is stopped, so that this one's nodes can be started and faulted.
+take_over() {
+  local n pid
+  for n in $NODES; do
+    foreign "$n" || continue
+    pid=$(ss -ltnpH "sport = :$(node_port "$n")" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+    [ -n "$pid" ] || { check_ours "$n"; }
+    echo "kafka cluster: killing the broker (pid $pid) another checkout left on port $(node_port "$n")"
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  done
+}
+
 # The Admin API's answers (scripts/ClusterTool.java, run from source with the broker's jars).
 tool() {
   mkdir -p "$CLUSTER_DATA/tool"
@@ -150,6 +176,7 @@ start_node() {
 cluster_up() {
   command -v java >/dev/null || { echo "kafka: java not found (Java 17+ is needed)" >&2; exit 1; }
   fetch
+  take_over
   local id
   id=$(java_cmd kafka.tools.StorageTool random-uuid)
   for n in $NODES; do node_config "$n"; format_in "$(node_dir "$n")" "$id"; done
@@ -171,16 +198,17 @@ cluster() {
         if answers "$(node_port "$n")"; then echo "node $n: answering on 127.0.0.1:$(node_port "$n")"; else echo "node $n: down"; fi
       done ;;
     kill)
-      check_node "${1:-}"
+      check_node "${1:-}"; check_ours "$1"
       if broker_running "$(node_dir "$1")"; then
         kill -9 "$(broker_pid "$(node_dir "$1")")"; rm -f "$(node_dir "$1")/broker.pid"
         echo "kafka cluster: node $1 killed (-9)"
       else
         echo "kafka cluster: node $1 is not running"
       fi ;;
-    stop) check_node "${1:-}"; stop_in "$(node_dir "$1")" "node $1" ;;
-    start) check_node "${1:-}"; fetch; start_node "$1"; echo "kafka cluster: node $1 up" ;;
+    stop) check_node "${1:-}"; check_ours "$1"; stop_in "$(node_dir "$1")" "node $1" ;;
+    start) check_node "${1:-}"; check_ours "$1"; fetch; start_node "$1"; echo "kafka cluster: node $1 up" ;;
     rolling-restart)
+      for n in $NODES; do check_ours "$n"; done
       for n in $NODES; do stop_in "$(node_dir "$n")" "node $n"; start_node "$n"; tool ready 3; done ;;
     leader|isr|config|coordinator) tool "$what" "$@" ;;
     controller) tool controller ;;

@@ -121,9 +121,13 @@ fn kill_controller(_env: &TestEnv) {
     kill_and_restart(&node);
 }
 
+/// How long a killed broker stays down: the fault itself, not a wait for something (the
+/// cluster moves its leaderships after `broker.session.timeout.ms`, 6 s on the test cluster).
+const BROKER_DOWN_FOR: Duration = Duration::from_secs(10);
+
 fn kill_and_restart(node: &str) {
     cluster(&["kill", node]);
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(BROKER_DOWN_FOR);
     cluster(&["start", node]);
 }
 

@@ -5,7 +5,7 @@ use futures::executor::block_on;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::cli::{CreateTopicsArgs, TopicArgs};
-use crate::kafka::topics::{Role, admin, check_replication, create_topics, exists, options, partitions_for, roles};
+use crate::kafka::topics::{Role, admin, check_replication, create_topics, missing, options, partitions_for, roles};
 
 /// `host create-topics`.
 pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
@@ -15,12 +15,7 @@ pub fn create_command(args: CreateTopicsArgs) -> Result<()> {
     wanted.boards = wanted.outputs.is_empty() && wanted.tables.is_empty();
     let roles = roles(&wanted);
     let brokers = &args.topics.kafka.brokers;
-    let mut missing = Vec::new();
-    for (role, topic) in &roles {
-        if !exists(&admin, topic, brokers)? {
-            missing.push((*role, topic.as_str()));
-        }
-    }
+    let missing = missing(&admin, &roles, brokers)?;
     let replication = args.replication()?;
     // Before anything is created: a changelog weaker than an existing input is refused.
     check_replication(&admin, &wanted, Some((replication, &missing)), brokers)?;

@@ -100,13 +100,8 @@ pub struct Checked {
 pub fn check(kafka: &Connection, args: &Topics, create: bool, partitions: i32) -> Result<Checked> {
     let admin = admin(kafka)?;
     let brokers = &kafka.brokers;
-    let mut missing = Vec::new();
     let roles = roles(args);
-    for (role, topic) in &roles {
-        if !exists(&admin, topic, brokers)? {
-            missing.push((*role, topic.as_str()));
-        }
-    }
+    let missing = missing(&admin, &roles, brokers)?;
     if !missing.is_empty() {
         if !create {
             let list: Vec<String> = missing.iter().map(|(r, t)| format!("{} topic `{t}`", r.name())).collect();
@@ -137,7 +132,22 @@ pub fn check(kafka: &Connection, args: &Topics, create: bool, partitions: i32) -
     Ok(Checked { max_message_bytes, shards })
 }
 
-pub(crate) fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
+/// The topics of `roles` that do not exist on the brokers.
+pub(crate) fn missing<'r>(
+    admin: &AdminClient<DefaultClientContext>,
+    roles: &'r [(Role, String)],
+    brokers: &str,
+) -> Result<Vec<(Role, &'r str)>> {
+    let mut missing = Vec::new();
+    for (role, topic) in roles {
+        if !exists(admin, topic, brokers)? {
+            missing.push((*role, topic.as_str()));
+        }
+    }
+    Ok(missing)
+}
+
+fn exists(admin: &AdminClient<DefaultClientContext>, topic: &str, brokers: &str) -> Result<bool> {
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(30))

@@ -360,7 +360,7 @@ impl Committer {
     }
 }
 
-fn partition_list(offsets: &Offsets, metadata: &Metadata) -> Result<TopicPartitionList> {
+pub fn partition_list(offsets: &Offsets, metadata: &Metadata) -> Result<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), next) in offsets {
         list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;

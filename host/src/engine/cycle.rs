@@ -181,6 +181,15 @@ pub trait Topology<'c> {
     /// it (the last commit at a stop).
     fn processed(&self) -> (Offsets, Metadata);
 
+    /// at-least-once, the loop is over and everything is finished: the last offset commit.
+    /// Asynchronous here: closing the consumer waits for it (bounded), so the group ends where
+    /// state is, and a synchronous commit could wait forever on a coordinator that is away
+    /// (state holds the offsets either way).
+    fn commit_last(&mut self, engine: &mut Engine<Self::Guest>, consumer: &BaseConsumer<Self::Context>) {
+        let (processed, metadata) = self.processed();
+        engine.committer.commit_offsets(consumer, &processed, &metadata, rdkafka::consumer::CommitMode::Async);
+    }
+
     /// A stop: before the batches under way are finished.
     fn stopping(&mut self) {}
 
@@ -272,10 +281,8 @@ pub fn run<'c, T: Topology<'c>>(
     finish_under_way(engine, topology, consumer, &mut with_guest, &mut in_flight)?;
     engine.committer.commit_txn(consumer, topology.tasks())?;
     if !engine.committer.exactly_once() {
-        // Asynchronous: closing the consumer waits for it, so the group ends exactly where
-        // state is; a synchronous commit could wait forever on a coordinator that is away.
-        let (processed, metadata) = topology.processed();
-        engine.committer.commit_offsets(consumer, &processed, &metadata, rdkafka::consumer::CommitMode::Async);
+        engine.shutdown.working("committing the last offsets");
+        topology.commit_last(engine, consumer);
     }
     tracing::info!("shutting down: committed, publishing a last board");
     engine.shutdown.working("publishing a last board");

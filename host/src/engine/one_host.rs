@@ -150,7 +150,7 @@ pub fn start(args: &RunConfig, task: &mut Task, shutdown: &Shutdown) -> Result<S
     let consumer =
         crate::kafka::clients::input_consumer(&args.kafka, &args.group, instance_id.as_deref(), args.stop_at_end)?;
     let consumer = ManuallyDrop::new(consumer);
-    check_group_is_ours(&consumer, &args.group, instance_id.as_deref())?;
+    check_group_is_ours(&consumer, &args.group, instance_id.as_deref(), shutdown)?;
     consumer.subscribe(&[&args.topics.input]).context("subscribing to the input topic")?;
     if restored.is_none() {
         shutdown.starting("catching up with the changelog");
@@ -170,10 +170,13 @@ pub fn start(args: &RunConfig, task: &mut Task, shutdown: &Shutdown) -> Result<S
 /// (several hosts share a job with `--scale-out`, in `repartitioned.rs`). A member left by this host's
 /// own previous run (static membership: its member id starts with our instance id) is not
 /// another host.
-fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option<&str>) -> Result<()> {
-    let groups = consumer
-        .fetch_group_list(Some(group), Duration::from_secs(10))
-        .with_context(|| format!("describing consumer group {group}"))?;
+fn check_group_is_ours(
+    consumer: &HostConsumer,
+    group: &str,
+    instance_id: Option<&str>,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let groups = describe_group(consumer, group, shutdown)?;
     let ours = |member_id: &str| instance_id.is_some_and(|id| member_id.starts_with(&format!("{id}-")));
     let others: Vec<String> = groups
         .groups()
@@ -196,6 +199,33 @@ fn check_group_is_ours(consumer: &HostConsumer, group: &str, instance_id: Option
     }
     Ok(())
 }
+
+/// The group's description, asked again while its coordinator is still loading or moving
+/// (a broker just started, or one that took the coordinator's partition over, answers
+/// `CoordinatorLoadInProgress` for a few seconds: a moment to wait, not a reason to exit).
+fn describe_group(consumer: &HostConsumer, group: &str, shutdown: &Shutdown) -> Result<rdkafka::groups::GroupList> {
+    use rdkafka::error::RDKafkaErrorCode::{CoordinatorLoadInProgress, CoordinatorNotAvailable, NotCoordinator};
+    let deadline = std::time::Instant::now() + COORDINATOR_WAIT;
+    loop {
+        match consumer.fetch_group_list(Some(group), Duration::from_secs(10)) {
+            Ok(groups) => return Ok(groups),
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(CoordinatorLoadInProgress | CoordinatorNotAvailable | NotCoordinator)
+                ) && std::time::Instant::now() < deadline
+                    && !shutdown.requested() =>
+            {
+                tracing::debug!(error = %e, "the group's coordinator is not ready yet; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("describing consumer group {group}")),
+        }
+    }
+}
+
+/// How long start-up waits for a group coordinator that is loading or moving.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
 
 /// Refuses state that reflects input offsets beyond the input's end: the topic was deleted
 /// and created again (or truncated) since, and counting on would skip its new records as

@@ -86,6 +86,7 @@ use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
 use crate::kafka::clients::{ScaleOutConsumer, ScaleOutContext};
+use crate::kafka::commit::AnsweredCommits;
 use crate::kafka::producer::AckedProducer;
 use crate::process::shutdown::Shutdown;
 use crate::state::{Change, Totals, decode_u64, meta};
@@ -101,6 +102,11 @@ const SEEK_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// How often an idle host with `--stop-at-end` asks whether the whole job is done.
 const DONE_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The longest a stop waits for its last offset commit to land (less within a stop's bound):
+/// a group whose member left in the middle of a join settles within a session timeout.
+const LAST_COMMIT_WAIT: Duration = Duration::from_secs(30);
+/// Between two attempts of the last commit while the group rebalances.
+const LAST_COMMIT_RETRY: Duration = Duration::from_millis(200);
 
 /// `host run --scale-out`.
 pub fn run(
@@ -407,6 +413,54 @@ impl<'c> Topology<'c> for Repartitioned {
 
     fn processed(&self) -> (Offsets, Metadata) {
         (self.shards.processed.clone(), self.shards.metadata.clone())
+    }
+
+    /// at-least-once: stage A's input offsets are in no state, so a stop lands them, confirmed
+    /// by the broker's answer, before the consumer closes and the group moves the partitions
+    /// (or the next owner counts the last deltas again). A commit sent while the group
+    /// rebalances fails (`REBALANCE_IN_PROGRESS`, `ILLEGAL_GENERATION`) or waits for it to
+    /// settle, which takes up to a session timeout when a member left in the middle of a join;
+    /// librdkafka does not retry it. So it is sent again until it lands, the group served
+    /// meanwhile (what it fetches is dropped), within the stop's bound; past that, the next
+    /// owner may count the last batch again, as after a crash.
+    fn commit_last(&mut self, engine: &mut Engine, consumer: &ScaleOutConsumer) {
+        let offsets = match crate::engine::committer::partition_list(&self.shards.processed, &self.shards.metadata) {
+            Ok(offsets) => offsets,
+            Err(e) => return tracing::warn!(error = %format!("{e:#}"), "the last offset commit cannot be built"),
+        };
+        if let Ok(assignment) = consumer.assignment() {
+            let _ = consumer.pause(&assignment);
+        }
+        consumer.context().last_commit(offsets);
+        let _waiting = engine.shutdown.waiting_for("the last offset commit to land");
+        let commits = AnsweredCommits::new(consumer);
+        let started = Instant::now();
+        let give_up = started + engine.shutdown.wait_limit(LAST_COMMIT_WAIT);
+        let (mut outstanding, mut next_try) = (false, started);
+        while let Some(offsets) = consumer.context().pending_commit() {
+            if Instant::now() >= give_up {
+                return tracing::warn!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "the last offset commit did not land in time (the group is rebalancing): the next owner of \
+                     these partitions may count their last batch again (at-least-once)"
+                );
+            }
+            if !outstanding && Instant::now() >= next_try {
+                outstanding = commits.send(&offsets).is_ok();
+                next_try = Instant::now() + LAST_COMMIT_RETRY;
+            }
+            match commits.answer(Duration::ZERO) {
+                Some(Ok(())) => break,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the last offset commit failed; sending it again");
+                    outstanding = false;
+                }
+                None => {}
+            }
+            // Serves the group: its rebalances (a revocation commits its share first).
+            let _ = consumer.poll(Duration::from_millis(20));
+        }
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "the last offset commit landed");
     }
 
     /// Shards still opening stop at once when asked to; waited for, so that none is left

@@ -189,17 +189,6 @@ impl ConsumerContext for HostContext {
     ) {
         apply_rebalance(consumer, err, tpl, self.eager)
     }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
-        log_commit(result)
-    }
-}
-
-fn log_commit(result: rdkafka::error::KafkaResult<()>) {
-    if let Err(e) = result {
-        // Harmless (state holds the offsets, the next commit catches up), but worth seeing.
-        tracing::warn!(error = %e, "offset commit failed; the next batch commits again");
-    }
 }
 
 /// Does what a rebalance event asks (assign or unassign its partitions) without ever asking
@@ -318,6 +307,16 @@ pub struct ScaleOutContext {
     /// Set once the loop has finished and committed everything: the consumer is closing, and
     /// a revocation (closing revokes everything) is applied at once.
     closing: std::sync::atomic::AtomicBool,
+    /// At-least-once's last commit, once the loop is over (see [`ScaleOutContext::last_commit`]).
+    last: std::sync::Mutex<LastCommit>,
+}
+
+/// The offsets a stopping scale-out host still has to land: next offset per partition still
+/// assigned. A revocation takes its partitions out (after committing them): from then on
+/// their new owner commits them.
+#[derive(Default)]
+struct LastCommit {
+    offsets: Option<TopicPartitionList>,
 }
 
 impl ScaleOutContext {
@@ -329,6 +328,55 @@ impl ScaleOutContext {
     /// The loop is over: rebalances are applied as they come from now on (see [`close`]).
     pub fn closing(&self) {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// At-least-once, the loop is over and `offsets` is everything it processed: stage A's
+    /// input offsets are in no state, so they must land before their partitions go to another
+    /// host, or it counts their last deltas again. From now on rebalances are applied at once,
+    /// and a revocation (closing revokes everything) first commits its partitions' offsets
+    /// synchronously (the group moves them only after). What is left is
+    /// [`ScaleOutContext::pending_commit`].
+    pub fn last_commit(&self, offsets: TopicPartitionList) {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).offsets = Some(offsets);
+        self.closing();
+    }
+
+    /// The last commit's offsets of the partitions still assigned (none: nothing left to land).
+    pub fn pending_commit(&self) -> Option<TopicPartitionList> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.offsets.clone().filter(|offsets| offsets.count() > 0)
+    }
+
+    /// A revocation after the loop: the last commit's share of `revoked`, committed (and taken
+    /// out of what is left to land) before they are unassigned.
+    fn commit_before_revoking(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, revoked: &TopicPartitionList) {
+        use rdkafka::consumer::Consumer;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(offsets) = last.offsets.as_mut() else { return };
+        let leaving: Vec<(String, i32)> =
+            revoked.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let mut share = TopicPartitionList::new();
+        let mut staying = TopicPartitionList::new();
+        for e in offsets.elements() {
+            let list = if leaving.contains(&(e.topic().to_owned(), e.partition())) { &mut share } else { &mut staying };
+            if list.add_partition_offset(e.topic(), e.partition(), e.offset()).is_ok()
+                && !e.metadata().is_empty()
+                && let Some(mut added) = list.find_partition(e.topic(), e.partition())
+            {
+                added.set_metadata(e.metadata());
+            }
+        }
+        *offsets = staying;
+        drop(last);
+        if share.count() > 0
+            && let Err(e) = consumer.commit(&share, rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::warn!(
+                error = %e,
+                "the stop's offset commit of revoked partitions failed: their next owner may count their last \
+                 batch again (at-least-once)"
+            );
+        }
     }
 }
 
@@ -350,6 +398,9 @@ impl ConsumerContext for ScaleOutContext {
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS,
         };
         if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            if err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !consumer.assignment_lost() {
+                self.commit_before_revoking(consumer, tpl);
+            }
             return apply_rebalance(consumer, err, tpl, false);
         }
         let mut rebalances = self.rebalances.lock().unwrap_or_else(|p| p.into_inner());
@@ -373,10 +424,6 @@ impl ConsumerContext for ScaleOutContext {
             }
             other => tracing::error!(error = ?other, "rebalance failed"),
         }
-    }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
-        log_commit(result)
     }
 }
 

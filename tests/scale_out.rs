@@ -2,6 +2,7 @@
 //! partitions; each key is counted in one shard, the global board is merged from the
 //! shards' local boards. Killed and added hosts: partitions move, counts stay as promised.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use integration_tests::scale_out::{PARTITIONS, create_topics, spawn, state_dir, union_of_dumps};
@@ -163,6 +164,98 @@ fn killed_host(name: &str, mode: &[&str]) -> Inflation {
         assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
     }
     Inflation { inflation, records_inflation }
+}
+
+/// The shards a host holds now, from its log: opened and not closed since.
+fn shards_held(host: &HostProcess) -> BTreeSet<String> {
+    let shard = |line: &str| line.split_once(" shard=")?.1.split_whitespace().next().map(str::to_owned);
+    let mut held = BTreeSet::new();
+    for line in host.stderr_text().lines() {
+        if line.contains("shard open shard=") {
+            held.extend(shard(line));
+        } else if line.contains("shard closed") {
+            shard(line).map(|s| held.remove(&s));
+        }
+    }
+    held
+}
+
+/// `--standby-replicas 1` on two hosts: each keeps warm copies of the other's shards (tailing
+/// their changelog partitions); after `kill -9` of one, the survivor opens the dead host's
+/// shards from its copies, replaying only the changelog's last records (no restore), and the
+/// counts are exact under exactly-once.
+#[test]
+fn a_standby_copy_takes_over_a_killed_host_s_shards_without_a_restore() {
+    let env = TestEnv::new("scale-standby");
+    create_topics(&env);
+    // ~20 s of input at the hosts' --max-rate: the kill comes mid-stream.
+    let expected = orders::generate(59, 80_000, 0);
+    env.produce(&expected.values);
+    // Small transactions, so that a shard's changelog grows far past what a warm copy lacks.
+    let mode = ["--stop-at-end", "--max-rate", "2000", "--max-batch", "50", "--guarantee", "exactly-once"];
+    let mode: Vec<&str> =
+        mode.iter().chain(&["--commit-interval", "20ms", "--standby-replicas", "1"]).copied().collect();
+    let mut hosts: Vec<HostProcess> = (0..2).map(|h| spawn(&env, h, &mode)).collect();
+    for host in &mut hosts {
+        host.wait_for_log(GIVEN_PARTITIONS, Duration::from_secs(60));
+    }
+    // Settled: the victim is a host holding shards now (the assignor may give one host every
+    // shard and the other every input partition).
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = (0..2).max_by_key(|h| shards_held(&hosts[*h]).len()).unwrap();
+    let survivor = 1 - victim;
+    hosts[survivor].wait_for_log("standby copy kept warm", Duration::from_secs(30));
+    let victim_shards = shards_held(&hosts[victim]);
+    // The victim's shards have counted for a while: changelogs to speak of.
+    let changelog_of = |shard: &str| {
+        let all = integration_tests::read_topic_with(&env.brokers, &env.changelog, "read_uncommitted");
+        all.iter().filter(|r| r.partition.to_string() == shard).count()
+    };
+    integration_tests::wait_until(Duration::from_secs(60), "the victim's shards counting", || {
+        victim_shards.iter().any(|s| changelog_of(s) >= 50)
+    });
+    assert!(hosts[victim].is_running(), "the victim is killed mid-stream");
+    assert!(!victim_shards.is_empty(), "the victim owned shards");
+    let warm = hosts[survivor].stderr_text();
+    for shard in &victim_shards {
+        assert!(
+            warm.contains(&format!("standby copy kept warm from here on shard={shard} ")),
+            "copy of {shard}:\n{warm}"
+        );
+    }
+    hosts.remove(victim).kill9();
+    // What a restore of each of the victim's shards would read (the survivor notices the
+    // kill only after its session timeout).
+    let changelog = integration_tests::read_topic_with(&env.brokers, &env.changelog, "read_uncommitted");
+    let held = |shard: &str| changelog.iter().filter(|r| r.partition.to_string() == shard).count() as u64;
+    let mut survivor = hosts.remove(0);
+    let status = survivor.wait_exit(Duration::from_secs(150));
+    assert!(status.success(), "the survivor failed ({status}):\n{}", survivor.stderr_text());
+
+    let log = survivor.stderr_text();
+    for shard in &victim_shards {
+        let promoted = format!("standby copy promoted: the shard opens from it shard={shard}");
+        let after: Vec<&str> = log.lines().skip_while(|l| !l.contains(&promoted)).collect();
+        assert!(!after.is_empty(), "shard {shard} opened from its copy:\n{log}");
+        assert!(
+            !after.iter().any(|l| l.contains("restoring state from the changelog") && l.ends_with(&format!("partition={shard}"))),
+            "shard {shard} was not restored after the kill:\n{log}"
+        );
+        let opened = after.iter().find(|l| l.contains(&format!("shard open shard={shard} "))).expect("opened");
+        let replayed: u64 =
+            opened.split_once("changelog_records_read=").unwrap().1.split_whitespace().next().unwrap().parse().unwrap();
+        // Only what the victim wrote in its last moments, not the shard's whole changelog (a
+        // shard none of the drinks hash to has none).
+        assert!(
+            held(shard) == 0 || replayed * 4 < held(shard),
+            "shard {shard} replayed {replayed} of {}: {opened}",
+            held(shard)
+        );
+    }
+    assert!(victim_shards.iter().any(|s| held(s) >= 50), "some shard had a changelog to speak of");
+    let dump = union_of_dumps(&env, &[0, 1]);
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
 
 /// A third host joins two that are counting: some partitions move to it (it opens the

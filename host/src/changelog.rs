@@ -197,7 +197,8 @@ pub fn decode_table_row(message: &BorrowedMessage<'_>) -> Option<Change> {
     Some(Change::Value { key, value: message.payload().map(<[u8]>::to_vec) })
 }
 
-fn decode_changelog(message: &BorrowedMessage<'_>) -> Option<Change> {
+/// A changelog record as the state change it records (`None`: unreadable).
+pub fn decode_changelog(message: &BorrowedMessage<'_>) -> Option<Change> {
     decode(message.key(), message.payload(), has_meta_header(message))
 }
 

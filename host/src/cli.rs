@@ -304,6 +304,7 @@ impl RunArgs {
         let scale_out = self.topics.scale_out.then(|| ScaleOut {
             repartition: self.topics.repartition_topic(),
             shard_cleanup_delay: self.shard_cleanup_delay,
+            standby_replicas: self.standby_replicas,
         });
         Ok(RunConfig {
             kafka: self.topics.kafka.connection(),
@@ -422,6 +423,25 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMHOST_SHARD_CLEANUP_DELAY", value_name = "DURATION", default_value = "10m",
           value_parser = humantime::parse_duration, requires = "scale_out", help_heading = "Scale-out")]
     pub shard_cleanup_delay: Duration,
+
+    /// With --scale-out: warm copies kept of each shard on other hosts (as Kafka Streams'
+    /// num.standby.replicas). A host tails the changelog partitions of the shards it stands by
+    /// for into local copies, so when one of them is assigned to it (its owner died or left)
+    /// it counts after replaying only the last moments instead of the whole shard. The copies
+    /// go to the hosts after the owner in the group's member order; the group's assignor
+    /// (librdkafka's cooperative-sticky: no other can be plugged in) does not know where they
+    /// are, so a failover lands on a warm copy for certain only when every other host keeps
+    /// one (N = hosts - 1). Costs each host the disk and the changelog reading of N shards
+    /// per shard it owns.
+    #[arg(
+        long,
+        env = "STREAMHOST_STANDBY_REPLICAS",
+        value_name = "N",
+        default_value_t = 0,
+        requires = "scale_out",
+        help_heading = "Scale-out"
+    )]
+    pub standby_replicas: usize,
 
     /// Most input records consumed per second (0: no limit), e.g. to backfill without
     /// saturating what reads the board, or to spread a demo out. Per host.

@@ -62,6 +62,8 @@ pub struct ScaleOut {
     pub repartition: String,
     /// How long a shard no longer owned is kept on disk.
     pub shard_cleanup_delay: Duration,
+    /// Warm copies of each shard kept on other hosts (`engine::standby`).
+    pub standby_replicas: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -82,6 +82,7 @@ use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record};
+use crate::engine::standby::{StandbyConfig, Standbys};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
 use crate::guest::{Counter, Records};
@@ -147,10 +148,20 @@ pub fn run(
         shutdown,
     )?;
     lock(&http.shards).count = checked.shards;
+    // A client id of this host's own (unless --kafka-config gives one): how its standby
+    // keeper finds it among the group's members.
+    let given_client_id = args.kafka.properties.iter().find(|(k, _)| k == "client.id").map(|(_, v)| v.clone());
+    let client_id = given_client_id.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("streamhost-{}-{nanos:x}", std::process::id())
+    });
+    let mut consumer_config =
+        crate::kafka::clients::scale_out_consumer(&args.kafka, &args.group, instance_id.as_deref(), false);
+    if given_client_id.is_none() {
+        consumer_config.set("client.id", &client_id);
+    }
     let consumer: ScaleOutConsumer =
-        crate::kafka::clients::scale_out_consumer(&args.kafka, &args.group, instance_id.as_deref(), false)
-            .create_with_context(ScaleOutContext::default())
-            .context("creating the Kafka consumer")?;
+        consumer_config.create_with_context(ScaleOutContext::default()).context("creating the Kafka consumer")?;
     // Closed only after a clean run, once the loop has committed everything (`config::close`);
     // on an error the process exits at once, like a crash.
     let consumer = std::mem::ManuallyDrop::new(consumer);
@@ -170,6 +181,21 @@ pub fn run(
     );
     let guest = crate::guest::thread::GuestThread::spawn(guest)?;
     let mut engine = Engine::new(&args, producer, guest, reload, shutdown, http)?;
+    let standbys = match args.scale_out.as_ref().map_or(0, |s| s.standby_replicas) {
+        0 => None,
+        replicas => Some(Standbys::start(
+            StandbyConfig {
+                kafka: args.kafka.clone(),
+                group: args.group.clone(),
+                client_id,
+                changelog: args.topics.changelog.clone(),
+                repartition: repartition.clone(),
+                state_dir: state_dir.clone(),
+                replicas,
+            },
+            shutdown,
+        )?),
+    };
     let mut job = Repartitioned {
         shards: Shards {
             open: BTreeMap::new(),
@@ -189,6 +215,7 @@ pub fn run(
         seeking: BTreeMap::new(),
         not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
         held: http.shards.clone(),
+        standbys,
         watermarks: None,
         last_done_check: Instant::now(),
         args,
@@ -218,6 +245,8 @@ struct Repartitioned {
     /// `--shard-cleanup-delay`, so a host keeps only its partitions' state (and, for a while,
     /// a partition's that may come back).
     not_owned: BTreeMap<i32, Instant>,
+    /// Warm copies of other hosts' shards (`--standby-replicas`).
+    standbys: Option<Standbys>,
     /// For --http: the shards this host holds.
     held: Arc<std::sync::Mutex<crate::serve::http::HeldShards>>,
     /// `--stop-at-end`: a client that reads high watermarks (see `job_done`), and when it
@@ -831,6 +860,8 @@ impl Repartitioned {
         }
         consumer.pause(&self.repartition_partition(partition)?).context("pausing a repartition partition")?;
         self.not_owned.remove(&partition);
+        // A warm copy in the shard's dir is closed first; then the shard opens from it.
+        let releaser = self.standbys.as_ref().and_then(Standbys::releaser);
         let source = ShardSource {
             kafka: self.args.kafka.clone(),
             changelog: self.shards.changelog.clone(),
@@ -845,7 +876,12 @@ impl Repartitioned {
         let shutdown = shutdown.clone();
         let opening = std::thread::Builder::new()
             .name(format!("shard-{partition}"))
-            .spawn(move || source.open(&shutdown))
+            .spawn(move || {
+                if let Some(releaser) = releaser {
+                    releaser.release(partition);
+                }
+                source.open(&shutdown)
+            })
             .context("starting a shard's restore")?;
         self.opening.insert(partition, opening);
         Ok(())
@@ -908,6 +944,11 @@ impl Repartitioned {
         for partition in due {
             if self.shards.open.contains_key(&partition) || self.is_opening(partition) {
                 self.not_owned.remove(&partition);
+                continue;
+            }
+            if self.standbys.as_ref().is_some_and(|s| s.holds(partition)) {
+                // A warm copy: kept while it is one.
+                self.not_owned.insert(partition, Instant::now());
                 continue;
             }
             let dir = crate::state::shard_dir(&self.args.state_dir, partition);
@@ -978,6 +1019,11 @@ impl Repartitioned {
                 lock(&self.held).stores.remove(&element.partition());
                 tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
                 self.not_owned.insert(element.partition(), Instant::now());
+            }
+            if element.topic() == self.repartition
+                && let Some(standbys) = &self.standbys
+            {
+                standbys.gave_up(element.partition());
             }
         }
         consumer.incremental_unassign(revoked).context("giving up revoked partitions")?;

@@ -16,8 +16,10 @@ export STREAMHOST_BROKERS ?= 127.0.0.1:9092
 export STREAMHOST_STATE_DIR ?= ./state
 
 APT_PACKAGES := libclang-dev libcurl4-openssl-dev libssl-dev pkg-config cmake g++ openjdk-17-jre-headless maven python3-venv
+# The cluster's network cuts are iptables rules (toxiproxy, for latency, is built with Go).
+CLUSTER_APT_PACKAGES := iptables
 # The board page's end-to-end test drives a headless browser.
-TEST_APT_PACKAGES := chromium
+TEST_APT_PACKAGES := chromium $(CLUSTER_APT_PACKAGES)
 
 .PHONY: bench bench-peers help deps build guests kafka-up kafka-down cluster-up cluster-down test-cluster topic-create-all topic-delete-all seed-orders run restore dump demo demo-scale-out test test-unit clean-state
 
@@ -26,7 +28,7 @@ help: ## this list
 
 deps: ## install system packages and the Rust wasm target (once)
 	@missing=$$(for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done; \
-	  command -v npm >/dev/null || echo nodejs npm); \
+	  command -v npm >/dev/null || echo nodejs npm; command -v go >/dev/null || echo golang-go); \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing $$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -57,6 +59,7 @@ kafka-up: ## fetch (first time) and start a local single-node Kafka broker
 kafka-down: ## stop the local broker
 	scripts/kafka.sh down
 
+cluster-up: EXTRA_APT_PACKAGES = $(CLUSTER_APT_PACKAGES)
 cluster-up: deps ## fetch (first time) and start a three-broker KRaft cluster on 127.0.0.1:29092-29094
 	scripts/kafka.sh cluster up
 
@@ -95,7 +98,8 @@ test: build guests kafka-up cluster-up ## all tests: unit, guest, integration ag
 	scripts/test.sh
 	scripts/test-cluster.sh
 
-test-cluster: build guests cluster-up ## broker faults (leader kills, controller kill, rolling restart) against the three-broker cluster
+test-cluster: EXTRA_APT_PACKAGES = $(CLUSTER_APT_PACKAGES)
+test-cluster: build guests cluster-up ## broker and network faults (leader and controller kills, rolling restart, cuts, latency) against the three-broker cluster
 	scripts/test-cluster.sh
 
 bench: deps guests kafka-up ## benchmark (release build): raw / native / wasm / restore / latency -> bench/RESULTS.md

@@ -15,6 +15,13 @@
 #   scripts/kafka.sh cluster coordinator GROUP      the node coordinating a consumer group
 #   scripts/kafka.sh cluster controller             the node that is the active controller
 #   scripts/kafka.sh cluster ready                  wait until every partition is led and fully in sync
+#   scripts/kafka.sh cluster cut all|N              drop every packet between the clients of the CUTTABLE
+#                                                   listener (127.0.0.2:29392-29394) and every node / node N
+#                                                   (iptables, root): a real network cut; replication and
+#                                                   the EXTERNAL listener's clients are left alone
+#   scripts/kafka.sh cluster heal [N]               end the cuts (of node N)
+#   scripts/kafka.sh cluster latency MS|off         MS of delay each way on the SLOW listener's links
+#                                                   (127.0.0.1:29592-29594, through toxiproxy)
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DATA (build/kafka),
 #      KAFKA_CLUSTER_DATA (build/kafka-cluster), KAFKA_CLUSTER_HEAP (-Xmx512m per node),
 #      STREAMHOST_CACHE ($HOME/.cache/streamhost: jars live there, outside the clone), KAFKA_HEAP (-Xmx1g).
@@ -112,9 +119,17 @@ CLUSTER_DATA=${KAFKA_CLUSTER_DATA:-$here/build/kafka-cluster}
 CLUSTER_HEAP=${KAFKA_CLUSTER_HEAP:--Xmx512m}
 NODES="1 2 3"
 CLUSTER_BROKERS=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094
-# Node N: clients on 29091+N, replication on 29291+N, the controller quorum on 29191+N.
+# Node N: clients on 29091+N, replication on 29291+N, the controller quorum on 29191+N; the
+# host under a network fault on 127.0.0.2:29391+N (CUTTABLE) or through toxiproxy on
+# 127.0.0.1:29591+N, which forwards to the node's SLOW listener on 29491+N.
 node_port() { echo $((29091 + $1)); }
+cuttable_port() { echo $((29391 + $1)); }
+slow_port() { echo $((29491 + $1)); }
+proxy_port() { echo $((29591 + $1)); }
 node_dir() { echo "$CLUSTER_DATA/$1"; }
+TOXIPROXY_VERSION=v2.5.0
+TOXIPROXY=$CACHE/tools/toxiproxy-server-$TOXIPROXY_VERSION
+TOXIPROXY_API=127.0.0.1:29690
 
 check_node() {
   case "${1:-}" in 1|2|3) ;; *) echo "kafka cluster: node must be 1, 2 or 3 (got '${1:-}')" >&2; exit 2 ;; esac
@@ -159,7 +174,8 @@ node_config() {
   voters=$(for v in $NODES; do printf '%s@127.0.0.1:%s,' "$v" $((29191 + v)); done)
   mkdir -p "$dir"
   sed -e "s|@NODE@|$n|g" -e "s|@VOTERS@|${voters%,}|g" -e "s|@PORT@|$(node_port "$n")|g" \
-    -e "s|@ADVERTISED_PORT@|$(node_port "$n")|g" -e "s|@INTERNAL_PORT@|$((29291 + n))|g" \
+    -e "s|@INTERNAL_PORT@|$((29291 + n))|g" -e "s|@CUTTABLE_PORT@|$(cuttable_port "$n")|g" \
+    -e "s|@SLOW_PORT@|$(slow_port "$n")|g" -e "s|@PROXY_PORT@|$(proxy_port "$n")|g" \
     -e "s|@CONTROLLER_PORT@|$((29191 + n))|g" -e "s|@DATA@|$dir|g" \
     "$here/kafka/cluster.properties.in" > "$dir/server.properties"
 }
@@ -173,6 +189,95 @@ start_node() {
   wait_in "$dir" "$(node_port "$1")" "node $1"
 }
 
+# --- Network faults between the host and the nodes ------------------------------------------
+# Cuts: DROP rules in a chain of our own (hooked into OUTPUT once: loopback packets pass it
+# in both directions), so `heal` removes exactly ours.
+CUT_CHAIN=STREAMHOST_CUT
+need_iptables() {
+  command -v iptables >/dev/null || { echo "kafka cluster: iptables not found (make test-cluster installs it)" >&2; exit 1; }
+  [ "$(id -u)" = 0 ] || { echo "kafka cluster: a network cut needs root (iptables)" >&2; exit 1; }
+  iptables -w -N "$CUT_CHAIN" 2>/dev/null || true
+  iptables -w -C OUTPUT -j "$CUT_CHAIN" 2>/dev/null || iptables -w -I OUTPUT -j "$CUT_CHAIN"
+}
+cut_rules() { # cut_rules -A|-D N
+  local port
+  port=$(cuttable_port "$2")
+  iptables -w "$1" "$CUT_CHAIN" -p tcp -d 127.0.0.2 --dport "$port" -j DROP
+  iptables -w "$1" "$CUT_CHAIN" -p tcp -s 127.0.0.2 --sport "$port" -j DROP
+}
+cut() {
+  need_iptables
+  local nodes=${1:-}
+  [ "$nodes" = all ] && nodes=$NODES || check_node "$nodes"
+  for n in $nodes; do
+    iptables -w -C "$CUT_CHAIN" -p tcp -d 127.0.0.2 --dport "$(cuttable_port "$n")" -j DROP 2>/dev/null || cut_rules -A "$n"
+  done
+  echo "kafka cluster: cut the CUTTABLE listener of node(s) $nodes (127.0.0.2)"
+}
+heal() {
+  need_iptables
+  if [ -z "${1:-}" ]; then
+    iptables -w -F "$CUT_CHAIN"
+    echo "kafka cluster: every cut healed"
+  else
+    check_node "$1"
+    while iptables -w -C "$CUT_CHAIN" -p tcp -d 127.0.0.2 --dport "$(cuttable_port "$1")" -j DROP 2>/dev/null; do
+      cut_rules -D "$1"
+    done
+    echo "kafka cluster: node $1's cut healed"
+  fi
+}
+
+# Latency: toxiproxy (a Go module, built once into the cache) forwards 127.0.0.1:29591+N to
+# node N's SLOW listener; its HTTP API adds or removes a latency toxic on both directions.
+toxiproxy_build() {
+  [ -x "$TOXIPROXY" ] && return 0
+  command -v go >/dev/null || { echo "kafka cluster: go not found (toxiproxy is built from the Go module proxy)" >&2; exit 1; }
+  echo "kafka cluster: building toxiproxy $TOXIPROXY_VERSION into $CACHE/tools (once)"
+  mkdir -p "$CACHE/tools/gobin"
+  GOBIN="$CACHE/tools/gobin" GOFLAGS=-mod=mod go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION"
+  mv "$CACHE/tools/gobin/server" "$TOXIPROXY"
+}
+api() { curl -sf -X "$1" "http://$TOXIPROXY_API$2" ${3:+-H 'Content-Type: application/json' -d "$3"}; }
+toxiproxy_up() {
+  toxiproxy_build
+  local dir=$CLUSTER_DATA/toxiproxy pid
+  mkdir -p "$dir"
+  if ! { [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; }; then
+    # The port is this script's: a toxiproxy another checkout left on it goes.
+    pid=$(ss -ltnpH "sport = :${TOXIPROXY_API##*:}" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+    [ -z "$pid" ] || { kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done; }
+    ("$TOXIPROXY" -host "${TOXIPROXY_API%:*}" -port "${TOXIPROXY_API##*:}" > "$dir/toxiproxy.log" 2>&1 < /dev/null &
+     echo $! > "$dir/pid")
+    for _ in $(seq 1 50); do api GET /version >/dev/null && break; sleep 0.2; done
+  fi
+  for n in $NODES; do
+    api GET "/proxies/node$n" >/dev/null || api POST /proxies \
+      "{\"name\":\"node$n\",\"listen\":\"127.0.0.1:$(proxy_port "$n")\",\"upstream\":\"127.0.0.1:$(slow_port "$n")\",\"enabled\":true}" >/dev/null
+  done
+}
+toxiproxy_down() {
+  local pidfile=$CLUSTER_DATA/toxiproxy/pid
+  if [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null; then echo "kafka cluster: toxiproxy stopped"; fi
+  rm -f "$pidfile"
+}
+latency() {
+  local ms=${1:-}
+  api GET /version >/dev/null || { echo "kafka cluster: toxiproxy is not running ('cluster up' starts it)" >&2; exit 1; }
+  for n in $NODES; do
+    for stream in upstream downstream; do api DELETE "/proxies/node$n/toxics/latency_$stream" >/dev/null || true; done
+  done
+  if [ "$ms" = off ]; then echo "kafka cluster: latency off"; return 0; fi
+  case "$ms" in ''|*[!0-9]*) echo "kafka cluster: latency takes milliseconds or 'off' (got '$ms')" >&2; exit 2 ;; esac
+  for n in $NODES; do
+    for stream in upstream downstream; do
+      api POST "/proxies/node$n/toxics" \
+        "{\"name\":\"latency_$stream\",\"type\":\"latency\",\"stream\":\"$stream\",\"attributes\":{\"latency\":$ms}}" >/dev/null
+    done
+  done
+  echo "kafka cluster: ${ms} ms each way on the SLOW listener's links (127.0.0.1:29592-29594)"
+}
+
 cluster_up() {
   command -v java >/dev/null || { echo "kafka: java not found (Java 17+ is needed)" >&2; exit 1; }
   fetch
@@ -184,6 +289,7 @@ cluster_up() {
   # All at once: a node waits for a quorum of controllers before it answers.
   for n in $NODES; do broker_running "$(node_dir "$n")" || start_in "$(node_dir "$n")" "$CLUSTER_HEAP"; done
   for n in $NODES; do start_node "$n"; done
+  toxiproxy_up
   tool ready 3
 }
 
@@ -192,7 +298,7 @@ cluster() {
   shift || true
   case "$what" in
     up) cluster_up ;;
-    down) for n in $NODES; do stop_in "$(node_dir "$n")" "node $n"; done ;;
+    down) for n in $NODES; do stop_in "$(node_dir "$n")" "node $n"; done; toxiproxy_down ;;
     status)
       for n in $NODES; do
         if answers "$(node_port "$n")"; then echo "node $n: answering on 127.0.0.1:$(node_port "$n")"; else echo "node $n: down"; fi
@@ -213,7 +319,10 @@ cluster() {
     leader|isr|config|coordinator) tool "$what" "$@" ;;
     controller) tool controller ;;
     ready) tool ready 3 ;;
-    *) echo "usage: $0 cluster up|down|status|kill N|stop N|start N|rolling-restart|leader T P|isr T P|config T NAME|coordinator G|controller|ready" >&2
+    cut) cut "$@" ;;
+    heal) heal "$@" ;;
+    latency) latency "$@" ;;
+    *) echo "usage: $0 cluster up|down|status|kill N|stop N|start N|rolling-restart|leader T P|isr T P|config T NAME|coordinator G|controller|ready|cut all|N|heal [N]|latency MS|off" >&2
        exit 2 ;;
   esac
 }

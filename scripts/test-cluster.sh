@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cluster tests (`make test-cluster`): broker faults against a real three-broker KRaft
+# The cluster tests (`make test-cluster`): broker and network faults against a real three-broker KRaft
 # cluster (scripts/kafka.sh cluster, started by `make test-cluster` before this script), one
 # test at a time, since a fault hits every job on the cluster.
 set -euo pipefail

@@ -13,6 +13,28 @@ fn cluster_brokers() -> String {
         .unwrap_or_else(|_| "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094".into())
 }
 
+/// How the host under test reaches the cluster (the test's own clients always use
+/// `cluster_brokers`, so a network fault leaves them alone).
+#[derive(Clone, Copy)]
+enum Via {
+    /// The brokers' EXTERNAL listener, like every other client.
+    External,
+    /// The CUTTABLE listener on 127.0.0.2, whose packets `kafka.sh cluster cut` drops.
+    Cuttable,
+    /// toxiproxy in front of the SLOW listener (`kafka.sh cluster latency`).
+    Proxy,
+}
+
+impl Via {
+    fn brokers(self) -> String {
+        match self {
+            Via::External => cluster_brokers(),
+            Via::Cuttable => "127.0.0.2:29392,127.0.0.2:29393,127.0.0.2:29394".into(),
+            Via::Proxy => "127.0.0.1:29592,127.0.0.1:29593,127.0.0.1:29594".into(),
+        }
+    }
+}
+
 /// `scripts/kafka.sh cluster ARGS...`: its stdout (it must succeed).
 fn cluster(args: &[&str]) -> String {
     let out = Command::new(repo_root().join("scripts/kafka.sh"))
@@ -39,10 +61,14 @@ struct HealCluster;
 
 impl Drop for HealCluster {
     fn drop(&mut self) {
+        let kafka =
+            |args: &[&str]| Command::new(repo_root().join("scripts/kafka.sh")).arg("cluster").args(args).output();
+        let _ = kafka(&["heal"]);
+        let _ = kafka(&["latency", "off"]);
         for node in ["1", "2", "3"] {
-            let _ = Command::new(repo_root().join("scripts/kafka.sh")).args(["cluster", "start", node]).output();
+            let _ = kafka(&["start", node]);
         }
-        let _ = Command::new(repo_root().join("scripts/kafka.sh")).args(["cluster", "ready"]).output();
+        let _ = kafka(&["ready"]);
     }
 }
 
@@ -62,8 +88,13 @@ fn create_replicated_topics(env: &TestEnv, partitions: u32) {
 /// some, `fault` strikes. The host must ride it out (no restart, no manual step) and end with
 /// exact counts, and a restore from the changelog must equal its state.
 fn counts_exactly_through(test: &str, guarantee: &str, fault: Fault) {
+    counts_exactly_through_via(test, guarantee, Via::External, fault)
+}
+
+/// The same, with the host reaching the cluster `via` a listener a network fault can hit.
+fn counts_exactly_through_via(test: &str, guarantee: &str, via: Via, fault: Fault) {
     let _heal = HealCluster;
-    let env = TestEnv::on_brokers(test, &cluster_brokers());
+    let env = TestEnv::on_brokers(test, &cluster_brokers()).host_via(&via.brokers());
     create_replicated_topics(&env, 3);
     let expected = orders::generate(91, 40_000, 50);
     let producing = produce_over_time(&env.brokers, &env.input, &expected.values, 400, Duration::from_millis(100));
@@ -136,6 +167,34 @@ fn rolling_restart(_env: &TestEnv) {
     cluster(&["rolling-restart"]);
 }
 
+/// How long a network fault lasts.
+const NETWORK_FAULT_FOR: Duration = Duration::from_secs(20);
+
+/// The host cut off from every broker (its packets dropped, connections left hanging) for
+/// 20 s, then healed.
+fn cut_from_every_broker(_env: &TestEnv) {
+    cluster(&["cut", "all"]);
+    std::thread::sleep(NETWORK_FAULT_FOR);
+    cluster(&["heal"]);
+}
+
+/// The host cut off for 20 s from the broker leading changelog partition 0 (which stays in
+/// the cluster, leader still: its writes wait), then healed.
+fn cut_from_the_changelog_leader(env: &TestEnv) {
+    let node = leader(&env.changelog, 0);
+    cluster(&["cut", &node]);
+    std::thread::sleep(NETWORK_FAULT_FOR);
+    cluster(&["heal", &node]);
+}
+
+/// 100 ms more each way on every link between the host and the brokers for 20 s (the rest of
+/// the orders arrive and are counted over it), then back to normal.
+fn slow_links(_env: &TestEnv) {
+    cluster(&["latency", "100"]);
+    std::thread::sleep(NETWORK_FAULT_FOR);
+    cluster(&["latency", "off"]);
+}
+
 #[test]
 fn changelog_leader_killed_under_exactly_once() {
     counts_exactly_through("cl-leader-eos", "exactly-once", kill_changelog_leader);
@@ -184,6 +243,36 @@ fn rolling_restart_under_exactly_once() {
 #[test]
 fn rolling_restart_under_at_least_once() {
     counts_exactly_through("rolling-alo", "at-least-once", rolling_restart);
+}
+
+#[test]
+fn cut_from_every_broker_under_exactly_once() {
+    counts_exactly_through_via("cut-all-eos", "exactly-once", Via::Cuttable, cut_from_every_broker);
+}
+
+#[test]
+fn cut_from_every_broker_under_at_least_once() {
+    counts_exactly_through_via("cut-all-alo", "at-least-once", Via::Cuttable, cut_from_every_broker);
+}
+
+#[test]
+fn cut_from_one_broker_under_exactly_once() {
+    counts_exactly_through_via("cut-one-eos", "exactly-once", Via::Cuttable, cut_from_the_changelog_leader);
+}
+
+#[test]
+fn cut_from_one_broker_under_at_least_once() {
+    counts_exactly_through_via("cut-one-alo", "at-least-once", Via::Cuttable, cut_from_the_changelog_leader);
+}
+
+#[test]
+fn slow_links_under_exactly_once() {
+    counts_exactly_through_via("slow-eos", "exactly-once", Via::Proxy, slow_links);
+}
+
+#[test]
+fn slow_links_under_at_least_once() {
+    counts_exactly_through_via("slow-alo", "at-least-once", Via::Proxy, slow_links);
 }
 
 /// `host create-topics --replication-factor 3` makes min.insync.replicas 2; a changelog

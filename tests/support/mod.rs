@@ -65,6 +65,9 @@ pub struct Dump {
 
 pub struct TestEnv {
     pub brokers: String,
+    /// The brokers `host run` is given (the same as `brokers` unless the host reaches the
+    /// cluster another way than the test's own clients: see `TestEnv::host_via`).
+    pub host_brokers: String,
     pub name: String,
     pub input: String,
     pub changelog: String,
@@ -86,6 +89,7 @@ impl TestEnv {
         let name = format!("t-{test}-{id}");
         TestEnv {
             brokers: brokers.to_owned(),
+            host_brokers: brokers.to_owned(),
             input: format!("{name}.orders"),
             changelog: format!("{name}.changelog"),
             output: format!("{name}.board"),
@@ -94,6 +98,13 @@ impl TestEnv {
             dir: tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().expect("temp dir"),
             name,
         }
+    }
+
+    /// `host run` reaches the cluster through `brokers` (another listener of the same
+    /// brokers, which a network fault can hit while the test's clients keep theirs).
+    pub fn host_via(mut self, brokers: &str) -> TestEnv {
+        self.host_brokers = brokers.to_owned();
+        self
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -173,6 +184,9 @@ impl TestEnv {
     pub fn run_args(&self, guest_name: &str) -> Vec<String> {
         let mut args = vec!["run".to_string(), "--guest".into(), guest(guest_name).display().to_string()];
         args.extend(self.topic_args());
+        if let Some(at) = args.iter().position(|a| a == "--brokers") {
+            args[at + 1] = self.host_brokers.clone();
+        }
         args.extend(
             [
                 "--group",

@@ -331,6 +331,117 @@ def scale_out(hosts, name):
             "totals": (board["records_processed"], board["records_skipped"])}
 
 
+def log_lines(path):
+    """A host's JSON log lines so far (the last one may still be half-written)."""
+    lines = []
+    for text in open(path).read().splitlines():
+        try:
+            lines.append(json.loads(text))
+        except ValueError:
+            pass
+    return lines
+
+
+def log_time(line):
+    return datetime.datetime.fromisoformat(line["timestamp"]).timestamp()
+
+
+def failover(replicas, name):
+    """Three --scale-out hosts with KEYS keys in their shards' changelog, orders arriving
+    (--max-rate), `kill -9` of the host with the most shards once every shard is open (and
+    every standby copy warm). Two spans: from the kill to the group handing the dead host's
+    shards to the survivors (Kafka's detection: the session timeout, 6 s here), and from that
+    to the last of them open on its new host, restored in full or promoted from a warm copy
+    (it counts from its next poll)."""
+    base = f"bench-{RUN_ID}.{name}"
+    flags = ["--brokers", BROKERS, "--input", f"{base}.orders", "--changelog", f"{base}.changelog",
+             "--output", f"{base}.board", "--scale-out"]
+    run([HOST, "create-topics", "--partitions", "6"] + flags)
+    run([LOADGEN, "--brokers", BROKERS, "--topic", f"{base}.changelog", "keys", "--count", str(KEYS)])
+    run([LOADGEN, "--brokers", BROKERS, "--topic", f"{base}.orders", "fill", "--count", "1000000"] + ORDER_FLAGS)
+    hosts = []
+    for h in range(3):
+        err = os.path.join(WORK, f"{name}-{h}.err")
+        cmd = [HOST, "run", "--guest", GUEST, "--group", f"bench-{RUN_ID}-{name}", "--state-dir",
+               os.path.join(WORK, f"state-{name}-{h}"), "--max-rate", "2000", "--log-format", "json",
+               "--kafka-config", "session.timeout.ms=6000", "--standby-replicas", str(replicas)] + flags
+        if replicas == 0:
+            cmd = cmd[:cmd.index("--standby-replicas")] + cmd[cmd.index("--standby-replicas") + 2:]
+        hosts.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "w")), err))
+
+    def messages(err, text):
+        return [l for l in log_lines(err) if l["fields"].get("message", "").startswith(text)]
+
+    def opened(err):
+        return {l["fields"]["shard"] for l in messages(err, "shard open")}
+
+    def held(err):
+        """The shards a host holds now: opened and not closed since."""
+        shards = set()
+        for l in log_lines(err):
+            message = l["fields"].get("message", "")
+            if message.startswith("shard open"):
+                shards.add(l["fields"]["shard"])
+            elif message.startswith("shard closed"):
+                shards.discard(l["fields"]["shard"])
+        return shards
+
+    deadline = time.monotonic() + 300
+    while True:
+        open_now = set().union(*(opened(err) for _, err in hosts))
+        warm = sum(len({l["fields"]["shard"] for l in messages(err, "standby copy kept warm")}) for _, err in hosts)
+        settled = sum(len(held(err)) for _, err in hosts) == 6
+        if len(open_now) == 6 and settled and warm >= 6 * min(replicas, 2):
+            break
+        if time.monotonic() > deadline or any(p.poll() is not None for p, _ in hosts):
+            raise SystemExit(f"bench: failover hosts did not get going:\n" + open(hosts[0][1]).read()[-3000:])
+        time.sleep(0.2)
+    time.sleep(2)
+    victim = max(range(3), key=lambda h: len(held(hosts[h][1])))
+    victim_shards = held(hosts[victim][1])
+    killed = time.time()
+    hosts[victim][0].kill()
+    hosts[victim][0].wait()
+    survivors = [err for h, (_, err) in enumerate(hosts) if h != victim]
+    while True:
+        reopened = {}
+        for err in survivors:
+            for l in messages(err, "shard open"):
+                if log_time(l) > killed and l["fields"]["shard"] in victim_shards:
+                    reopened[l["fields"]["shard"]] = l
+        if len(reopened) == len(victim_shards):
+            break
+        if time.monotonic() > deadline + 300:
+            raise SystemExit(f"bench: the survivors did not take the shards over:\n" + open(survivors[0]).read()[-3000:])
+        time.sleep(0.2)
+    assigned = min(log_time(l) for err in survivors for l in messages(err, "partitions assigned")
+                   if log_time(l) > killed and any(f"repartition\", {p})" in l["fields"].get("partitions", "")
+                                                   for p in victim_shards))
+    promoted = sum(1 for err in survivors for l in messages(err, "standby copy promoted")
+                   if log_time(l) > killed and l["fields"]["shard"] in victim_shards)
+    replayed = sum(l["fields"]["changelog_records_read"] for l in reopened.values())
+    for proc, _ in hosts:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    for h in range(3):
+        if not os.environ.get("BENCH_KEEP_WORK"):
+            shutil.rmtree(os.path.join(WORK, f"state-{name}-{h}"), ignore_errors=True)
+    result = {"detect": assigned - killed, "takeover": max(log_time(l) for l in reopened.values()) - assigned,
+              "shards": len(victim_shards), "warm": promoted, "replayed": replayed}
+    log(f"failover with --standby-replicas {replicas}: detected {result['detect']:.2f} s after the kill, "
+        f"{len(victim_shards)} shards open {result['takeover']:.2f} s later ({promoted} from warm copies, "
+        f"{replayed:,} changelog records read)")
+    return result
+
+
+def failovers():
+    """The failover, without standby replicas, with one and with two (every other host), a
+    run each; per mode its spans and what the new owners read."""
+    modes = [int(m) for m in os.environ.get("BENCH_FAILOVER_REPLICAS", "0,1,2").split(",")]
+    return {replicas: failover(replicas, f"failover{replicas}") for replicas in modes}
+
+
 def raw(topic, name):
     m = run([LOADGEN, "--brokers", BROKERS, "--topic", topic, "drain", "--group", f"bench-{RUN_ID}-{name}"])
     d = json.loads(m.out.strip().splitlines()[-1])
@@ -426,7 +537,7 @@ def main():
                 log(f"round {i + 1}/{RUNS} {mode}: {r['rate']:,.0f} records/s")
         every = ("raw", "native", "wasm", "eos", "window", "hopping", "python", "javascript", "scale1", "scale2", "scale3",
                  "dedup", "revenue")
-        for mode in [m for m in PROBE if m not in ("restart", "state-calls")] if PROBE else every:
+        for mode in [m for m in PROBE if m not in ("restart", "state-calls", "failover")] if PROBE else every:
             if mode == "raw":
                 r = raw(input_topic, f"raw{i}")
             elif mode.startswith("scale"):
@@ -454,10 +565,12 @@ def main():
                    + ", ".join(f"{k.replace('_ms', '')} {v:.2f} s" for k, v in r["steps"].items())
                    if "steps" in r else ""))
     if PROBE:
-        for mode in (m for m in PROBE if m not in ("restart", "state-calls")):
+        for mode in (m for m in PROBE if m not in ("restart", "state-calls", "failover")):
             log(f"probe {mode}: median {med(results[mode], 'rate'):,.0f} records/s")
         if "state-calls" in PROBE:
             state_calls()
+        if "failover" in PROBE:
+            failovers()
         if "restart" in PROBE:
             # The exactly-once restart with KEYS keys in state, as the full run measures it.
             keys_topic = f"bench-{RUN_ID}.keys.changelog"
@@ -497,6 +610,7 @@ def main():
     restart = eos_restart(state, keys_topic)
     shutil.rmtree(state, ignore_errors=True)
     calls = state_calls()
+    failover_runs = failovers()
     if PEERS:
         restart["kstreams"] = kstreams_restart()["first_record"]
 
@@ -533,11 +647,11 @@ def main():
     lat, m = runs[len(runs) // 2]
     lat["p99s"] = [r[0]["latency_p99_ms"] for r in runs]
 
-    write_results(results, restore, keys_raw, lat, m, restart, calls)
+    write_results(results, restore, keys_raw, lat, m, restart, calls, failover_runs)
 
 
 
-def write_results(results, restore, keys_raw, lat, lat_m, restart, calls):
+def write_results(results, restore, keys_raw, lat, lat_m, restart, calls, failover_runs):
     cpu, cores, mem, rustc, host, kafka = machine()
     raw_rate, native_rate, wasm_rate = (med(results[k], "rate") for k in ("raw", "native", "wasm"))
     wasm_mid = sorted(results["wasm"], key=lambda r: r["rate"])[len(results["wasm"]) // 2]
@@ -636,6 +750,19 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart, calls):
         f"the batch wrote {calls['get_own_write_ns']} ns; a put {calls['put_ns']} ns; one `process` call with an "
         f"empty body {calls['process_call_ns'] / 1000:.1f} µs.",
         "",
+        f"Failover (`--scale-out`, three hosts, {KEYS:,} keys in the job's shards, orders arriving; `kill -9` of the "
+        "host with the most shards once every shard is open and every standby copy warm; one run each). Detection "
+        "is Kafka's: the group hands the dead host's partitions over after its session timeout (6 s here, the "
+        "broker's minimum; 45 s by default). Takeover is ours: from that hand-over to the last of its shards open "
+        "on a survivor (restored in full, or promoted from a warm copy and only the changelog's last records read).",
+        "",
+        "| standby replicas | detection (kill -> hand-over) | takeover (hand-over -> shards open) | shards from warm copies | changelog records read by the new owners |",
+        "|---|---|---|---|---|",
+    ] + [
+        f"| {n} | {r['detect']:.2f} s | {r['takeover']:.2f} s | {r['warm']} of {r['shards']} | {r['replayed']:,} |"
+        for n, r in sorted(failover_runs.items())
+    ] + [
+        "",
         "## Targets",
         "",
         "| target | result |",
@@ -650,6 +777,8 @@ def write_results(results, restore, keys_raw, lat, lat_m, restart, calls):
                f"{restore['rate'] / keys_raw['rate']:.2f} x"),
         target(lat["latency_p99_ms"] <= 50, f"p99 latency at {LATENCY_RATE:,}/s <= 50 ms: {lat['latency_p99_ms']} ms"),
         target(restore["rss"] <= 256, f"peak RSS <= 256 MiB at {restore['keys']:,} keys (restore): {restore['rss']:.0f} MiB"),
+        target(failover_runs[2]["takeover"] <= 1, "failover takeover with a standby copy on every other host <= 1 s: "
+               f"{failover_runs[2]['takeover']:.2f} s ({failover_runs[0]['takeover']:.2f} s without)"),
         target(med(results["wasm"], "changelog_per_record") <= 1,
                "changelog records per batch <= distinct keys touched (one record per changed key and batch, plus "
                "metadata): see the ratio above"),
@@ -688,7 +817,10 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        shutil.rmtree(WORK, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_WORK"):
+            log(f"work dir kept: {WORK}")
+        else:
+            shutil.rmtree(WORK, ignore_errors=True)
         # This run's topics go, so the broker does not grow from run to run.
         subprocess.run([LOADGEN, "--brokers", BROKERS, "--topic", f"bench-{RUN_ID}", "delete-topics"],
                        capture_output=True)

@@ -170,7 +170,7 @@ impl Keeper {
             if placed.elapsed() >= PLACEMENT_EVERY {
                 placed = Instant::now();
                 match self.placement() {
-                    Ok((wanted, stable)) => self.keep(&wanted, stable),
+                    Ok((wanted, owned, stable)) => self.keep(&wanted, &owned, stable),
                     Err(e) => tracing::debug!(error = %format!("{e:#}"), "standby placement not known this time"),
                 }
             }
@@ -198,10 +198,11 @@ impl Keeper {
         }
     }
 
-    /// The shards this host is to keep copies of, from the group's description, and whether
-    /// the group is stable. (While it rebalances, the description may lack a member that
-    /// died: its shards' copies are the ones about to be needed.)
-    fn placement(&self) -> Result<(BTreeSet<i32>, bool)> {
+    /// The shards this host is to keep copies of, from the group's description; the shards
+    /// some member owns; and whether the group is stable. (While it rebalances, the
+    /// description may lack a member that died: its shards' copies are the ones about to be
+    /// needed.)
+    fn placement(&self) -> Result<(BTreeSet<i32>, BTreeSet<i32>, bool)> {
         let groups = self
             .consumer
             .fetch_group_list(Some(&self.config.group), Duration::from_secs(2))
@@ -217,15 +218,20 @@ impl Keeper {
                 shards: m.assignment().map(|a| assigned_partitions(a, &self.config.repartition)).unwrap_or_default(),
             })
             .collect();
+        // A shard between two owners (a cooperative rebalance takes it from one before it
+        // gives it to the other, and the group is stable in between) is owned by nobody: its
+        // copies stay.
+        let owned: BTreeSet<i32> = members.iter().flat_map(|m| m.shards.iter().copied()).collect();
         let stable = group.state() == "Stable";
-        Ok((standby_shards(&members, &self.config.client_id, &self.active, self.config.replicas), stable))
+        Ok((standby_shards(&members, &self.config.client_id, &self.active, self.config.replicas), owned, stable))
     }
 
     /// Opens the copies newly wanted and, once the group is stable, closes the ones no longer
-    /// wanted.
-    fn keep(&mut self, wanted: &BTreeSet<i32>, stable: bool) {
+    /// wanted of shards that have an owner.
+    fn keep(&mut self, wanted: &BTreeSet<i32>, owned: &BTreeSet<i32>, stable: bool) {
         let wanted: BTreeSet<i32> = wanted.difference(&self.active).copied().collect();
-        let unwanted: Vec<i32> = self.copies.keys().filter(|p| stable && !wanted.contains(p)).copied().collect();
+        let unwanted: Vec<i32> =
+            self.copies.keys().filter(|p| stable && owned.contains(p) && !wanted.contains(p)).copied().collect();
         let mut changed = !unwanted.is_empty();
         self.drop_copies(&unwanted);
         for partition in wanted {

@@ -21,7 +21,7 @@ CLUSTER_APT_PACKAGES := iptables
 # The board page's end-to-end test drives a headless browser.
 TEST_APT_PACKAGES := chromium $(CLUSTER_APT_PACKAGES)
 
-.PHONY: bench bench-peers help deps build guests kafka-up kafka-down cluster-up cluster-down test-cluster topic-create-all topic-delete-all seed-orders run restore dump demo demo-scale-out test test-unit clean-state
+.PHONY: bench bench-peers help deps build guests kafka-up kafka-down cluster-up cluster-down test-cluster soak topic-create-all topic-delete-all seed-orders run restore dump demo demo-scale-out test test-unit clean-state
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -97,6 +97,11 @@ test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: build guests kafka-up cluster-up ## all tests: unit, guest, integration against the real broker, and the cluster's faults
 	scripts/test.sh
 	scripts/test-cluster.sh
+
+soak: EXTRA_APT_PACKAGES = $(CLUSTER_APT_PACKAGES)
+soak: build guests cluster-up ## SOAK_MINUTES (30) of random host/broker kills and network cuts against the cluster, exactly-once, then an exact check; report in build/soak-report.md
+	STREAMHOST_GUEST_DIR=$(CURDIR)/build/guests STREAMHOST_HOST_BIN=$(HOST) \
+	  cargo test -p integration-tests --features cluster --test cluster_soak -- --nocapture
 
 test-cluster: EXTRA_APT_PACKAGES = $(CLUSTER_APT_PACKAGES)
 test-cluster: build guests cluster-up ## broker and network faults (leader and controller kills, rolling restart, cuts, latency) against the three-broker cluster

@@ -6,83 +6,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration_tests::cluster::{HealCluster, Via, cluster, cluster_brokers, create_replicated_topics, leader};
 use integration_tests::{HostProcess, TestEnv, orders, produce_over_time, repo_root};
-
-fn cluster_brokers() -> String {
-    std::env::var("STREAMHOST_CLUSTER_BROKERS")
-        .unwrap_or_else(|_| "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094".into())
-}
-
-/// How the host under test reaches the cluster (the test's own clients always use
-/// `cluster_brokers`, so a network fault leaves them alone).
-#[derive(Clone, Copy)]
-enum Via {
-    /// The brokers' EXTERNAL listener, like every other client.
-    External,
-    /// The CUTTABLE listener on 127.0.0.2, whose packets `kafka.sh cluster cut` drops.
-    Cuttable,
-    /// toxiproxy in front of the SLOW listener (`kafka.sh cluster latency`).
-    Proxy,
-}
-
-impl Via {
-    fn brokers(self) -> String {
-        match self {
-            Via::External => cluster_brokers(),
-            Via::Cuttable => "127.0.0.2:29392,127.0.0.2:29393,127.0.0.2:29394".into(),
-            Via::Proxy => "127.0.0.1:29592,127.0.0.1:29593,127.0.0.1:29594".into(),
-        }
-    }
-}
-
-/// `scripts/kafka.sh cluster ARGS...`: its stdout (it must succeed).
-fn cluster(args: &[&str]) -> String {
-    let out = Command::new(repo_root().join("scripts/kafka.sh"))
-        .arg("cluster")
-        .args(args)
-        .output()
-        .expect("running scripts/kafka.sh cluster");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "kafka.sh cluster {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("cluster {args:?}: {}", stdout.trim());
-    stdout
-}
-
-/// The node leading `topic`'s `partition`.
-fn leader(topic: &str, partition: i32) -> String {
-    let node = cluster(&["leader", topic, &partition.to_string()]).trim().to_owned();
-    assert!(["1", "2", "3"].contains(&node.as_str()), "partition {topic}/{partition} has no leader: {node}");
-    node
-}
-
-/// Every partition led and fully in sync again: the next test starts from a whole cluster,
-/// even when this one failed midway.
-struct HealCluster;
-
-impl Drop for HealCluster {
-    fn drop(&mut self) {
-        let kafka =
-            |args: &[&str]| Command::new(repo_root().join("scripts/kafka.sh")).arg("cluster").args(args).output();
-        let _ = kafka(&["heal"]);
-        let _ = kafka(&["latency", "off"]);
-        for node in ["1", "2", "3"] {
-            let _ = kafka(&["start", node]);
-        }
-        let _ = kafka(&["ready"]);
-    }
-}
 
 /// A fault, applied to the running job's cluster (`env` names its topics).
 type Fault = fn(&TestEnv);
-
-/// The job's topics, replicated 3 times with min.insync.replicas 2 (`host create-topics`).
-fn create_replicated_topics(env: &TestEnv, partitions: u32) {
-    let mut args = vec!["create-topics".to_string(), "--partitions".into(), partitions.to_string()];
-    args.extend(["--replication-factor".to_string(), "3".into()]);
-    args.extend(env.topic_args());
-    let out = env.host(&args);
-    assert!(out.status.success(), "create-topics failed: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// Orders arrive over ~10 s while a host counts them under `guarantee`; once it has committed
 /// some, `fault` strikes. The host must ride it out (no restart, no manual step) and end with
@@ -95,7 +23,7 @@ fn counts_exactly_through(test: &str, guarantee: &str, fault: Fault) {
 fn counts_exactly_through_via(test: &str, guarantee: &str, via: Via, fault: Fault) {
     let _heal = HealCluster;
     let env = TestEnv::on_brokers(test, &cluster_brokers()).host_via(&via.brokers());
-    create_replicated_topics(&env, 3);
+    create_replicated_topics(&env, 3, false);
     let expected = orders::generate(91, 40_000, 50);
     let producing = produce_over_time(&env.brokers, &env.input, &expected.values, 400, Duration::from_millis(100));
     let args = ["--guarantee", guarantee, "--max-batch", "500"];
@@ -280,7 +208,7 @@ fn slow_links_under_at_least_once() {
 #[test]
 fn a_changelog_replicated_less_than_its_input_is_refused() {
     let env = TestEnv::on_brokers("weak-changelog", &cluster_brokers());
-    create_replicated_topics(&env, 1);
+    create_replicated_topics(&env, 1, false);
     assert_eq!(cluster(&["isr", &env.changelog, "0"]).trim().split(',').count(), 3, "3 replicas, all in sync");
     assert_eq!(cluster(&["config", &env.changelog, "min.insync.replicas"]).trim(), "2");
 

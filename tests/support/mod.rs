@@ -2,6 +2,7 @@
 //! dir (unique names), so tests run in parallel and can be rerun against the same broker.
 //! The host runs as a real child process of the binary under test; nothing is mocked.
 
+pub mod cluster;
 pub mod orders;
 pub mod scale_out;
 

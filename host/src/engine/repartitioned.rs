@@ -464,7 +464,9 @@ impl<'c> Topology<'c> for Repartitioned {
         let _waiting = engine.shutdown.waiting_for("the last offset commit to land");
         let commits = AnsweredCommits::new(consumer);
         let started = Instant::now();
-        let give_up = started + engine.shutdown.wait_limit(LAST_COMMIT_WAIT);
+        // Longer than the stop's other waits on Kafka: a group held in a rebalance by a member
+        // that left in the middle of a join settles only after that member's session timeout.
+        let give_up = started + engine.shutdown.last_wait_limit(LAST_COMMIT_WAIT);
         let (mut outstanding, mut next_try) = (false, started);
         while let Some(offsets) = consumer.context().pending_commit() {
             if Instant::now() >= give_up {
@@ -489,6 +491,7 @@ impl<'c> Topology<'c> for Repartitioned {
             // Serves the group: its rebalances (a revocation commits its share first).
             let _ = consumer.poll(Duration::from_millis(20));
         }
+        consumer.context().last_commit_landed();
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "the last offset commit landed");
     }
 

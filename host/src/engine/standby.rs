@@ -187,7 +187,8 @@ impl Keeper {
             Command::Release(partition, done) => {
                 self.active.insert(partition);
                 if self.copies.contains_key(&partition) {
-                    self.drop_copies(&[partition]);
+                    self.close_copies(&[partition]);
+                    self.copies_changed();
                     tracing::info!(shard = partition, "standby copy promoted: the shard opens from it");
                 }
                 let _ = done.send(());
@@ -233,7 +234,7 @@ impl Keeper {
         let unwanted: Vec<i32> =
             self.copies.keys().filter(|p| stable && owned.contains(p) && !wanted.contains(p)).copied().collect();
         let mut changed = !unwanted.is_empty();
-        self.drop_copies(&unwanted);
+        self.close_copies(&unwanted);
         for partition in wanted {
             if self.copies.contains_key(&partition) {
                 continue;
@@ -252,10 +253,7 @@ impl Keeper {
             }
         }
         if changed {
-            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = self.copies.keys().copied().collect();
-            if let Err(e) = self.assign() {
-                tracing::warn!(error = %format!("{e:#}"), "cannot read the standby copies' changelog partitions");
-            }
+            self.copies_changed();
         }
     }
 
@@ -277,7 +275,7 @@ impl Keeper {
         Ok(Copy { store, next })
     }
 
-    fn drop_copies(&mut self, partitions: &[i32]) {
+    fn close_copies(&mut self, partitions: &[i32]) {
         for partition in partitions {
             if let Some(copy) = self.copies.remove(partition) {
                 // Its last records' positions are written with them: nothing left to flush.
@@ -285,19 +283,23 @@ impl Keeper {
                 tracing::info!(shard = partition, "standby copy closed");
             }
         }
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = self.copies.keys().copied().collect();
-        if let Err(e) = self.assign() {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the standby copies' changelog partitions");
-        }
     }
 
-    /// Reads the copies' changelog partitions from where each one is.
-    fn assign(&self) -> Result<()> {
+    /// After copies were opened or closed: what the loop sees as held, and the changelog
+    /// partitions read (each from where its copy is).
+    fn copies_changed(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = self.copies.keys().copied().collect();
         let mut assignment = TopicPartitionList::new();
         for (partition, copy) in &self.copies {
-            assignment.add_partition_offset(&self.config.changelog, *partition, Offset::Offset(copy.next))?;
+            if let Err(e) =
+                assignment.add_partition_offset(&self.config.changelog, *partition, Offset::Offset(copy.next))
+            {
+                tracing::warn!(shard = partition, error = %e, "cannot read a standby copy's changelog partition");
+            }
         }
-        self.consumer.assign(&assignment).context("assigning the standby copies' changelog partitions")
+        if let Err(e) = self.consumer.assign(&assignment) {
+            tracing::warn!(error = %e, "cannot read the standby copies' changelog partitions");
+        }
     }
 
     /// What the copies' changelog partitions got since: applied to each copy, with the

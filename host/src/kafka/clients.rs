@@ -347,6 +347,11 @@ impl ScaleOutContext {
         last.offsets.clone().filter(|offsets| offsets.count() > 0)
     }
 
+    /// The last commit landed: nothing is left for a revocation (closing's) to commit.
+    pub fn last_commit_landed(&self) {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).offsets = Some(TopicPartitionList::new());
+    }
+
     /// A revocation after the loop: the last commit's share of `revoked`, committed (and taken
     /// out of what is left to land) before they are unassigned.
     fn commit_before_revoking(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, revoked: &TopicPartitionList) {

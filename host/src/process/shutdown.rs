@@ -181,6 +181,14 @@ impl Shutdown {
         Some(requested_at + self.bound()? / 2)
     }
 
+    /// How long the last wait of a stop may take now: `limit`, or, once a stop is requested,
+    /// until four fifths of its bound (what follows it must not wait on Kafka: every later
+    /// wait is over by then, see [`Shutdown::give_up_at`]).
+    pub fn last_wait_limit(&self, limit: Duration) -> Duration {
+        let (Some(requested_at), Some(bound)) = (self.stop.requested_at.get(), self.bound()) else { return limit };
+        limit.min((*requested_at + bound * 4 / 5).saturating_duration_since(Instant::now()))
+    }
+
     /// How long a wait on Kafka may take now: `limit`, or less once a stop is requested.
     pub fn wait_limit(&self, limit: Duration) -> Duration {
         match self.give_up_at() {

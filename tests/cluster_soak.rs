@@ -16,6 +16,8 @@ use integration_tests::{HostProcess, TestEnv, orders, produce_over_time, repo_ro
 /// its own: about this much).
 const RATE: usize = 200;
 const HOSTS: usize = 3;
+/// How long a killed broker stays down (the fault itself, not a wait for something).
+const BROKER_DOWN_FOR: Duration = Duration::from_secs(10);
 
 #[test]
 fn random_faults_against_the_cluster_count_exactly_under_exactly_once() {
@@ -59,7 +61,7 @@ fn random_faults_against_the_cluster_count_exactly_under_exactly_once() {
                 let node = (1 + random(3)).to_string();
                 note(&mut log, format!("kill -9 broker {node}, started again 10 s later"));
                 cluster(&["kill", &node]);
-                std::thread::sleep(Duration::from_secs(10));
+                std::thread::sleep(BROKER_DOWN_FOR);
                 cluster(&["start", &node]);
             }
             2 => {

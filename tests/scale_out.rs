@@ -199,9 +199,12 @@ fn a_standby_copy_takes_over_a_killed_host_s_shards_without_a_restore() {
     for host in &mut hosts {
         host.wait_for_log(GIVEN_PARTITIONS, Duration::from_secs(60));
     }
-    // Settled: the victim is a host holding shards now (the assignor may give one host every
-    // shard and the other every input partition).
-    std::thread::sleep(Duration::from_secs(3));
+    // Settled: every shard open on exactly one host (the assignor may give one host every
+    // shard and the other every input partition); the victim is a host holding shards now.
+    integration_tests::wait_until(Duration::from_secs(60), "every shard held by one host", || {
+        let (a, b) = (shards_held(&hosts[0]), shards_held(&hosts[1]));
+        a.is_disjoint(&b) && a.len() + b.len() == PARTITIONS as usize
+    });
     let victim = (0..2).max_by_key(|h| shards_held(&hosts[*h]).len()).unwrap();
     let survivor = 1 - victim;
     hosts[survivor].wait_for_log("standby copy kept warm", Duration::from_secs(30));

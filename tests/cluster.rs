@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{HealCluster, Via, cluster, cluster_brokers, create_replicated_topics, leader};
-use integration_tests::{HostProcess, TestEnv, orders, produce_over_time, repo_root};
+use integration_tests::{HostProcess, TestEnv, orders, produce_over_time, repo_root, scale_out};
 
 /// A fault, applied to the running job's cluster (`env` names its topics).
 type Fault = fn(&TestEnv);
@@ -201,6 +201,51 @@ fn slow_links_under_exactly_once() {
 #[test]
 fn slow_links_under_at_least_once() {
     counts_exactly_through_via("slow-alo", "at-least-once", Via::Proxy, slow_links);
+}
+
+/// Two `--scale-out` hosts under exactly-once cut off from every broker for longer than their
+/// transaction timeout (10 s): the coordinators abort the transactions open meanwhile and
+/// fence those producers. Each host gives its fenced producer up for a new one, rewinds to
+/// the last commit and goes on, never restarted, and the job ends exact.
+#[test]
+fn scale_out_hosts_cut_longer_than_their_transaction_timeout_count_exactly() {
+    let _heal = HealCluster;
+    let env = TestEnv::on_brokers("cut-txn-timeout", &cluster_brokers()).host_via(&Via::Cuttable.brokers());
+    create_replicated_topics(&env, scale_out::PARTITIONS, true);
+    let expected = orders::generate(97, 30_000, 50);
+    let producing = produce_over_time(&env.brokers, &env.input, &expected.values, 300, Duration::from_millis(100));
+    let mode = ["--guarantee", "exactly-once", "--max-batch", "500"];
+    let mut hosts: Vec<HostProcess> = (0..2).map(|h| scale_out::spawn(&env, h, &mode)).collect();
+    integration_tests::wait_until(Duration::from_secs(90), "some progress", || env.committed_total() > 3_000);
+    cluster(&["cut", "all"]);
+    std::thread::sleep(Duration::from_secs(15));
+    cluster(&["heal"]);
+    producing.join().expect("the producer thread");
+
+    let started = Instant::now();
+    while board_processed(&env) < expected.valid {
+        for host in &mut hosts {
+            assert!(host.is_running(), "a host exited after the cut:\n{}", host.stderr_text());
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "not drained after the cut");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let replaced = hosts.iter().filter(|h| h.stderr_text().contains("replacing the transactional producer")).count();
+    for host in hosts {
+        assert!(host.terminate().success(), "a clean stop after the cut");
+    }
+    assert!(replaced > 0, "the cut outlasted a transaction: some host replaced its fenced producer");
+    let dump = scale_out::union_of_dumps(&env, &[0, 1]);
+    assert_eq!(dump.counts, expected.counts, "counts after the cut");
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+}
+
+/// Records processed on the job's merged board (0 before one is published).
+fn board_processed(env: &TestEnv) -> u64 {
+    let guest = integration_tests::guest("drink_count").display().to_string();
+    let out = env.host(&["board", "--guest", &guest, "--brokers", &env.brokers, "--output", &env.output, "--json"]);
+    let board: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    board["records_processed"].as_u64().unwrap_or(0)
 }
 
 /// `host create-topics --replication-factor 3` makes min.insync.replicas 2; a changelog

@@ -309,7 +309,11 @@ impl Committer {
     ) -> Result<()> {
         tracing::warn!(reason, "aborting the transaction; the input is rewound to the last commit");
         self.metrics.transactions_aborted.inc();
-        self.producer.abort().map_err(TxnError::stopping)?;
+        match self.producer.abort() {
+            // It had timed out: aborted by its coordinator, and the producer replaced.
+            Ok(()) | Err(TxnError::Replaced(_)) => {}
+            Err(e) => return Err(e.stopping()),
+        }
         self.txn = None;
         tasks.rewind(consumer)
     }

@@ -88,6 +88,10 @@ pub struct AckedProducer {
     stop: Shutdown,
     /// What made this producer, to make another in its place (see `send_offsets`).
     recipe: Recipe,
+    /// exactly-once: when the open transaction began, and Kafka's transaction.timeout.ms (see
+    /// `timed_out`).
+    txn_began: Option<Instant>,
+    txn_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -142,6 +146,9 @@ impl std::error::Error for TxnError {}
 /// The longest one blocking transactional call lasts before it is called again (see
 /// `AckedProducer::retrying`).
 const CALL_SLICE: Duration = Duration::from_millis(500);
+
+/// librdkafka's default transaction.timeout.ms.
+const LIBRDKAFKA_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a failed transactional call means for the caller.
 fn classify(what: &str, error: &KafkaError) -> TxnError {
@@ -228,6 +235,10 @@ impl AckedProducer {
             // librdkafka's floor is 1000 bytes.
             config.set("message.max.bytes", max_message_bytes.clamp(1000, 1 << 30).to_string());
         }
+        let txn_timeout = config
+            .get("transaction.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(LIBRDKAFKA_TRANSACTION_TIMEOUT, Duration::from_millis);
         let inner = Arc::new(config.create_with_context(context).context("creating the Kafka producer")?);
         let recipe = Recipe {
             kafka: kafka.clone(),
@@ -235,7 +246,7 @@ impl AckedProducer {
             transactional_id: transactional_id.map(str::to_owned),
             max_message_bytes,
         };
-        Ok(AckedProducer { inner, ack_timeout, stop, recipe })
+        Ok(AckedProducer { inner, ack_timeout, stop, recipe, txn_began: None, txn_timeout })
     }
 
     /// The producer of `host run` (on `kafka`, which may add to the run's own settings):
@@ -269,21 +280,57 @@ impl AckedProducer {
         self.retrying("initialising transactions", |timeout| self.inner.init_transactions(timeout))
     }
 
-    pub fn begin(&self) -> Result<(), TxnError> {
-        self.retrying("beginning a transaction", |_| self.inner.begin_transaction())
+    pub fn begin(&mut self) -> Result<(), TxnError> {
+        self.retrying("beginning a transaction", |_| self.inner.begin_transaction())?;
+        self.txn_began = Some(Instant::now());
+        Ok(())
     }
 
     /// Commits the open transaction with the input offsets of everything in it: waits for
     /// every record's acknowledgement first (see `drain`), then adds the offsets, then commits.
     pub fn commit(&mut self, offsets: &TopicPartitionList, group: ConsumerGroupMetadata) -> Result<(), TxnError> {
-        self.wait_acks().map_err(|e| match e.downcast::<Unfinished>() {
-            Ok(Unfinished(what)) => TxnError::Unfinished(what),
-            Err(e) => TxnError::Abortable(format!("{e:#}")),
-        })?;
-        if offsets.count() > 0 {
-            self.send_offsets(offsets, group)?;
+        let committed = self
+            .wait_acks()
+            .map_err(|e| match e.downcast::<Unfinished>() {
+                Ok(Unfinished(what)) => TxnError::Unfinished(what),
+                Err(e) => TxnError::Abortable(format!("{e:#}")),
+            })
+            .and_then(|()| if offsets.count() > 0 { self.send_offsets(offsets, group) } else { Ok(()) })
+            .and_then(|()| {
+                self.retrying("committing the transaction", |timeout| self.inner.commit_transaction(timeout))
+            });
+        self.ended(committed)
+    }
+
+    /// The end of the open transaction's last call: a fencing of a transaction open longer
+    /// than the transaction timeout is the coordinator's doing, not another host's. It aborts
+    /// such a transaction (a host cut off from the cluster for longer, say) and bumps the
+    /// producer's epoch, so every later call of this producer is answered as fenced, as if
+    /// another host had taken over. Then the producer is given up for a new one (whose
+    /// initialisation fences nobody but this one) and the caller rewinds as after an abort.
+    /// A fencing of a younger transaction is another host's: the caller stops.
+    fn ended(&mut self, result: Result<(), TxnError>) -> Result<(), TxnError> {
+        let open_for = self.txn_began.map(|began| began.elapsed());
+        let result = match result {
+            Err(TxnError::Fenced(why)) if open_for.is_some_and(|open| open >= self.txn_timeout) => {
+                let why = format!(
+                    "{why}: the transaction was open for {:.1?}, longer than transaction.timeout.ms ({:?}), so \
+                     its coordinator aborted it",
+                    open_for.unwrap_or_default(),
+                    self.txn_timeout
+                );
+                tracing::warn!(reason = %why, "replacing the transactional producer");
+                match self.replace() {
+                    Ok(()) => Err(TxnError::Replaced(why)),
+                    Err(e) => Err(TxnError::Fatal(format!("{why}; making a new producer: {e:#}"))),
+                }
+            }
+            other => other,
+        };
+        if !matches!(result, Err(TxnError::Abortable(_) | TxnError::Unfinished(_))) {
+            self.txn_began = None; // committed, or gone with the producer it belonged to
         }
-        self.retrying("committing the transaction", |timeout| self.inner.commit_transaction(timeout))
+        result
     }
 
     /// Adds the input offsets to the transaction, bounded by `--ack-timeout` (plus a little).
@@ -357,7 +404,13 @@ impl AckedProducer {
     }
 
     /// Aborts the open transaction; its records are never seen by read_committed readers.
-    pub fn abort(&self) -> Result<(), TxnError> {
+    /// `Replaced` when the transaction had timed out (see `ended`): aborted already.
+    pub fn abort(&mut self) -> Result<(), TxnError> {
+        let aborted = self.abort_open();
+        self.ended(aborted)
+    }
+
+    fn abort_open(&self) -> Result<(), TxnError> {
         // Let what is in flight land first (or fail): aborting while records are still on their
         // way can leave the coordinator and librdkafka disagreeing about the transaction
         // (seen here as a fatal INVALID_TXN_STATE under Kafka 4.1).
@@ -470,6 +523,16 @@ impl AckedProducer {
                     if back.delivery_opaque > 0 =>
                 {
                     return self.send_trimmed(back.delivery_opaque - 1);
+                }
+                // A transaction that failed (abortable, or fatally: fenced, say) refuses every
+                // send until it ends. That is the commit's to deal with, as for a record whose
+                // delivery failed: it aborts, or stops the host when the producer cannot go on.
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::State | RDKafkaErrorCode::Fatal), _))
+                    if self.txn_began.is_some() =>
+                {
+                    let refused = format!("{topic}: refused in a failed transaction ({})", self.explain(&e));
+                    lock(&self.inner.context().first_failure).get_or_insert(refused);
+                    return Ok(());
                 }
                 Err((e, _)) => return Err(anyhow!("producing to {topic}: {}", self.explain(&e))),
             }

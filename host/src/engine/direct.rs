@@ -340,8 +340,9 @@ impl Direct {
         }
         let guest_times = self.guest_event_times(engine, &messages)?;
         for (index, message) in messages.iter().enumerate() {
-            next_offsets.insert(message.partition(), message.offset() + 1);
-            if self.state.already_counted(message) {
+            let next = next_offsets.entry(message.partition()).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
+            if !self.state.input.submit(message) {
                 continue;
             }
             fresh.push(index);
@@ -364,7 +365,6 @@ impl Direct {
             groups[group].0.positions.push(index);
             groups[group].1.push(value);
         }
-        self.state.input.submitted(&next_offsets);
         let (groups, records): (Vec<Group>, Vec<Records>) = groups.into_iter().unzip();
         engine.guest.submit(records)?;
         let stream_times = self.state.stream_times.clone();

@@ -18,6 +18,7 @@ use rdkafka::{Message, Offset};
 use crate::changelog;
 use crate::engine::committer::{Metadata, Offsets};
 use crate::engine::config::RunConfig;
+use crate::engine::records::take_once;
 use crate::engine::task::Task;
 use crate::kafka::clients::HostConsumer;
 use crate::kafka::producer::AckedProducer;
@@ -40,15 +41,16 @@ impl InputProgress {
         InputProgress { topic: topic.to_owned(), submitted: applied.clone(), applied }
     }
 
-    /// Already counted: a crash came between the state write and the offset commit, or a
-    /// rebalance re-delivered records of a batch under way.
+    /// Already counted: a crash came between the state write and the offset commit, or the
+    /// record was delivered again (see [`take_once`]).
     pub fn already_counted(&self, message: &BorrowedMessage<'_>) -> bool {
         self.submitted.get(&message.partition()).is_some_and(|next| message.offset() < *next)
     }
 
-    /// A batch reaching `next_offsets` went to the guest.
-    pub fn submitted(&mut self, next_offsets: &BTreeMap<i32, i64>) {
-        raise(&mut self.submitted, next_offsets);
+    /// True when `message` is not counted yet: it goes to the guest (`submitted` is raised
+    /// past it, so the same record delivered again later in the batch is not).
+    pub fn submit(&mut self, message: &BorrowedMessage<'_>) -> bool {
+        take_once(&mut self.submitted, &message.partition(), message.offset())
     }
 
     /// A batch (or transaction) reaching `next_offsets` is in state.

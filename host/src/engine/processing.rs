@@ -233,14 +233,14 @@ impl<'c> Topology<'c> for Processing {
         let mut fresh = Vec::with_capacity(messages.len());
         let mut records = Vec::with_capacity(messages.len());
         for (index, message) in messages.iter().enumerate() {
-            next_offsets.insert(message.partition(), message.offset() + 1);
-            if self.state.input.already_counted(message) {
+            let next = next_offsets.entry(message.partition()).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
+            if !self.state.input.submit(message) {
                 continue;
             }
             fresh.push(index);
             records.push(input_record(message));
         }
-        self.state.input.submitted(&next_offsets);
         // The batch sees the tables as read up to now.
         self.read_tables(engine)?;
         let seq = self.next_seq;

@@ -81,7 +81,9 @@ use crate::engine::committer::{Metadata, Offsets, Positions, Sent, Tasks, Timing
 use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
-use crate::engine::records::{Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record};
+use crate::engine::records::{
+    Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record, take_once,
+};
 use crate::engine::standby::{StandbyConfig, Standbys};
 use crate::engine::task::{Durability, Task};
 use crate::guest::reload::GuestReload;
@@ -201,6 +203,7 @@ pub fn run(
             open: BTreeMap::new(),
             txn: BTreeMap::new(),
             processed: Offsets::new(),
+            submitted: Offsets::new(),
             metadata: Metadata::new(),
             input_stream_times: BTreeMap::new(),
             input: args.topics.input.clone(),
@@ -267,6 +270,9 @@ struct Shards {
     /// Next offset per (topic, partition) whose records are processed (what a commit sends),
     /// and the metadata committed with them.
     processed: Offsets,
+    /// Next offset per (topic, partition) of the records submitted: `processed` plus the poll
+    /// with the guest (see `records::take_once`).
+    submitted: Offsets,
     metadata: Metadata,
     /// --window, stage A: per input partition this host reads, its stream time after the polls
     /// submitted (restored from the group's offset metadata when the partition is assigned,
@@ -538,18 +544,21 @@ impl Repartitioned {
         waiting
     }
 
-    /// A poll's records not yet processed (records below what was processed come again after a
-    /// rewind or a rebalance; those of a shard still opening, fetched before its partition was
-    /// paused, are read again after the seek when it opens); its input records go to the guest
+    /// A poll's records not yet submitted (a record delivered again is dropped, see
+    /// `take_once`; those of a shard still opening, fetched before its partition was paused,
+    /// are read again after the seek when it opens); its input records go to the guest
     /// thread. Writes nothing.
     fn submit_poll<'c>(&mut self, engine: &mut Engine, batch: Vec<BorrowedMessage<'c>>) -> Result<Submitted<'c>> {
-        let (input, repartitioned): (Vec<BorrowedMessage<'c>>, Vec<BorrowedMessage<'c>>) = batch
-            .into_iter()
-            .filter(|m| {
-                self.shards.processed.get(&(m.topic().to_owned(), m.partition())).is_none_or(|next| m.offset() >= *next)
-            })
-            .filter(|m| m.topic() == self.args.topics.input || self.shards.open.contains_key(&m.partition()))
-            .partition(|m| m.topic() == self.args.topics.input);
+        let (mut input, mut repartitioned) = (Vec::new(), Vec::new());
+        for message in batch {
+            let is_input = message.topic() == self.args.topics.input;
+            let key = (message.topic().to_owned(), message.partition());
+            if (is_input || self.shards.open.contains_key(&message.partition()))
+                && take_once(&mut self.shards.submitted, &key, message.offset())
+            {
+                if is_input { input.push(message) } else { repartitioned.push(message) }
+            }
+        }
         // Records of the input (the repartition topic's are the job's own traffic).
         engine.committer.stats.batch_polled(input.len());
         engine.metrics.records_consumed.inc_by(input.len() as u64);
@@ -1007,6 +1016,7 @@ impl Repartitioned {
         self.finish_opening(consumer, true, &engine.shutdown)?;
         for element in revoked.elements() {
             self.shards.processed.remove(&(element.topic().to_owned(), element.partition()));
+            self.shards.submitted.remove(&(element.topic().to_owned(), element.partition()));
             self.shards.metadata.remove(&(element.topic().to_owned(), element.partition()));
             if element.topic() == self.shards.input {
                 self.shards.input_stream_times.remove(&element.partition());
@@ -1256,6 +1266,7 @@ impl Tasks<ScaleOutContext> for Shards {
                 },
             };
             self.processed.remove(&(topic.to_owned(), partition));
+            self.submitted.remove(&(topic.to_owned(), partition));
             self.metadata.remove(&(topic.to_owned(), partition));
             if topic == self.input {
                 self.restore_stream_time(partition, element.metadata());

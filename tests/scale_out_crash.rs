@@ -165,6 +165,29 @@ fn an_abortable_error_rewinds_and_goes_on_under_exactly_once() {
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
 
+/// Under exactly-once, a transaction that committed but whose answer the host takes as lost
+/// (the fault stands for a commit whose answer a network cut ate, the producer then fenced
+/// by the transaction timeout): the host cannot know how it ended, so it reads it back from
+/// Kafka: the shards it touched are opened again from their changelog, the input rewound to
+/// the committed offsets. It goes on without a restart, and nothing is counted twice or lost.
+#[test]
+fn a_commit_in_doubt_is_read_back_from_kafka_under_exactly_once() {
+    let env = TestEnv::new("scale-in-doubt");
+    create_topics(&env);
+    let expected = orders::generate(66, 3_000, 40);
+    env.produce(&expected.values);
+    let args = ["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms", "--stop-at-end"];
+    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", "lost-commit-answer:3")]);
+    let status = host.wait_exit(Duration::from_secs(120));
+    let log = host.stderr_text();
+    assert!(status.success(), "the host goes on after the commit in doubt and drains the job ({status}):\n{log}");
+    assert!(log.contains("committed or aborted, unknown which"), "{log}");
+    assert!(log.contains("shard opened again"), "the shards the transaction touched were read back:\n{log}");
+    let dump = union_of_dumps(&env, &[0]);
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+}
+
 /// A scale-out host whose input stops delivering while records wait on it (a stuck consumer;
 /// simulated by fault injection) exits with an error after `--stall-timeout`; restarted, the
 /// job drains with nothing lost (at-least-once: at most two polls counted twice).

@@ -63,6 +63,17 @@ pub trait Tasks<C: ConsumerContext> {
     /// exactly-once, after an abort: forgets what the transaction carried and seeks every
     /// assigned partition to where state (or the group) says it resumes.
     fn rewind(&mut self, consumer: &BaseConsumer<C>) -> Result<()>;
+
+    /// exactly-once, after a transaction that committed or aborted, unknown which
+    /// ([`TxnError::InDoubt`]): forgets what it carried, and reads state and the input again
+    /// from what Kafka holds, which says which. Tasks that cannot stop the host (a restart
+    /// does the same).
+    fn in_doubt(&mut self, _consumer: &BaseConsumer<C>, reason: &str) -> Result<()> {
+        Err(anyhow::anyhow!(
+            "transaction committed or aborted, unknown which ({reason}); stopping (state is intact: a restart \
+             resumes exactly)"
+        ))
+    }
 }
 
 /// at-least-once: a batch whose records are sent, not yet known to be acknowledged.
@@ -253,7 +264,13 @@ impl Committer {
         let committed = if carries_batches && fault::due(Step::AbortTransaction) {
             Err(TxnError::Abortable("fault injection (abort-transaction)".into()))
         } else {
-            self.producer.commit(&offsets, group)
+            let committed = self.producer.commit(&offsets, group);
+            // Counted among transactions that change state.
+            if committed.is_ok() && txn.changelog_records > 0 && fault::due(Step::LostCommitAnswer) {
+                Err(self.producer.lost_commit_answer())
+            } else {
+                committed
+            }
         };
         match committed {
             Ok(()) => {}
@@ -266,6 +283,10 @@ impl Committer {
                 tracing::warn!(reason, "the transaction was aborted; the input is rewound to the last commit");
                 self.metrics.transactions_aborted.inc();
                 tasks.rewind(consumer)?;
+                return Ok(false);
+            }
+            Err(TxnError::InDoubt(reason)) => {
+                self.in_doubt(consumer, tasks, &reason)?;
                 return Ok(false);
             }
             Err(e) => return Err(e.stopping()),
@@ -309,13 +330,30 @@ impl Committer {
     ) -> Result<()> {
         tracing::warn!(reason, "aborting the transaction; the input is rewound to the last commit");
         self.metrics.transactions_aborted.inc();
-        match self.producer.abort() {
-            // It had timed out: aborted by its coordinator, and the producer replaced.
-            Ok(()) | Err(TxnError::Replaced(_)) => {}
-            Err(e) => return Err(e.stopping()),
-        }
+        let aborted = self.producer.abort();
         self.txn = None;
-        tasks.rewind(consumer)
+        match aborted {
+            // Or it had timed out: aborted by its coordinator, and the producer replaced.
+            Ok(()) | Err(TxnError::Replaced(_)) => tasks.rewind(consumer),
+            Err(TxnError::InDoubt(reason)) => self.in_doubt(consumer, tasks, &reason),
+            Err(e) => Err(e.stopping()),
+        }
+    }
+
+    /// A transaction that committed or aborted, unknown which: state and the input are read
+    /// back from Kafka (see [`Tasks::in_doubt`]).
+    fn in_doubt<C: ConsumerContext, T: Tasks<C>>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        tasks: &mut T,
+        reason: &str,
+    ) -> Result<()> {
+        tracing::warn!(
+            reason,
+            "the transaction committed or aborted, unknown which: state and the input are read again from Kafka"
+        );
+        self.metrics.transactions_aborted.inc();
+        tasks.in_doubt(consumer, reason)
     }
 
     /// at-least-once: commits `offsets`; false when the commit failed (a synchronous one) or

@@ -4,7 +4,10 @@
 //! under exactly-once `mid-transaction` (a batch sent into the open transaction). Under
 //! exactly-once, `after-changelog` is after the transaction's commit, before state.
 //! `abort-transaction:<n>` does not abort the process: the n-th transaction commit fails as
-//! an abortable error would, to exercise the abort-and-rewind path. `stall-consumer:<n>`
+//! an abortable error would, to exercise the abort-and-rewind path. `lost-commit-answer:<n>`
+//! neither: the n-th transaction that changes state commits, but the host takes it as in doubt (as when
+//! its answer was lost and the producer then fenced), to exercise reading state back from
+//! Kafka. `stall-consumer:<n>`
 //! neither: after the n-th batch the input delivers nothing more, as a stuck consumer would,
 //! to exercise the stall watchdog.
 //! Read once at start-up; unset, it costs one branch per step.
@@ -19,6 +22,7 @@ pub enum Step {
     AfterBoard,
     MidTransaction,
     AbortTransaction,
+    LostCommitAnswer,
     StallConsumer,
 }
 
@@ -31,6 +35,7 @@ impl Step {
             "after-board" => Step::AfterBoard,
             "mid-transaction" => Step::MidTransaction,
             "abort-transaction" => Step::AbortTransaction,
+            "lost-commit-answer" => Step::LostCommitAnswer,
             "stall-consumer" => Step::StallConsumer,
             _ => return None,
         })

@@ -73,6 +73,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -205,6 +206,8 @@ pub fn run(
             processed: Offsets::new(),
             submitted: Offsets::new(),
             metadata: Metadata::new(),
+            in_doubt: BTreeMap::new(),
+            shutdown: shutdown.clone(),
             input_stream_times: BTreeMap::new(),
             input: args.topics.input.clone(),
             repartition: repartition.clone(),
@@ -274,6 +277,11 @@ struct Shards {
     /// with the guest (see `records::take_once`).
     submitted: Offsets,
     metadata: Metadata,
+    /// exactly-once: shards a transaction that committed or aborted (unknown which) touched,
+    /// closed, to be opened again from their changelog (see `Tasks::in_doubt`).
+    in_doubt: BTreeMap<i32, Shard>,
+    /// A rewind waits for the group's committed offsets until they come or a stop.
+    shutdown: Shutdown,
     /// --window, stage A: per input partition this host reads, its stream time after the polls
     /// submitted (restored from the group's offset metadata when the partition is assigned,
     /// and after an abort).
@@ -353,6 +361,12 @@ impl<'c> Topology<'c> for Repartitioned {
     /// A partition's records are counted only on its caught-up shard: an assigned
     /// repartition partition is paused while its shard opens.
     fn rebalance(&mut self, engine: &mut Engine, consumer: &'c ScaleOutConsumer) -> Result<Rebalance> {
+        for (partition, shard) in std::mem::take(&mut self.shards.in_doubt) {
+            lock(&self.held).stores.remove(&partition);
+            drop(shard);
+            tracing::info!(shard = partition, "shard opened again: its changelog says how the transaction ended");
+            self.start_opening(consumer, partition, &engine.shutdown)?;
+        }
         let rebalances = consumer.context().take();
         for (topic, partition) in &rebalances.assigned {
             if *topic == self.repartition {
@@ -1028,6 +1042,10 @@ impl Repartitioned {
                 );
                 self.not_owned.insert(element.partition(), Instant::now());
             }
+            if element.topic() == self.repartition && self.shards.in_doubt.remove(&element.partition()).is_some() {
+                lock(&self.held).stores.remove(&element.partition());
+                self.not_owned.insert(element.partition(), Instant::now());
+            }
             if element.topic() == self.repartition && self.shards.open.remove(&element.partition()).is_some() {
                 lock(&self.held).stores.remove(&element.partition());
                 tracing::info!(shard = element.partition(), "shard closed (partition moves to another host)");
@@ -1255,7 +1273,8 @@ impl Tasks<ScaleOutContext> for Shards {
     fn rewind(&mut self, consumer: &ScaleOutConsumer) -> Result<()> {
         self.txn.clear();
         let assignment = consumer.assignment().context("reading the consumer's assignment")?;
-        let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(10))?;
+        let committed = self.committed_offsets(consumer, assignment)?;
+        let mut seeks = TopicPartitionList::new();
         for element in committed.elements() {
             let (topic, partition) = (element.topic(), element.partition());
             let offset = match self.open.get(&partition).filter(|_| topic == self.repartition) {
@@ -1271,15 +1290,71 @@ impl Tasks<ScaleOutContext> for Shards {
             if topic == self.input {
                 self.restore_stream_time(partition, element.metadata());
             }
-            consumer
-                .seek(topic, partition, offset, Duration::from_secs(10))
-                .with_context(|| format!("rewinding {topic} [{partition}]"))?;
+            seeks.add_partition_offset(topic, partition, offset)?;
+        }
+        if seeks.count() == 0 {
+            return Ok(()); // nothing assigned (librdkafka refuses an empty seek)
+        }
+        let sought = consumer.seek_partitions(seeks, Duration::from_secs(10)).context("rewinding the partitions")?;
+        for element in sought.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            match element.error() {
+                Ok(()) => {}
+                // Its fetch has not started (the group is moving it, its committed offset still
+                // being looked up): it starts from the committed offset, which is where the
+                // rewind would take it (an open shard holds just that under exactly-once, the
+                // only guarantee that rewinds). Seen while a group rebalanced again and again
+                // after a network cut.
+                Err(KafkaError::OffsetFetch(RDKafkaErrorCode::State)) => {
+                    tracing::debug!(topic, partition, "rewind: not fetching yet, it starts from the committed offset");
+                }
+                Err(e) => return Err(e).with_context(|| format!("rewinding {topic} [{partition}]")),
+            }
         }
         Ok(())
+    }
+
+    /// The shards the transaction touched hold what they held before it; their changelog
+    /// holds its records only if it committed. So they are closed, to be opened again at the
+    /// next poll (which replays their changelog past the position they hold, as after a
+    /// crash), and every partition is rewound: the input to the group's committed offsets
+    /// (past the transaction's records only if it committed), the other shards to what they
+    /// hold.
+    fn in_doubt(&mut self, consumer: &ScaleOutConsumer, _reason: &str) -> Result<()> {
+        for partition in self.txn.keys().copied().collect::<Vec<_>>() {
+            if let Some(shard) = self.open.remove(&partition) {
+                self.in_doubt.insert(partition, shard);
+            }
+        }
+        self.rewind(consumer)
     }
 }
 
 impl Shards {
+    /// The group's committed offsets of `partitions`, asked again until they come (a host cut
+    /// off from the cluster waits for it to heal, as its other calls do) or a stop is requested.
+    fn committed_offsets(
+        &self,
+        consumer: &ScaleOutConsumer,
+        partitions: TopicPartitionList,
+    ) -> Result<TopicPartitionList> {
+        let started = Instant::now();
+        let mut warned = Instant::now();
+        loop {
+            match consumer.committed_offsets(partitions.clone(), Duration::from_secs(10)) {
+                Ok(committed) => return Ok(committed),
+                Err(e) if !self.shutdown.requested() => {
+                    if warned.elapsed() >= Duration::from_secs(10) {
+                        warned = Instant::now();
+                        tracing::warn!(error = %e, waiting_s = started.elapsed().as_secs(), "the group's committed offsets do not come; asking again");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e).context("reading the group's committed offsets"),
+            }
+        }
+    }
+
     /// --window, stage A: input partition `q`'s stream time as its committed offset carries
     /// it (none: the partition's first record sets it).
     fn restore_stream_time(&mut self, q: i32, metadata: &str) {

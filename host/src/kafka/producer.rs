@@ -88,10 +88,17 @@ pub struct AckedProducer {
     stop: Shutdown,
     /// What made this producer, to make another in its place (see `send_offsets`).
     recipe: Recipe,
-    /// exactly-once: when the open transaction began, and Kafka's transaction.timeout.ms (see
-    /// `timed_out`).
-    txn_began: Option<Instant>,
+    /// exactly-once: the open transaction, and Kafka's transaction.timeout.ms (see `ended`).
+    open_txn: Option<OpenTxn>,
     txn_timeout: Duration,
+}
+
+/// What tells how an open transaction can have ended (see `AckedProducer::ended`).
+#[derive(Clone, Copy)]
+struct OpenTxn {
+    began: Instant,
+    /// Its commit was asked for: from then on it may be committed, whatever the answer said.
+    commit_asked: bool,
 }
 
 #[derive(Clone)]
@@ -112,6 +119,10 @@ pub enum TxnError {
     /// The transaction is gone: its producer was replaced by a new one with the same
     /// transactional id, which aborted it. Rewind the input to the last commit, go on.
     Replaced(String),
+    /// The transaction ended one way or the other, unknown which: its commit was asked for,
+    /// then its producer had to be replaced (whose initialisation finished it). Read state
+    /// and the input again from what Kafka holds, go on.
+    InDoubt(String),
     /// Stop: the producer cannot go on.
     Fatal(String),
     /// A stop is under way and Kafka did not answer in time: the transaction is left open, for
@@ -134,6 +145,7 @@ impl std::fmt::Display for TxnError {
         match self {
             TxnError::Abortable(e) => write!(f, "transaction must be aborted: {e}"),
             TxnError::Replaced(e) => write!(f, "transaction aborted by a new producer: {e}"),
+            TxnError::InDoubt(e) => write!(f, "transaction committed or aborted, unknown which: {e}"),
             TxnError::Fenced(e) => write!(f, "fenced by another host with the same transactional id: {e}"),
             TxnError::Fatal(e) => write!(f, "fatal producer error: {e}"),
             TxnError::Unfinished(e) => write!(f, "{e}"),
@@ -246,7 +258,7 @@ impl AckedProducer {
             transactional_id: transactional_id.map(str::to_owned),
             max_message_bytes,
         };
-        Ok(AckedProducer { inner, ack_timeout, stop, recipe, txn_began: None, txn_timeout })
+        Ok(AckedProducer { inner, ack_timeout, stop, recipe, open_txn: None, txn_timeout })
     }
 
     /// The producer of `host run` (on `kafka`, which may add to the run's own settings):
@@ -282,7 +294,7 @@ impl AckedProducer {
 
     pub fn begin(&mut self) -> Result<(), TxnError> {
         self.retrying("beginning a transaction", |_| self.inner.begin_transaction())?;
-        self.txn_began = Some(Instant::now());
+        self.open_txn = Some(OpenTxn { began: Instant::now(), commit_asked: false });
         Ok(())
     }
 
@@ -297,38 +309,47 @@ impl AckedProducer {
             })
             .and_then(|()| if offsets.count() > 0 { self.send_offsets(offsets, group) } else { Ok(()) })
             .and_then(|()| {
+                if let Some(open) = &mut self.open_txn {
+                    open.commit_asked = true;
+                }
                 self.retrying("committing the transaction", |timeout| self.inner.commit_transaction(timeout))
             });
         self.ended(committed)
     }
 
-    /// The end of the open transaction's last call: a fencing of a transaction open longer
-    /// than the transaction timeout is the coordinator's doing, not another host's. It aborts
-    /// such a transaction (a host cut off from the cluster for longer, say) and bumps the
-    /// producer's epoch, so every later call of this producer is answered as fenced, as if
-    /// another host had taken over. Then the producer is given up for a new one (whose
-    /// initialisation fences nobody but this one) and the caller rewinds as after an abort.
-    /// A fencing of a younger transaction is another host's: the caller stops.
+    /// The end of the open transaction's last call. The coordinator aborts a transaction left
+    /// open longer than the transaction timeout (a host cut off from the cluster for longer,
+    /// say) and bumps the producer's epoch, and every later call of this producer is answered
+    /// as fenced (as if another host with its transactional id had taken over) or as a fatal
+    /// error (INVALID_TXN_STATE, seen from an abort under Kafka 4.1). So a fenced or fatal
+    /// answer for a transaction open at least that long means it timed out: the producer is
+    /// given up for a new one (whose initialisation fences nobody but this one, and finishes
+    /// the transaction). If its commit was never asked for, the transaction is aborted and
+    /// the caller rewinds as after an abort; if it was, the commit may have landed before the
+    /// timeout (its answer lost in the cut), and the caller reads back what Kafka holds
+    /// (`InDoubt`). A fencing of a younger transaction is another host's: the caller stops.
     fn ended(&mut self, result: Result<(), TxnError>) -> Result<(), TxnError> {
-        let open_for = self.txn_began.map(|began| began.elapsed());
-        let result = match result {
-            Err(TxnError::Fenced(why)) if open_for.is_some_and(|open| open >= self.txn_timeout) => {
+        let timed_out = self.open_txn.filter(|open| open.began.elapsed() >= self.txn_timeout);
+        let result = match (result, timed_out) {
+            (Err(TxnError::Fenced(why) | TxnError::Fatal(why)), Some(open)) => {
                 let why = format!(
                     "{why}: the transaction was open for {:.1?}, longer than transaction.timeout.ms ({:?}), so \
-                     its coordinator aborted it",
-                    open_for.unwrap_or_default(),
-                    self.txn_timeout
+                     its coordinator aborted it{}",
+                    open.began.elapsed(),
+                    self.txn_timeout,
+                    if open.commit_asked { " unless the commit asked for landed first" } else { "" }
                 );
                 tracing::warn!(reason = %why, "replacing the transactional producer");
                 match self.replace() {
+                    Ok(()) if open.commit_asked => Err(TxnError::InDoubt(why)),
                     Ok(()) => Err(TxnError::Replaced(why)),
                     Err(e) => Err(TxnError::Fatal(format!("{why}; making a new producer: {e:#}"))),
                 }
             }
-            other => other,
+            (other, _) => other,
         };
         if !matches!(result, Err(TxnError::Abortable(_) | TxnError::Unfinished(_))) {
-            self.txn_began = None; // committed, or gone with the producer it belonged to
+            self.open_txn = None; // ended, or gone with the producer it belonged to
         }
         result
     }
@@ -384,6 +405,16 @@ impl AckedProducer {
         Err(TxnError::Replaced(why))
     }
 
+    /// Fault injection (`lost-commit-answer`): the transaction just committed is taken as in
+    /// doubt, the producer replaced, as when a commit's answer is lost and then fenced.
+    pub fn lost_commit_answer(&mut self) -> TxnError {
+        let why = "fault injection (lost-commit-answer): the commit landed, its answer taken as lost".to_owned();
+        match self.replace() {
+            Ok(()) => TxnError::InDoubt(why),
+            Err(e) => TxnError::Fatal(format!("{why}; making a new producer: {e:#}")),
+        }
+    }
+
     /// A new producer in this one's place, its transactions initialised (which fences the old
     /// one and aborts its open transaction), knowing the changelog positions the old one had
     /// reached.
@@ -404,7 +435,7 @@ impl AckedProducer {
     }
 
     /// Aborts the open transaction; its records are never seen by read_committed readers.
-    /// `Replaced` when the transaction had timed out (see `ended`): aborted already.
+    /// `Replaced` (or `InDoubt`) when the transaction had timed out (see `ended`).
     pub fn abort(&mut self) -> Result<(), TxnError> {
         let aborted = self.abort_open();
         self.ended(aborted)
@@ -528,7 +559,7 @@ impl AckedProducer {
                 // send until it ends. That is the commit's to deal with, as for a record whose
                 // delivery failed: it aborts, or stops the host when the producer cannot go on.
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::State | RDKafkaErrorCode::Fatal), _))
-                    if self.txn_began.is_some() =>
+                    if self.open_txn.is_some() =>
                 {
                     let refused = format!("{topic}: refused in a failed transaction ({})", self.explain(&e));
                     lock(&self.inner.context().first_failure).get_or_insert(refused);

@@ -298,6 +298,7 @@ fn read_loop(
     let mut report = RestoreReport::default();
     let mut batch = Vec::new();
     let mut progress = crate::process::progress::Progress::new("reading the changelog", to_read.max(0) as u64);
+    let mut warned: Option<std::time::Instant> = None;
     while !pending.is_empty() {
         if shutdown.requested() {
             bail!("reading the changelog interrupted; the next start does it again");
@@ -308,6 +309,13 @@ fn read_loop(
                 // The end, as read_committed sees it (the last offsets may be transaction markers).
                 if let Some(end) = pending.remove(&partition) {
                     positions.insert(partition, end);
+                }
+            }
+            // A broker away (killed, cut off) is retried by librdkafka: wait for it.
+            Some(Err(e)) if consumer.client().fatal_error().is_none() && crate::kafka::clients::is_transient(&e) => {
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(topic, error = %e, "reading the changelog: a broker is away; waiting for it");
                 }
             }
             Some(Err(e)) => bail!("reading changelog {topic}: {e}"),

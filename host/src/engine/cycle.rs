@@ -216,7 +216,7 @@ pub fn run<'c, T: Topology<'c>>(
             std::thread::sleep(wait);
             Vec::new()
         } else {
-            poll_batch(consumer, engine.max_batch, wait, &mut engine.consumer_log, &mut at_end)
+            poll_batch(consumer, engine.max_batch, wait, &mut engine.consumer_log, &mut at_end)?
         };
         let polled = !batch.is_empty();
         engine.pace.consumed(topology.input_records(&batch));

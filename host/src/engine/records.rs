@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
@@ -29,14 +29,17 @@ pub const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// Waits up to `wait` for a first record, then takes whatever else is already
 /// fetched, up to `max` records. Partitions that reported their end (with `--stop-at-end`)
-/// are added to `at_end`; a partition that delivers a record leaves it.
+/// are added to `at_end`; a partition that delivers a record leaves it. An error when the
+/// consumer can no longer work (a fatal error: librdkafka fences a static member whose
+/// group.instance.id another join took over, seen after a group coordinator was killed):
+/// it delivers nothing more, and the host must not linger as a member that counts nothing.
 pub fn poll_batch<'c, C: ConsumerContext>(
     consumer: &'c BaseConsumer<C>,
     max: usize,
     wait: Duration,
     errors: &mut LogLimit,
     at_end: &mut BTreeSet<i32>,
-) -> Vec<BorrowedMessage<'c>> {
+) -> Result<Vec<BorrowedMessage<'c>>> {
     let mut batch = Vec::new();
     let mut timeout = wait;
     while batch.len() < max {
@@ -50,6 +53,12 @@ pub fn poll_batch<'c, C: ConsumerContext>(
                 at_end.insert(partition);
             }
             Some(Err(e)) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    anyhow::bail!(
+                        "the Kafka consumer failed for good ({code:?}: {reason}); stopping (state is intact: a \
+                         restart resumes exactly)"
+                    );
+                }
                 if let Some(suppressed) = errors.allow() {
                     tracing::warn!(error = %e, suppressed, "consumer error (librdkafka retries on its own)");
                 }
@@ -58,7 +67,7 @@ pub fn poll_batch<'c, C: ConsumerContext>(
         }
         timeout = Duration::ZERO;
     }
-    batch
+    Ok(batch)
 }
 
 /// True the first time a record at `offset` of a partition (`key`) is taken, given `next`,

@@ -224,6 +224,29 @@ fn apply_rebalance<C: ConsumerContext>(
     }
 }
 
+/// True for a consumer error librdkafka recovers from by itself (a broker away, a leader
+/// moving): the caller waits instead of failing.
+pub fn is_transient(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    let code = match error {
+        KafkaError::MessageConsumption(code) | KafkaError::Global(code) => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        BrokerTransportFailure
+            | AllBrokersDown
+            | OperationTimedOut
+            | RequestTimedOut
+            | NotLeaderForPartition
+            | LeaderNotAvailable
+            | NotCoordinator
+            | CoordinatorNotAvailable
+            | NetworkException
+            | Resolve
+    )
+}
+
 /// A consumer with [`HostContext`].
 pub type HostConsumer = rdkafka::consumer::BaseConsumer<HostContext>;
 

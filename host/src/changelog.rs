@@ -282,6 +282,14 @@ fn read_into(
     .map(|report| (report, positions))
 }
 
+/// A broker away while the changelog is read: logged at most every 5 s.
+fn broker_away(warned: &mut Option<std::time::Instant>, topic: &str, error: &KafkaError) {
+    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+        *warned = Some(std::time::Instant::now());
+        tracing::warn!(topic, error = %error, "reading the changelog: a broker is away; waiting for it");
+    }
+}
+
 /// The reading half of `read_into`: polls until every pending partition is read to its end,
 /// sending decoded changes to the writer in chunks.
 #[allow(clippy::too_many_arguments)]
@@ -313,10 +321,7 @@ fn read_loop(
             }
             // A broker away (killed, cut off) is retried by librdkafka: wait for it.
             Some(Err(e)) if consumer.client().fatal_error().is_none() && crate::kafka::clients::is_transient(&e) => {
-                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
-                    warned = Some(std::time::Instant::now());
-                    tracing::warn!(topic, error = %e, "reading the changelog: a broker is away; waiting for it");
-                }
+                broker_away(&mut warned, topic, &e)
             }
             Some(Err(e)) => bail!("reading changelog {topic}: {e}"),
             Some(Ok(message)) => {

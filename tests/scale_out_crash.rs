@@ -188,6 +188,29 @@ fn a_commit_in_doubt_is_read_back_from_kafka_under_exactly_once() {
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
 
+/// A scale-out host whose consumer fails for good (fault injection stands for librdkafka's
+/// FENCED_INSTANCE_ID, seen after a group coordinator's broker was killed: a fatal consumer
+/// error) makes a new consumer and goes on, without a restart: its shards open again from
+/// their dirs, the input resumes from the group's committed offsets. Exact under
+/// exactly-once.
+#[test]
+fn a_consumer_failed_for_good_is_replaced_without_a_restart_under_exactly_once() {
+    let env = TestEnv::new("scale-new-consumer");
+    create_topics(&env);
+    let expected = orders::generate(67, 3_000, 40);
+    env.produce(&expected.values);
+    let args = ["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms", "--stop-at-end"];
+    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", "fail-consumer:8")]);
+    let status = host.wait_exit(Duration::from_secs(120));
+    let log = host.stderr_text();
+    assert!(status.success(), "the host goes on with a new consumer and drains the job ({status}):\n{log}");
+    assert!(log.contains("a new one takes its place"), "{log}");
+    assert!(log.matches("partitions assigned").count() >= 2, "the new consumer was given the partitions:\n{log}");
+    let dump = union_of_dumps(&env, &[0]);
+    assert_eq!(dump.counts, expected.counts);
+    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+}
+
 /// A scale-out host whose input stops delivering while records wait on it (a stuck consumer;
 /// simulated by fault injection) exits with an error after `--stall-timeout`; restarted, the
 /// job drains with nothing lost (at-least-once: at most two polls counted twice).

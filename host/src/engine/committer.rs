@@ -309,6 +309,20 @@ impl Committer {
         Ok(true)
     }
 
+    /// exactly-once: aborts the open transaction, if any, for a run that starts over with a
+    /// new consumer (its tasks are given up: they open again from their state).
+    pub fn drop_transaction(&mut self) -> Result<()> {
+        if self.txn.take().is_some() {
+            self.metrics.transactions_aborted.inc();
+            match self.producer.abort() {
+                // Timed out: aborted, or committed; the new run reads state back either way.
+                Ok(()) | Err(TxnError::Replaced(_) | TxnError::InDoubt(_)) => {}
+                Err(e) => return Err(e.stopping()),
+            }
+        }
+        Ok(())
+    }
+
     /// exactly-once: aborts the open transaction, if any (e.g. its partitions were lost).
     pub fn abort_open<C: ConsumerContext, T: Tasks<C>>(
         &mut self,

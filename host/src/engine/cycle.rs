@@ -216,7 +216,22 @@ pub fn run<'c, T: Topology<'c>>(
             std::thread::sleep(wait);
             Vec::new()
         } else {
-            poll_batch(consumer, engine.max_batch, wait, &mut engine.consumer_log, &mut at_end)?
+            match poll_batch(consumer, engine.max_batch, wait, &mut engine.consumer_log, &mut at_end) {
+                Ok(batch) => batch,
+                Err(failed) => {
+                    // The consumer failed for good: what is under way is finished (the batch in
+                    // flight: at-least-once, acknowledged and in state; its offsets may not land)
+                    // or dropped (the one with the guest, whose result is taken so that the guest
+                    // thread is ready for another consumer's batches).
+                    if let Some(oldest) = in_flight.take() {
+                        engine.committer.finish(consumer, topology.tasks(), oldest)?;
+                    }
+                    if let Some(dropped) = with_guest.take() {
+                        topology.discard(engine, dropped)?;
+                    }
+                    return Err(failed);
+                }
+            }
         };
         let polled = !batch.is_empty();
         engine.pace.consumed(topology.input_records(&batch));

@@ -7,7 +7,8 @@
 //! an abortable error would, to exercise the abort-and-rewind path. `lost-commit-answer:<n>`
 //! neither: the n-th transaction that changes state commits, but the host takes it as in doubt (as when
 //! its answer was lost and the producer then fenced), to exercise reading state back from
-//! Kafka. `stall-consumer:<n>`
+//! Kafka. `fail-consumer:<n>`: the n-th poll with records fails as a consumer fenced for
+//! good would (its records dropped). `stall-consumer:<n>`
 //! neither: after the n-th batch the input delivers nothing more, as a stuck consumer would,
 //! to exercise the stall watchdog.
 //! Read once at start-up; unset, it costs one branch per step.
@@ -23,6 +24,7 @@ pub enum Step {
     MidTransaction,
     AbortTransaction,
     LostCommitAnswer,
+    FailConsumer,
     StallConsumer,
 }
 
@@ -36,6 +38,7 @@ impl Step {
             "mid-transaction" => Step::MidTransaction,
             "abort-transaction" => Step::AbortTransaction,
             "lost-commit-answer" => Step::LostCommitAnswer,
+            "fail-consumer" => Step::FailConsumer,
             "stall-consumer" => Step::StallConsumer,
             _ => return None,
         })

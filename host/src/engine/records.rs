@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
+use crate::engine::fault::{self, Step};
 use crate::engine::log_limit::LogLimit;
 use crate::guest::Records;
 use crate::guest::thread::GuestThread;
@@ -54,10 +55,7 @@ pub fn poll_batch<'c, C: ConsumerContext>(
             }
             Some(Err(e)) => {
                 if let Some((code, reason)) = consumer.client().fatal_error() {
-                    anyhow::bail!(
-                        "the Kafka consumer failed for good ({code:?}: {reason}); stopping (state is intact: a \
-                         restart resumes exactly)"
-                    );
+                    return Err(ConsumerFailed(format!("{code:?}: {reason}")).into());
                 }
                 if let Some(suppressed) = errors.allow() {
                     tracing::warn!(error = %e, suppressed, "consumer error (librdkafka retries on its own)");
@@ -67,8 +65,24 @@ pub fn poll_batch<'c, C: ConsumerContext>(
         }
         timeout = Duration::ZERO;
     }
+    if !batch.is_empty() && fault::due(Step::FailConsumer) {
+        return Err(ConsumerFailed("fault injection (fail-consumer)".into()).into());
+    }
     Ok(batch)
 }
+
+/// The consumer failed for good (see `poll_batch`): a scale-out host makes a new one; a
+/// single host stops (state is intact: a restart resumes exactly).
+#[derive(Debug)]
+pub struct ConsumerFailed(pub String);
+
+impl std::fmt::Display for ConsumerFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the Kafka consumer failed for good ({}); a restart resumes exactly", self.0)
+    }
+}
+
+impl std::error::Error for ConsumerFailed {}
 
 /// True the first time a record at `offset` of a partition (`key`) is taken, given `next`,
 /// per partition the offset after the last record taken, which it raises: false for a record

@@ -83,7 +83,7 @@ use crate::engine::config::{Emit, Guarantee, RunConfig};
 use crate::engine::cycle::{self, Engine, Rebalance, StopHost, Topology};
 use crate::engine::fault::{self, Step};
 use crate::engine::records::{
-    Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record, take_once,
+    ConsumerFailed, Group, NO_VALUE, checked_top_n, group_for, guest_event_times, open_windows, skip_record, take_once,
 };
 use crate::engine::standby::{StandbyConfig, Standbys};
 use crate::engine::task::{Durability, Task};
@@ -158,20 +158,7 @@ pub fn run(
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         format!("streamhost-{}-{nanos:x}", std::process::id())
     });
-    let mut consumer_config =
-        crate::kafka::clients::scale_out_consumer(&args.kafka, &args.group, instance_id.as_deref(), false);
-    if given_client_id.is_none() {
-        consumer_config.set("client.id", &client_id);
-    }
-    let consumer: ScaleOutConsumer =
-        consumer_config.create_with_context(ScaleOutContext::default()).context("creating the Kafka consumer")?;
-    // Closed only after a clean run, once the loop has committed everything (`config::close`);
-    // on an error the process exits at once, like a crash.
-    let consumer = std::mem::ManuallyDrop::new(consumer);
     let repartition = args.scale_out.as_ref().context("a repartitioned run without --scale-out")?.repartition.clone();
-    consumer
-        .subscribe(&[&args.topics.input, &repartition])
-        .context("subscribing to the input and repartition topics")?;
     tracing::info!(
         guest = %guest.describe(),
         guarantee = args.guarantee.name(),
@@ -184,13 +171,13 @@ pub fn run(
     );
     let guest = crate::guest::thread::GuestThread::spawn(guest)?;
     let mut engine = Engine::new(&args, producer, guest, reload, shutdown, http)?;
-    let standbys = match args.scale_out.as_ref().map_or(0, |s| s.standby_replicas) {
+    let mut standbys = match args.scale_out.as_ref().map_or(0, |s| s.standby_replicas) {
         0 => None,
         replicas => Some(Standbys::start(
             StandbyConfig {
                 kafka: args.kafka.clone(),
                 group: args.group.clone(),
-                client_id,
+                client_id: client_id.clone(),
                 changelog: args.topics.changelog.clone(),
                 repartition: repartition.clone(),
                 state_dir: state_dir.clone(),
@@ -199,40 +186,78 @@ pub fn run(
             shutdown,
         )?),
     };
-    let mut job = Repartitioned {
-        shards: Shards {
-            open: BTreeMap::new(),
-            txn: BTreeMap::new(),
-            processed: Offsets::new(),
-            submitted: Offsets::new(),
-            metadata: Metadata::new(),
-            in_doubt: BTreeMap::new(),
-            shutdown: shutdown.clone(),
-            input_stream_times: BTreeMap::new(),
-            input: args.topics.input.clone(),
+    let partitions = checked.shards.context("the topic check counts the shards of a --scale-out job")?;
+    // One consumer after another: a consumer that fails for good (`records::ConsumerFailed`)
+    // is given up for a new one, as Kafka Streams replaces a stream thread; the shards open
+    // again from their dirs and the input resumes from the group's committed offsets, as after
+    // a restart, without one.
+    loop {
+        let mut consumer_config =
+            crate::kafka::clients::scale_out_consumer(&args.kafka, &args.group, instance_id.as_deref(), false);
+        if given_client_id.is_none() {
+            consumer_config.set("client.id", &client_id);
+        }
+        let consumer: ScaleOutConsumer =
+            consumer_config.create_with_context(ScaleOutContext::default()).context("creating the Kafka consumer")?;
+        // Closed only after a clean run, once the loop has committed everything
+        // (`config::close`); on an error the process exits at once, like a crash.
+        let consumer = std::mem::ManuallyDrop::new(consumer);
+        consumer
+            .subscribe(&[&args.topics.input, &repartition])
+            .context("subscribing to the input and repartition topics")?;
+        let mut job = Repartitioned {
+            shards: Shards {
+                open: BTreeMap::new(),
+                txn: BTreeMap::new(),
+                processed: Offsets::new(),
+                submitted: Offsets::new(),
+                metadata: Metadata::new(),
+                in_doubt: BTreeMap::new(),
+                shutdown: shutdown.clone(),
+                input_stream_times: BTreeMap::new(),
+                input: args.topics.input.clone(),
+                repartition: repartition.clone(),
+                changelog: args.topics.changelog.clone(),
+                windows: args.windows.as_ref().map(|w| w.spec),
+                emit: args.emit(),
+            },
+            partitions,
             repartition: repartition.clone(),
-            changelog: args.topics.changelog.clone(),
-            windows: args.windows.as_ref().map(|w| w.spec),
-            emit: args.emit(),
-        },
-        partitions: checked.shards.context("the topic check counts the shards of a --scale-out job")?,
-        repartition,
-        opening: BTreeMap::new(),
-        seeking: BTreeMap::new(),
-        not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
-        held: http.shards.clone(),
-        standbys,
-        watermarks: None,
-        last_done_check: Instant::now(),
-        args,
-    };
-    shutdown.working("counting");
-    cycle::run(&mut engine, &mut job, &consumer)?;
-    shutdown.working("closing the Kafka consumer");
-    let consumer = std::mem::ManuallyDrop::into_inner(consumer);
-    consumer.context().closing();
-    crate::kafka::clients::close(consumer, shutdown);
-    Ok(())
+            opening: BTreeMap::new(),
+            seeking: BTreeMap::new(),
+            not_owned: crate::state::shard_dirs(&state_dir)?.into_keys().map(|p| (p, Instant::now())).collect(),
+            held: http.shards.clone(),
+            standbys: standbys.take(),
+            watermarks: None,
+            last_done_check: Instant::now(),
+            args: args.clone(),
+        };
+        shutdown.working("counting");
+        match cycle::run(&mut engine, &mut job, &consumer) {
+            Err(e) if e.downcast_ref::<ConsumerFailed>().is_some() && !shutdown.requested() => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "the Kafka consumer failed for good: a new one takes its place (shards open again from their dirs, \
+                     the input resumes from the group's committed offsets)"
+                );
+                engine.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                engine.committer.drop_transaction()?;
+                standbys = job.standbys.take();
+                job.close_everything();
+                drop(job);
+                let consumer = std::mem::ManuallyDrop::into_inner(consumer);
+                consumer.context().closing(); // nothing of its own to finish: revocations at once
+                crate::kafka::clients::close(consumer, shutdown);
+                continue;
+            }
+            ran => ran?,
+        }
+        shutdown.working("closing the Kafka consumer");
+        let consumer = std::mem::ManuallyDrop::into_inner(consumer);
+        consumer.context().closing();
+        crate::kafka::clients::close(consumer, shutdown);
+        return Ok(());
+    }
 }
 
 /// The repartitioned topology: input -> guest -> repartition topic -> a state task (shard)
@@ -950,6 +975,19 @@ impl Repartitioned {
             self.shards.open.insert(partition, shard);
         }
         Ok(())
+    }
+
+    /// Everything this consumer's run held, given up for the next consumer: restores under way
+    /// are waited for, and every shard is closed (their dirs keep their state).
+    fn close_everything(&mut self) {
+        for (_, opening) in std::mem::take(&mut self.opening) {
+            let _ = opening.join();
+        }
+        self.seeking.clear();
+        self.shards.open.clear();
+        self.shards.in_doubt.clear();
+        self.shards.txn.clear();
+        lock(&self.held).stores.clear();
     }
 
     /// A shard of `partition` is being opened (restored or caught up, or about to be sought).

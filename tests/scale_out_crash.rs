@@ -150,19 +150,8 @@ fn after_state_state_lost_under_exactly_once() {
 /// Exact.
 #[test]
 fn an_abortable_error_rewinds_and_goes_on_under_exactly_once() {
-    let env = TestEnv::new("scale-abort");
-    create_topics(&env);
-    let expected = orders::generate(65, 3_000, 40);
-    env.produce(&expected.values);
-    let args = ["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms", "--stop-at-end"];
-    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", "abort-transaction:3")]);
-    let status = host.wait_exit(Duration::from_secs(120));
-    let log = host.stderr_text();
-    assert!(status.success(), "the host goes on after the abort and drains the job ({status}):\n{log}");
+    let log = goes_on_exactly_through("scale-abort", 65, "abort-transaction:3");
     assert!(log.contains("aborting the transaction"), "{log}");
-    let dump = union_of_dumps(&env, &[0]);
-    assert_eq!(dump.counts, expected.counts);
-    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
 
 /// Under exactly-once, a transaction that committed but whose answer the host takes as lost
@@ -172,20 +161,9 @@ fn an_abortable_error_rewinds_and_goes_on_under_exactly_once() {
 /// the committed offsets. It goes on without a restart, and nothing is counted twice or lost.
 #[test]
 fn a_commit_in_doubt_is_read_back_from_kafka_under_exactly_once() {
-    let env = TestEnv::new("scale-in-doubt");
-    create_topics(&env);
-    let expected = orders::generate(66, 3_000, 40);
-    env.produce(&expected.values);
-    let args = ["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms", "--stop-at-end"];
-    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", "lost-commit-answer:3")]);
-    let status = host.wait_exit(Duration::from_secs(120));
-    let log = host.stderr_text();
-    assert!(status.success(), "the host goes on after the commit in doubt and drains the job ({status}):\n{log}");
+    let log = goes_on_exactly_through("scale-in-doubt", 66, "lost-commit-answer:3");
     assert!(log.contains("committed or aborted, unknown which"), "{log}");
     assert!(log.contains("shard opened again"), "the shards the transaction touched were read back:\n{log}");
-    let dump = union_of_dumps(&env, &[0]);
-    assert_eq!(dump.counts, expected.counts);
-    assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
 
 /// A scale-out host whose consumer fails for good (fault injection stands for librdkafka's
@@ -195,20 +173,27 @@ fn a_commit_in_doubt_is_read_back_from_kafka_under_exactly_once() {
 /// exactly-once.
 #[test]
 fn a_consumer_failed_for_good_is_replaced_without_a_restart_under_exactly_once() {
-    let env = TestEnv::new("scale-new-consumer");
-    create_topics(&env);
-    let expected = orders::generate(67, 3_000, 40);
-    env.produce(&expected.values);
-    let args = ["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms", "--stop-at-end"];
-    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", "fail-consumer:8")]);
-    let status = host.wait_exit(Duration::from_secs(120));
-    let log = host.stderr_text();
-    assert!(status.success(), "the host goes on with a new consumer and drains the job ({status}):\n{log}");
+    let log = goes_on_exactly_through("scale-new-consumer", 67, "fail-consumer:8");
     assert!(log.contains("a new one takes its place"), "{log}");
     assert!(log.matches("partitions assigned").count() >= 2, "the new consumer was given the partitions:\n{log}");
+}
+
+/// One scale-out host under exactly-once with `fault` armed counts 3,000 orders (seeded by
+/// `seed`) to their end without a restart, exactly; its log, for what the fault must show.
+fn goes_on_exactly_through(name: &str, seed: u64, fault: &str) -> String {
+    let env = TestEnv::new(name);
+    create_topics(&env);
+    let expected = orders::generate(seed, 3_000, 40);
+    env.produce(&expected.values);
+    let args = ["--guarantee", "exactly-once", "--max-batch", "100", "--commit-interval", "1ms", "--stop-at-end"];
+    let mut host = spawn_with_env(&env, 0, &args, &[("STREAMHOST_FAULT", fault)]);
+    let status = host.wait_exit(Duration::from_secs(120));
+    let log = host.stderr_text();
+    assert!(status.success(), "the host goes on after {fault} and drains the job ({status}):\n{log}");
     let dump = union_of_dumps(&env, &[0]);
-    assert_eq!(dump.counts, expected.counts);
+    assert_eq!(dump.counts, expected.counts, "counts after {fault}");
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
+    log
 }
 
 /// A scale-out host whose input stops delivering while records wait on it (a stuck consumer;

@@ -412,6 +412,9 @@ pub fn non_empty_partitions(kafka: &Connection, topic: &str) -> Result<BTreeSet<
     Ok(end_offsets(&consumer, topic)?.into_iter().filter(|(_, (low, high))| high > low).map(|(p, _)| p).collect())
 }
 
+/// How long a look-up answered with a retriable error (a leader moving) is asked again.
+const TRANSIENT_WAIT: Duration = Duration::from_secs(60);
+
 /// (low, high) watermarks of every partition of `topic`.
 pub fn end_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
     let timeout = Duration::from_secs(10);
@@ -426,9 +429,17 @@ pub fn end_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) 
     let mut out = BTreeMap::new();
     for partition in t.partitions() {
         let id = partition.id();
-        let marks = consumer
-            .fetch_watermarks(topic, id, timeout)
-            .with_context(|| format!("fetching end offsets of {topic} [{id}]"))?;
+        // A leader moving (a broker killed) answers for a while with a retriable error.
+        let deadline = std::time::Instant::now() + TRANSIENT_WAIT;
+        let marks = loop {
+            match consumer.fetch_watermarks(topic, id, timeout) {
+                Err(e) if crate::kafka::clients::is_transient(&e) && std::time::Instant::now() < deadline => {
+                    tracing::warn!(topic, partition = id, error = %e, "fetching end offsets: asking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                marks => break marks.with_context(|| format!("fetching end offsets of {topic} [{id}]"))?,
+            }
+        };
         out.insert(id, marks);
     }
     Ok(out)

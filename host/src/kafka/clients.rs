@@ -224,12 +224,12 @@ fn apply_rebalance<C: ConsumerContext>(
     }
 }
 
-/// True for a consumer error librdkafka recovers from by itself (a broker away, a leader
+/// True for a consumer error (or a look-up's) that passes by itself (a broker away, a leader
 /// moving): the caller waits instead of failing.
 pub fn is_transient(error: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     let code = match error {
-        KafkaError::MessageConsumption(code) | KafkaError::Global(code) => *code,
+        KafkaError::MessageConsumption(code) | KafkaError::Global(code) | KafkaError::MetadataFetch(code) => *code,
         _ => return false,
     };
     matches!(

@@ -219,7 +219,7 @@ fn scale_out_hosts_cut_longer_than_their_transaction_timeout_count_exactly() {
     let mut hosts: Vec<HostProcess> = (0..2).map(|h| scale_out::spawn(&env, h, &mode)).collect();
     integration_tests::wait_until(Duration::from_secs(90), "some progress", || env.committed_total() > 3_000);
     cluster(&["cut", "all"]);
-    std::thread::sleep(Duration::from_secs(15));
+    std::thread::sleep(CUT_PAST_THE_TRANSACTION_TIMEOUT);
     cluster(&["heal"]);
     producing.join().expect("the producer thread");
 
@@ -243,6 +243,10 @@ fn scale_out_hosts_cut_longer_than_their_transaction_timeout_count_exactly() {
     assert_eq!(dump.counts, expected.counts, "counts after the cut");
     assert_eq!((dump.records_processed, dump.records_skipped), (expected.valid, expected.malformed));
 }
+
+/// How long the scale-out hosts are cut off: the fault itself (longer than their
+/// transaction timeout, 10 s, and their session timeout, 6 s), not a wait for something.
+const CUT_PAST_THE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Records processed on the job's merged board (0 before one is published).
 fn board_processed(env: &TestEnv) -> u64 {

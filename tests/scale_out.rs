@@ -219,6 +219,13 @@ fn a_standby_copy_takes_over_a_killed_host_s_shards_without_a_restore() {
     });
     assert!(hosts[victim].is_running(), "the victim is killed mid-stream");
     assert!(!victim_shards.is_empty(), "the victim owned shards");
+    // The keeper starts its copies one after another: the kill comes once all have started.
+    let all_warm = |log: &str| {
+        victim_shards.iter().all(|s| log.contains(&format!("standby copy kept warm from here on shard={s} ")))
+    };
+    integration_tests::wait_until(Duration::from_secs(30), "a warm copy of every victim shard", || {
+        all_warm(&hosts[survivor].stderr_text())
+    });
     let warm = hosts[survivor].stderr_text();
     for shard in &victim_shards {
         assert!(

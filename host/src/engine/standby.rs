@@ -221,8 +221,13 @@ impl Keeper {
             .collect();
         // A shard between two owners (a cooperative rebalance takes it from one before it
         // gives it to the other, and the group is stable in between) is owned by nobody: its
-        // copies stay.
-        let owned: BTreeSet<i32> = members.iter().flat_map(|m| m.shards.iter().copied()).collect();
+        // copies stay. So does the copy of a shard the group gives to this host: it is about
+        // to open here, and its opening promotes the copy (`Command::Release`).
+        let owned: BTreeSet<i32> = members
+            .iter()
+            .filter(|m| m.client_id != self.config.client_id)
+            .flat_map(|m| m.shards.iter().copied())
+            .collect();
         let stable = group.state() == "Stable";
         Ok((standby_shards(&members, &self.config.client_id, &self.active, self.config.replicas), owned, stable))
     }
